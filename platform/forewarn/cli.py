@@ -1,0 +1,73 @@
+"""The ``forewarn`` command line: a thin typer app over the Python API.
+
+Each capability adds a subcommand group here when it lands (none is listed before it works).
+Config errors print one paragraph and exit 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from forewarn.config import load_config, to_yaml
+from forewarn.errors import ConfigError
+from forewarn.runner import JOBS, fail, job_module, resolve, run_job
+
+app = typer.Typer(help="forewarn: find, measure and mitigate failures of LLMs, on Ray.", no_args_is_help=True,
+                  pretty_exceptions_enable=False)
+config_app = typer.Typer(help="Show and validate job configs.", no_args_is_help=True)
+app.add_typer(config_app, name="config")
+
+ConfigOpt = typer.Option(None, "--config", "-c", help="YAML config file (overrides the packaged defaults)")
+SetOpt = typer.Option(None, "--set", help="override a field by dotted path: --set a.b=c (repeatable)")
+OutOpt = typer.Option(None, "--output-dir", "-o", help="run directory (a rerun with the same dir resumes)")
+
+
+def run_named_job(job: str, config: Optional[Path], overrides: Optional[list[str]],
+                  output_dir: Optional[str]) -> None:
+    """Shared body of every ``forewarn <capability> run`` command."""
+    try:
+        cfg = resolve(job, str(config) if config else None, overrides or [], output_dir)
+        run_job(job, cfg)
+    except ConfigError as e:
+        fail(str(e))
+
+
+@config_app.command("show")
+def config_show(job: str = typer.Argument(..., help=f"job name: {', '.join(sorted(JOBS))}"),
+                config: Optional[Path] = ConfigOpt, overrides: Optional[list[str]] = SetOpt) -> None:
+    """Print the resolved config of JOB as YAML (defaults, then --config, then --set)."""
+    try:
+        cfg = resolve(job, str(config) if config else None, overrides or [])
+    except ConfigError as e:
+        fail(str(e))
+    typer.echo(to_yaml(cfg), nl=False)
+
+
+@config_app.command("validate")
+def config_validate(file: Path = typer.Argument(..., help="YAML config file to check"),
+                    job: str = typer.Option(..., "--job", "-j", help=f"job name: {', '.join(sorted(JOBS))}")
+                    ) -> None:
+    """Check FILE against JOB's config schema; exit 2 with the bad field if it is invalid."""
+    try:
+        load_config(job_module(job).CONFIG, job=job, path=file)
+    except ConfigError as e:
+        fail(str(e))
+    typer.echo(f"{file}: valid {job} config")
+
+
+@app.command("generate")
+def generate(config: Optional[Path] = ConfigOpt, overrides: Optional[list[str]] = SetOpt,
+             output_dir: Optional[str] = OutOpt) -> None:
+    """Run prompts through a model role with a Ray Data actor pool; rows land in Parquet."""
+    run_named_job("generate", config, overrides, output_dir)
+
+
+def main() -> None:  # pragma: no cover - console entry
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

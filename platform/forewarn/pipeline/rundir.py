@@ -1,0 +1,100 @@
+"""Run directories: the resolved config, Parquet tables, summary.json and stage markers, written atomically.
+
+A job writes everything under one ``OUTPUT_DIR``. Each write goes to a temp file that is renamed into
+place, so a crash never leaves a half-written table. ``mark_done`` / ``is_done`` record completed
+stages, so a rerun with the same output dir resumes at the first incomplete stage.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from pydantic import BaseModel
+
+from forewarn.config import to_yaml
+
+
+@contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temp path beside ``path``; on success it is renamed onto ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def write_text(path: str | Path, text: str) -> Path:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+    return Path(path)
+
+
+def write_json(path: str | Path, obj: Any) -> Path:
+    return write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def write_table(path: str | Path, table: pa.Table) -> Path:
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp)
+    return Path(path)
+
+
+def read_table(path: str | Path) -> pa.Table:
+    return pq.read_table(path)
+
+
+class RunDir:
+    """The output directory of one job run."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def path(self, *parts: str) -> Path:
+        return self.root.joinpath(*parts)
+
+    def write_config(self, cfg: BaseModel) -> Path:
+        return write_text(self.path("config.yaml"), to_yaml(cfg))
+
+    def write_table(self, name: str, table: pa.Table) -> Path:
+        return write_table(self.path(f"{name}.parquet"), table)
+
+    def read_table(self, name: str) -> pa.Table:
+        return read_table(self.path(f"{name}.parquet"))
+
+    def has_table(self, name: str) -> bool:
+        return self.path(f"{name}.parquet").is_file()
+
+    def write_summary(self, summary: dict) -> Path:
+        return write_json(self.path("summary.json"), summary)
+
+    def read_summary(self) -> dict:
+        p = self.path("summary.json")
+        return json.loads(p.read_text()) if p.is_file() else {}
+
+    # stage markers: one JSON file listing completed stage names, rewritten atomically.
+    def _stages(self) -> dict:
+        p = self.path("stages.json")
+        return json.loads(p.read_text()) if p.is_file() else {}
+
+    def is_done(self, stage: str) -> bool:
+        return stage in self._stages()
+
+    def mark_done(self, stage: str, **info: Any) -> None:
+        stages = self._stages()
+        stages[stage] = info
+        write_json(self.path("stages.json"), stages)

@@ -1,0 +1,98 @@
+"""Running a job: resolve the config, start (or join) Ray, open the run dir and the tracker, call the job.
+
+Job files (``jobs/*.py``) and the CLI both go through :func:`job_main` / :func:`run_job`, so a bad config
+exits 2 with one message and no traceback everywhere. A job is a module with ``CONFIG`` (its pydantic
+class) and ``run(cfg, rundir, tracker) -> dict`` (the summary); :data:`JOBS` maps job names to modules.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+from types import ModuleType
+from typing import Any
+
+from forewarn.config import JobConfig, RayConfig, load_config, to_yaml
+from forewarn.errors import ConfigError, ForewarnError
+from forewarn.pipeline.rundir import RunDir
+from forewarn.tracking import make_tracker
+
+# job name -> module with CONFIG and run(); capabilities add their line when they land.
+JOBS: dict[str, str] = {
+    "generate": "forewarn.pipeline.generate_job",
+}
+
+
+def job_module(job: str) -> ModuleType:
+    if job not in JOBS:
+        raise ConfigError(f"unknown job {job!r}; valid jobs: {', '.join(sorted(JOBS))}")
+    return importlib.import_module(JOBS[job])
+
+
+def resolve(job: str, config: str | None = None, overrides: list[str] | None = None,
+            output_dir: str | None = None) -> JobConfig:
+    """The job's resolved config (defaults < packaged < file < --set < --output-dir)."""
+    sets = list(overrides or [])
+    if output_dir is not None:
+        sets.append(f"output_dir={output_dir}")
+    return load_config(job_module(job).CONFIG, job=job, path=config, overrides=sets)
+
+
+def init_ray(cfg: RayConfig) -> None:
+    """Join the cluster named by ``ray.address`` / RAY_ADDRESS (``ray job submit`` sets it), else start a
+    local Ray with the configured CPUs/GPUs."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = cfg.address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, log_to_driver=True)
+    else:
+        ray.init(num_cpus=cfg.num_cpus, num_gpus=cfg.num_gpus, log_to_driver=True)
+
+
+def run_job(job: str, cfg: JobConfig, quiet: bool = False) -> dict[str, Any]:
+    """Run a resolved job config end to end and return its summary (also in OUTPUT_DIR/summary.json)."""
+    module = job_module(job)
+    if not quiet:
+        print(f"# forewarn {job}: resolved config\n{to_yaml(cfg)}", flush=True)
+    rundir = RunDir(cfg.output_dir)
+    rundir.write_config(cfg)
+    init_ray(cfg.ray)
+    with make_tracker(cfg.tracking, job, cfg) as tracker:
+        summary = module.run(cfg, rundir, tracker)
+        if tracker.run_id:
+            summary.setdefault("mlflow_run_id", tracker.run_id)
+        rundir.write_summary(summary)
+        tracker.log_dict(summary, "summary.json")
+    return summary
+
+
+def fail(message: str) -> None:
+    """Print one paragraph to stderr and exit 2 (config and usage errors)."""
+    print(f"forewarn: error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def job_main(job: str, argv: list[str] | None = None) -> dict[str, Any]:
+    """Entry point of ``jobs/<job>.py``: ``--config FILE``, repeated ``--set a.b=c``, ``--output-dir``."""
+    parser = argparse.ArgumentParser(prog=f"jobs/{job}.py", description=f"Run the forewarn {job} job.")
+    parser.add_argument("--config", help="YAML file; overrides the packaged defaults")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override one field by dotted path, e.g. --set target.resources.replicas=2")
+    parser.add_argument("--output-dir", help="run directory (a rerun with the same dir resumes)")
+    args = parser.parse_args(argv)
+    try:
+        cfg = resolve(job, args.config, args.overrides, args.output_dir)
+    except ConfigError as e:
+        fail(str(e))
+    try:
+        return run_job(job, cfg)
+    except ConfigError as e:
+        fail(str(e))
+    except ForewarnError as e:
+        print(f"forewarn: {job} failed: {e}", file=sys.stderr)
+        raise SystemExit(1) from None
