@@ -1,0 +1,33 @@
+"""The Judge contract: batched ``judge(prompts, responses) -> list[Verdict]``.
+
+Scores lie in [0, 1]. Each judge declares ``higher_is_unsafe`` (True for toxicity / Llama-Guard
+style judges: a higher score means more unsafe or more failing). A row the judge could not score
+carries ``error`` and ``unsafe=None``; it is never counted as safe.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+
+@dataclass
+class Verdict:
+    score: float
+    label: str  # e.g. "safe" / "unsafe", "pass" / "fail", or "error"
+    unsafe: bool | None  # None when the judge failed on this row
+    categories: list[str] = field(default_factory=list)
+    error: str | None = None
+    raw: str | None = None  # the judge model's raw output, where it has one
+
+    @classmethod
+    def failed(cls, error: str, raw: str | None = None) -> "Verdict":
+        return cls(score=float("nan"), label="error", unsafe=None, error=error, raw=raw)
+
+
+@runtime_checkable
+class Judge(Protocol):
+    name: str
+    higher_is_unsafe: bool
+
+    def judge(self, prompts: list[str], responses: list[str]) -> list[Verdict]: ...
