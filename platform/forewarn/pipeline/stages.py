@@ -1,0 +1,135 @@
+"""Ray Data stages: a role becomes an actor pool that loads its model once and maps batches of rows.
+
+``generate_stage``, ``judge_stage`` and ``embed_stage`` take a ``ray.data.Dataset`` and the role's
+config, and return a lazily evaluated Dataset with new columns. Every actor asks Ray for the role's
+``num_cpus`` / ``num_gpus`` and sets torch's threads to its CPU share (two busy torch processes each
+spinning two threads on two cores run many times slower).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from forewarn.config import GenerationParams, ModelSpec, Resources, RoleConfig
+
+
+def set_torch_threads(num_cpus: float) -> None:
+    """Match torch's intra-op threads to the CPUs Ray granted this worker."""
+    import torch
+
+    torch.set_num_threads(max(1, int(num_cpus)))
+
+
+def _actor_kwargs(res: Resources) -> dict[str, Any]:
+    return dict(concurrency=res.replicas, num_cpus=res.num_cpus, num_gpus=res.num_gpus,
+                batch_size=res.batch_size, batch_format="pandas")
+
+
+class GenerateUDF:
+    """Actor body of the generate stage: one Generator per actor, n output rows per input row."""
+
+    def __init__(self, spec: ModelSpec, params: GenerationParams, num_cpus: float, prompt_column: str,
+                 prefix: str):
+        set_torch_threads(num_cpus)
+        from forewarn.models import load_generator
+
+        self.gen = load_generator(spec)
+        self.params, self.prompt_column, self.prefix = params, prompt_column, prefix
+
+    def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
+        prompts = [str(p) for p in batch[self.prompt_column]]
+        results = self.gen.generate(prompts, self.params)
+        rows = []
+        for (_, row), completions in zip(batch.iterrows(), results):
+            for k, c in enumerate(completions):
+                rows.append({
+                    **row.to_dict(),
+                    f"{self.prefix}sample": k,
+                    f"{self.prefix}text": c.text,
+                    f"{self.prefix}finish_reason": c.finish_reason,
+                    f"{self.prefix}num_tokens": len(c.token_ids),
+                    f"{self.prefix}error": c.error,
+                })
+        return pd.DataFrame(rows)
+
+
+def generate_stage(ds: Any, role: RoleConfig, params: GenerationParams, prompt_column: str = "prompt",
+                   prefix: str = "") -> Any:
+    """Add ``{prefix}text``, ``sample``, ``finish_reason``, ``num_tokens`` and ``error`` columns.
+
+    Each input row yields ``params.n`` output rows (``sample`` = 0..n-1). The vllm backend goes through
+    Ray's own ``ray.data.llm`` processor instead of an actor pool of ours.
+    """
+    if role.model.backend == "vllm":
+        from forewarn.models.vllm import vllm_generate_stage
+
+        return vllm_generate_stage(ds, role, params, prompt_column=prompt_column, prefix=prefix)
+    return ds.map_batches(
+        GenerateUDF,
+        fn_constructor_kwargs=dict(spec=role.model, params=params, num_cpus=role.resources.num_cpus,
+                                   prompt_column=prompt_column, prefix=prefix),
+        **_actor_kwargs(role.resources),
+    )
+
+
+class JudgeUDF:
+    """Actor body of the judge stage: one judge per actor, one verdict per row."""
+
+    def __init__(self, spec: Any, num_cpus: float, prompt_column: str, response_column: str, prefix: str):
+        set_torch_threads(num_cpus)
+        from forewarn.judges import build_judge
+
+        self.judge = build_judge(spec)
+        self.prompt_column, self.response_column, self.prefix = prompt_column, response_column, prefix
+
+    def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
+        verdicts = self.judge.judge([str(p) for p in batch[self.prompt_column]],
+                                    [str(r) for r in batch[self.response_column]])
+        out = batch.copy()
+        p = self.prefix
+        out[f"{p}score"] = [v.score for v in verdicts]
+        out[f"{p}label"] = [v.label for v in verdicts]
+        out[f"{p}unsafe"] = pd.array([v.unsafe for v in verdicts], dtype="boolean")
+        out[f"{p}categories"] = [list(v.categories) for v in verdicts]
+        out[f"{p}error"] = [v.error for v in verdicts]
+        return out
+
+
+def judge_stage(ds: Any, spec: Any, resources: Resources, prompt_column: str = "prompt",
+                response_column: str = "text", prefix: str = "judge_") -> Any:
+    """Add ``{prefix}score``, ``label``, ``unsafe`` (null on judge errors), ``categories``, ``error``."""
+    return ds.map_batches(
+        JudgeUDF,
+        fn_constructor_kwargs=dict(spec=spec, num_cpus=resources.num_cpus, prompt_column=prompt_column,
+                                   response_column=response_column, prefix=prefix),
+        **_actor_kwargs(resources),
+    )
+
+
+class EmbedUDF:
+    def __init__(self, path: str, num_cpus: float, text_column: str, column: str):
+        set_torch_threads(num_cpus)
+        from forewarn.models.embed import Embedder
+
+        self.embedder = Embedder(path)
+        self.text_column, self.column = text_column, column
+
+    def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
+        vecs = self.embedder.embed([str(t) for t in batch[self.text_column]])
+        out = batch.copy()
+        out[self.column] = list(np.asarray(vecs, dtype=np.float32))
+        return out
+
+
+def embed_stage(ds: Any, resources: Resources, path: str = "minilm", text_column: str = "text",
+                column: str = "embedding") -> Any:
+    """Add an L2-normalised embedding column (MiniLM by default)."""
+    return ds.map_batches(
+        EmbedUDF,
+        fn_constructor_kwargs=dict(path=path, num_cpus=resources.num_cpus, text_column=text_column,
+                                   column=column),
+        **_actor_kwargs(resources),
+    )

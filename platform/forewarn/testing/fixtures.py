@@ -1,0 +1,51 @@
+"""Pytest fixtures shared by the test suite (loaded with ``-p forewarn.testing.fixtures``).
+
+Tiny models are built once per test session from a config (no download); Ray starts once per test
+module with two CPUs, as Ray's testing guide recommends; MLflow goes to a throwaway sqlite store.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random Llama-architecture causal LM with a locally trained tokenizer and chat template."""
+    from forewarn.models.tiny import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-llama"), arch="llama", seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_gpt2_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random GPT-2 causal LM with the same kind of tokenizer."""
+    from forewarn.models.tiny import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-gpt2"), arch="gpt2", seed=0)
+
+
+@pytest.fixture(scope="module")
+def ray_local() -> Iterator[None]:
+    """A real local Ray with 2 CPUs for the whole test module."""
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture
+def mlflow_uri(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A throwaway MLflow store; MLFLOW_TRACKING_URI points at it for the test."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    return uri
