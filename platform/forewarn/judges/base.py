@@ -19,10 +19,17 @@ class Verdict:
     categories: list[str] = field(default_factory=list)
     error: str | None = None
     raw: str | None = None  # the judge model's raw output, where it has one
+    # named sub-scores where the judge has them: Perspective attributes, classifier labels, the answer
+    # entropy and its counts; empty otherwise
+    scores: dict[str, float] = field(default_factory=dict)
 
     @classmethod
     def failed(cls, error: str, raw: str | None = None) -> "Verdict":
         return cls(score=float("nan"), label="error", unsafe=None, error=error, raw=raw)
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
 
 
 @runtime_checkable
