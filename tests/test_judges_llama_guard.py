@@ -71,14 +71,14 @@ def guard() -> HFGenerator:
     attn = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in seqs])
     labels = torch.where(torch.tensor([[0] * (width - len(m)) + m for m in masks]).bool(), ids, -100)
     pos = (attn.cumsum(-1) - 1).clamp(min=0)
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    opt = torch.optim.AdamW(model.parameters(), lr=6e-3)
     model.train()
-    for _ in range(120):
+    for _ in range(100):
         loss = model(input_ids=ids, attention_mask=attn, position_ids=pos, labels=labels).loss
         opt.zero_grad()
         loss.backward()
         opt.step()
-        if loss.item() < 0.01:
+        if loss.item() < 0.005:
             break
     model.eval()
     spec = ModelSpec(path="tiny-guard", device="cpu", use_chat_template=False, max_input_tokens=1024)
