@@ -13,7 +13,7 @@ import json
 import re
 import threading
 import time
-from collections import Counter, defaultdict
+from collections import defaultdict
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlparse
 
@@ -88,7 +88,7 @@ class Handler(BaseHTTPRequestHandler):
             return self._send(int(kind), json.dumps({"error": {"code": int(kind), "message": f"injected {kind}"}}),
                               {"Retry-After": "0.2"} if kind == "429" else None)
         if kind == "timeout" and n <= times:
-            time.sleep(0.6)
+            time.sleep(1.2)
             return self._send(200, "{}")
         if kind == "malformed":
             return self._send(200, '{"attributeScores": {"TOXICITY": {"summaryScore": ')
@@ -115,8 +115,9 @@ def server():
 @pytest.fixture()
 def judge(server, monkeypatch):
     monkeypatch.setenv("PERSPECTIVE_API_KEY", KEY)
+    # rate_margin 0.1: the server's clock may see arrivals up to 100 ms out of step on a loaded machine
     j = PerspectiveJudge(base_url=server.base_url, qps=QPS, max_concurrency=4, max_retries=3, backoff_s=0.01,
-                         backoff_max_s=0.3, timeout_s=0.25)
+                         backoff_max_s=0.3, timeout_s=0.6, rate_margin=0.1)
     yield j
     j.close()
 
@@ -177,7 +178,7 @@ def test_every_row_scored_or_failed_with_reason(server, judge):
 
 def test_rate_limit_holds_across_threads_and_judges(server, judge):
     other = build_judge({"kind": "perspective", "base_url": server.base_url, "qps": QPS, "max_concurrency": 4,
-                         "backoff_s": 0.01})  # same endpoint, key and rate: shares the limiter
+                         "backoff_s": 0.01, "rate_margin": 0.1})  # same endpoint, key and rate: shares the limiter
     results: dict[int, list] = {}
 
     def work(k: int, j: PerspectiveJudge) -> None:

@@ -53,8 +53,9 @@ class ClassifierJudge:
                 tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=local_only)
                 model = AutoModelForSequenceClassification.from_pretrained(path, local_files_only=local_only)
             except OSError as e:
-                raise ModelNotFound(f"judge.path={path!r}: no local sequence-classification model there ({e}); "
-                                    "point it at a folder with config.json, weights and a tokenizer") from None
+                raise ModelNotFound(
+                    f"judge.path={path!r}: no local sequence-classification model there ({e}); "
+                    "point it at a folder with config.json, weights and a tokenizer") from None
             model.to(resolve_device(device))
         self.model, self.tokenizer = model.eval(), tokenizer
         if self.tokenizer.pad_token is None:
@@ -103,9 +104,10 @@ class ClassifierJudge:
         for row in probs.tolist():
             score = row[self.unsafe_index]
             unsafe = score >= self.threshold
-            cats = [self.id2label[i] for i, p in enumerate(row) if p >= self.threshold and i == self.unsafe_index]
-            if self.multi_label:
+            if self.multi_label:  # every label over the threshold is a category
                 cats = [self.id2label[i] for i, p in enumerate(row) if p >= self.threshold]
+            else:
+                cats = [self.id2label[self.unsafe_index]] if unsafe else []
             verdicts.append(Verdict(score=score, label="unsafe" if unsafe else "safe", unsafe=unsafe,
                                     categories=cats, scores={self.id2label[i]: p for i, p in enumerate(row)}))
         return verdicts
