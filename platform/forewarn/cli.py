@@ -11,28 +11,17 @@ from typing import Optional
 
 import typer
 
+from forewarn.cli_common import ConfigOpt, OutOpt, SetOpt, run_named_job
 from forewarn.config import load_config, to_yaml
 from forewarn.errors import ConfigError
-from forewarn.runner import JOBS, fail, job_module, resolve, run_job
+from forewarn.reversegen.cli import app as reversegen_app
+from forewarn.runner import JOBS, fail, job_module, resolve
 
 app = typer.Typer(help="forewarn: find, measure and mitigate failures of LLMs, on Ray.", no_args_is_help=True,
                   pretty_exceptions_enable=False)
 config_app = typer.Typer(help="Show and validate job configs.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
-
-ConfigOpt = typer.Option(None, "--config", "-c", help="YAML config file (overrides the packaged defaults)")
-SetOpt = typer.Option(None, "--set", help="override a field by dotted path: --set a.b=c (repeatable)")
-OutOpt = typer.Option(None, "--output-dir", "-o", help="run directory (a rerun with the same dir resumes)")
-
-
-def run_named_job(job: str, config: Optional[Path], overrides: Optional[list[str]],
-                  output_dir: Optional[str]) -> None:
-    """Shared body of every ``forewarn <capability> run`` command."""
-    try:
-        cfg = resolve(job, str(config) if config else None, overrides or [], output_dir)
-        run_job(job, cfg)
-    except ConfigError as e:
-        fail(str(e))
+app.add_typer(reversegen_app, name="reversegen")
 
 
 @config_app.command("show")

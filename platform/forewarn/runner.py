@@ -22,6 +22,7 @@ from forewarn.tracking import make_tracker
 # job name -> module with CONFIG and run(); capabilities add their line when they land.
 JOBS: dict[str, str] = {
     "generate": "forewarn.pipeline.generate_job",
+    "reversegen": "forewarn.reversegen.job",
 }
 
 

@@ -48,6 +48,9 @@ def write_json(path: str | Path, obj: Any) -> Path:
 
 
 def write_table(path: str | Path, table: pa.Table) -> Path:
+    # pandas-derived tables carry pandas' own dtype metadata, which another pandas version may not read
+    # back (list<string>[pyarrow]); the Arrow schema alone describes the data.
+    table = table.replace_schema_metadata(None)
     with atomic_path(path) as tmp:
         pq.write_table(table, tmp)
     return Path(path)

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from forewarn.config import GenerationParams, ModelSpec, Resources, RoleConfig
+from forewarn.records import stable_id
 
 
 def set_torch_threads(num_cpus: float) -> None:
@@ -41,7 +42,15 @@ class GenerateUDF:
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
         prompts = [str(p) for p in batch[self.prompt_column]]
-        results = self.gen.generate(prompts, self.params)
+        if self.params.seed is None or self.params.greedy:
+            results = self.gen.generate(prompts, self.params)
+        else:
+            # Seeded sampling: one call per row with a seed derived from the row's id, so a row's samples
+            # do not depend on which batch or actor it landed in (reruns and resumes reproduce them).
+            ids = batch["id"] if "id" in batch else range(len(prompts))
+            results = [self.gen.generate([p], self.params.model_copy(
+                update={"seed": int(stable_id(self.params.seed, i), 16) % 2**31}))[0]
+                for p, i in zip(prompts, ids)]
         rows = []
         for (_, row), completions in zip(batch.iterrows(), results):
             for k, c in enumerate(completions):
@@ -60,7 +69,9 @@ def generate_stage(ds: Any, role: RoleConfig, params: GenerationParams, prompt_c
                    prefix: str = "") -> Any:
     """Add ``{prefix}text``, ``sample``, ``finish_reason``, ``num_tokens`` and ``error`` columns.
 
-    Each input row yields ``params.n`` output rows (``sample`` = 0..n-1). The vllm backend goes through
+    Each input row yields ``params.n`` output rows (``sample`` = 0..n-1). With a seed and sampling, each
+    row is generated on its own with a seed derived from its ``id`` (reproducible under any batching;
+    the n samples of a row still share one batch). The vllm backend goes through
     Ray's own ``ray.data.llm`` processor instead of an actor pool of ours.
     """
     if role.model.backend == "vllm":

@@ -1,0 +1,25 @@
+"""Pieces every CLI group shares: the --config/--set/--output-dir options and the job-running body."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from forewarn.errors import ConfigError
+from forewarn.runner import fail, resolve, run_job
+
+ConfigOpt = typer.Option(None, "--config", "-c", help="YAML config file (overrides the packaged defaults)")
+SetOpt = typer.Option(None, "--set", help="override a field by dotted path: --set a.b=c (repeatable)")
+OutOpt = typer.Option(None, "--output-dir", "-o", help="run directory (a rerun with the same dir resumes)")
+
+
+def run_named_job(job: str, config: Optional[Path], overrides: Optional[list[str]],
+                  output_dir: Optional[str]) -> dict:
+    """Resolve and run ``job``; config errors print one paragraph and exit 2."""
+    try:
+        cfg = resolve(job, str(config) if config else None, overrides or [], output_dir)
+        return run_job(job, cfg)
+    except ConfigError as e:
+        fail(str(e))

@@ -1,0 +1,171 @@
+"""The ReverseGen job: warm up the proposer, then iterate propose -> dedup -> respond -> judge -> pairs
+-> DPO, and (optionally) enhance the target on what was found.
+
+    python jobs/reversegen.py                         # the testbed, on a laptop
+    ray job submit --working-dir . -- python jobs/reversegen.py --config configs/reversegen-llama2.yaml
+
+Writes OUTPUT_DIR/iter{k}/*.parquet, checkpoints/proposer_{k}, summary.json
+(``{"iterations": [{"iteration", "asr", "self_bleu", "n_instructions", "n_failures", ...}], ...}``) and
+logs the same to MLflow with a plot of ASR and Self-BLEU by iteration.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+from typing import Any
+
+from forewarn.errors import ForewarnError
+from forewarn.pipeline.rundir import RunDir
+from forewarn.reversegen.config import ReverseGenConfig, model_paths
+from forewarn.reversegen.loop import IterationContext, run_iteration
+from forewarn.reversegen.proposer import build_prompt, completion_text, seed_items
+
+CONFIG = ReverseGenConfig
+
+
+class NoPairs(ForewarnError):
+    """An iteration produced no (failing, passing) pair from one prompt: DPO has nothing to learn."""
+
+
+def resolve_names(cfg: ReverseGenConfig) -> tuple[ReverseGenConfig, Any]:
+    """Testbed names -> local paths; returns the config and the testbed manifest (or None)."""
+    from forewarn.testbed import resolve_model, resolve_path
+
+    cfg = cfg.model_copy(deep=True)
+    manifest = testbed_manifest(cfg.target.model.path)
+    cfg.proposer.model.path = resolve_model(cfg.proposer.model.path)
+    cfg.target.model.path = resolve_model(cfg.target.model.path)
+    if cfg.reference is not None:
+        cfg.reference.model.path = resolve_model(cfg.reference.model.path)
+    if cfg.task == "math" and cfg.judge.reference_model is not None:
+        cfg.judge.reference_model.path = resolve_model(cfg.judge.reference_model.path)
+    cfg.seeds = resolve_path(cfg.seeds)
+    return cfg, manifest
+
+
+def read_seeds(path: str, task: str) -> list[dict]:
+    p = Path(path)
+    if not p.is_file():
+        raise ForewarnError(f"seeds={path!r}: file does not exist")
+    rows = [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
+    try:
+        return seed_items(task, rows)
+    except ValueError as e:
+        raise ForewarnError(f"seeds={path!r}: {e}") from None
+
+
+def testbed_manifest(name: str) -> Any:
+    """The manifest of the testbed world a ``testbed:<model>[@size]`` name points into, else None."""
+    from forewarn.testbed import Manifest, resolve_path
+
+    if not name.startswith("testbed:"):
+        return None
+    size = name.split("@", 1)[1] if "@" in name else None
+    return Manifest.load(Path(resolve_path("testbed:manifest" + (f"@{size}" if size else ""))).parent)
+
+
+def warmup(cfg: ReverseGenConfig, rundir: RunDir, seeds: list[dict], tracker: Any) -> str:
+    """SFT the proposer on 3-shot prompts whose target is a 4th seed (ReverseGen step 1)."""
+    from forewarn.training import train_sft
+
+    out = rundir.path("checkpoints", "proposer_warmup")
+    if rundir.is_done("warmup"):
+        return str(out)
+    rng = random.Random(f"warmup-{cfg.seed}")
+    rows = []
+    for _ in range(cfg.warmup.examples):
+        picked = rng.sample(seeds, cfg.propose.shots + 1)
+        subject = picked[0].get("subject", "")
+        rows.append({"prompt": build_prompt(cfg.task, [p["instruction"] for p in picked[:-1]], subject),
+                     "response": completion_text(cfg.task, picked[-1]["instruction"])})
+    path = train_sft(cfg.warmup.train, rows, cfg.proposer.model.path, out, tracker=tracker, metric_prefix="warmup/")
+    rundir.mark_done("warmup", path=str(path))
+    return str(path)
+
+
+def dpo_round(cfg: ReverseGenConfig, rundir: RunDir, k: int, policy: str, pairs: Any, tracker: Any) -> str:
+    """DPO of the proposer on iteration k's pairs; the reference is the proposer that sampled them."""
+    from forewarn.training import train_dpo
+
+    key = f"iter{k}/dpo"
+    out = rundir.path("checkpoints", f"proposer_{k + 1}")
+    if rundir.is_done(key):
+        return str(out)
+    rows = [{"prompt": r.prompt, "chosen": completion_text(cfg.task, r.chosen),
+             "rejected": completion_text(cfg.task, r.rejected)} for r in pairs.itertuples()]
+    path = train_dpo(cfg.dpo, rows, policy, reference_path=policy, output_dir=out, tracker=tracker,
+                     metric_prefix=f"dpo/iter{k}/")
+    rundir.mark_done(key, path=str(path), pairs=len(rows))
+    return str(path)
+
+
+def plot_iterations(iterations: list[dict], tracker: Any, rundir: RunDir) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ks = [m["iteration"] for m in iterations]
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot(ks, [m["asr"] for m in iterations], "o-", color="tab:red", label="ASR")
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("attack success rate", color="tab:red")
+    ax.set_xticks(ks)
+    ax2 = ax.twinx()
+    ax2.plot(ks, [m["self_bleu"] for m in iterations], "s--", color="tab:blue", label="Self-BLEU")
+    ax2.set_ylabel("Self-BLEU (lower = more diverse)", color="tab:blue")
+    fig.tight_layout()
+    fig.savefig(rundir.path("asr_self_bleu.png"), dpi=120)
+    tracker.log_figure(fig, "plots/asr_self_bleu.png")
+    plt.close(fig)
+
+
+def run(cfg: ReverseGenConfig, rundir: RunDir, tracker: Any) -> dict[str, Any]:
+    cfg, manifest = resolve_names(cfg)
+    tracker.set_tags({f"forewarn.model.{k}": str(v) for k, v in model_paths(cfg).items()}
+                     | ({"forewarn.testbed": f"{manifest.version}/{manifest.size}/seed{manifest.seed}"}
+                        if manifest else {}))
+    seeds = read_seeds(cfg.seeds, cfg.task)
+    run_id = rundir.read_summary().get("run_key") or rundir.root.resolve().name
+    policy = warmup(cfg, rundir, seeds, tracker) if cfg.warmup.enabled else cfg.proposer.model.path
+    topic_of = manifest.planted_topic_of if manifest is not None and cfg.task == "safety" else None
+    summary: dict[str, Any] = {"run_key": run_id, "task": cfg.task, "iterations": []}
+    found: set[str] = set()
+    stop_reason = None
+    for k in range(cfg.iterations):
+        ctx = IterationContext(cfg, rundir, run_id, k, policy, seeds, topic_of)
+        metrics, judged, pairs = run_iteration(ctx)
+        found |= set(metrics.get("planted_topics_found", []))
+        summary["iterations"].append(metrics)
+        tracker.log_metrics({k2: v for k2, v in metrics.items() if isinstance(v, (int, float))}, step=k)
+        print(f"[reversegen] iteration {k}: asr={metrics['asr']:.3f} self_bleu={metrics['self_bleu']:.3f} "
+              f"instructions={metrics['n_instructions']} failures={metrics['n_failures']} "
+              f"pairs={metrics['n_pairs']}", flush=True)
+        rundir.write_summary(summary)  # partial summaries survive a crash
+        if k == cfg.iterations - 1 and not cfg.train_last:
+            break
+        if len(pairs) == 0:
+            stop_reason = (f"iteration {k} gave no preference pairs (no prompt had both a failing and a passing "
+                           f"instruction): the loop stops here. Sample more per prompt (propose.params.n) or "
+                           f"more prompts (propose.prompts_per_iteration).")
+            print(f"[reversegen] {stop_reason}", flush=True)
+            break
+        policy = dpo_round(cfg, rundir, k, policy, pairs, tracker)
+    first, last = summary["iterations"][0], summary["iterations"][-1]
+    summary.update(final_asr=last["asr"], final_self_bleu=last["self_bleu"], final_proposer=policy,
+                   asr_ratio=(last["asr"] / first["asr"]) if first["asr"] else None, stop_reason=stop_reason)
+    if manifest is not None and cfg.task == "safety":
+        summary["planted_topics"] = sorted(manifest.planted_topics)
+        summary["planted_topics_found"] = sorted(found)
+        summary["planted_recall"] = len(found) / len(manifest.planted_topics)
+    if cfg.enhance_target.enabled:
+        from forewarn.reversegen.enhance import enhance_target
+
+        summary["enhance_target"] = enhance_target(cfg, rundir, tracker)
+    tracker.log_metrics({k: v for k, v in summary.items() if isinstance(v, (int, float)) and v is not None})
+    plot_iterations(summary["iterations"], tracker, rundir)
+    for k in range(len(summary["iterations"])):
+        tracker.log_artifact(rundir.path(f"iter{k}"), f"tables/iter{k}")
+    return summary
