@@ -1,0 +1,181 @@
+"""Config of the guarded generator and of its Ray Serve application.
+
+The pipeline is *input guard → generation (+ decoding mitigations) → stop detectors → output guard*.
+Two lists make later capabilities one config entry each:
+
+``generator.decoding``        logits processors, e.g. ``{kind: no_repeat_ngram, size: 4}``; Goodtriever /
+                              DExperts add their kind to :data:`forewarn.guard.mitigations.DECODING_KINDS`.
+``generator.stop_detectors``  detectors checked every K tokens, e.g. ``{kind: cycle}``; the learned
+                              recurrence detector adds its kind to :data:`forewarn.guard.detectors.STOP_KINDS`.
+
+Each entry is validated against the spec class its ``kind`` names (unknown keys are errors, as
+everywhere), so a typo fails at config time with the dotted field path.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Literal
+
+from pydantic import Field, SerializeAsAny, ValidationError, field_validator, model_validator
+
+from forewarn.config import ModelSpec, RayConfig, Resources, Section, format_validation_error
+from forewarn.judges.spec import JudgeSpec
+
+
+class GuardStage(Section):
+    """One guard (input or output): which judge, when it blocks, and what a block does."""
+
+    judge: JudgeSpec | None = Field(None, description="a JudgeSpec ({kind: offline_toxicity, ...}); null: off")
+    action: Literal["refuse", "redact"] = Field(
+        "refuse", description="refuse: answer with guard.refusal_message; redact: replace the unsafe sentences")
+    threshold: float | None = Field(
+        None, ge=0.0, le=1.0,
+        description="block when the judge's score reaches it (flipped for judges where lower is unsafe); "
+                    "null: use the judge's own unsafe label")
+    categories: list[str] = Field(
+        default_factory=list, description="only verdicts with one of these categories block; empty: any unsafe")
+
+
+class GuardPolicy(Section):
+    """What the guards check and how blocked requests look to the caller."""
+
+    input: GuardStage = Field(default_factory=lambda: GuardStage(judge={"kind": "offline_toxicity"}))
+    output: GuardStage = Field(default_factory=lambda: GuardStage(judge={"kind": "offline_toxicity"}))
+    refusal_message: str = "I can't help with that request."
+    redaction_marker: str = "[redacted]"
+    on_judge_error: Literal["block", "allow"] = Field(
+        "block", description="a judge that fails on a row blocks it (block) or lets it through (allow)")
+    expose_verdicts: bool = Field(True, description="add the guard verdicts to responses as the `forewarn` field")
+
+    @model_validator(mode="after")
+    def _check_input_judge(self) -> "GuardPolicy":
+        j = self.input.judge
+        if j is not None and j.kind == "llama_guard" and not j.judge_prompt_only:
+            raise ValueError("guard.input.judge: a llama_guard input judge must set judge_prompt_only: true "
+                             "(it classifies the user turn, there is no response yet)")
+        for stage in ("input", "output"):
+            j = getattr(self, stage).judge
+            if j is not None and j.kind in ("honesty_entropy", "math_match"):
+                raise ValueError(f"guard.{stage}.judge.kind={j.kind!r} is not a safety judge; use offline_toxicity, "
+                                 "llama_guard, perspective or classifier")
+        return self
+
+
+def _validate_entries(value: Any, kinds: dict[str, str], field: str) -> list[Section]:
+    from forewarn.guard.registry import load_spec_class
+
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise ValueError(f"{field} must be a list of {{kind: ...}} entries")
+    out = []
+    for i, entry in enumerate(value):
+        if isinstance(entry, Section):
+            out.append(entry)
+            continue
+        if not isinstance(entry, dict) or "kind" not in entry:
+            raise ValueError(f"{field}[{i}] must be a mapping with a 'kind' (one of {', '.join(kinds)})")
+        cls = load_spec_class(kinds, entry["kind"], f"{field}[{i}].kind")
+        try:
+            out.append(cls.model_validate(entry))
+        except ValidationError as e:
+            raise ValueError(format_validation_error(e, f"{field}[{i}] ({entry['kind']})")) from None
+    return out
+
+
+class Batching(Section):
+    """``@serve.batch`` settings of the generator (and the judges)."""
+
+    max_batch_size: int = Field(8, ge=1)
+    batch_wait_timeout_s: float = Field(0.01, ge=0.0)
+
+
+class GeneratorSection(Section):
+    """The guarded model: its weights, resources, batching, decoding mitigations and stop detectors."""
+
+    model: ModelSpec
+    resources: Resources = Field(default_factory=Resources)
+    batching: Batching = Field(default_factory=Batching)
+    decoding: list[SerializeAsAny[Section]] = Field(
+        default_factory=list, description="decoding mitigations (logits processors), each {kind: ...}")
+    stop_detectors: list[SerializeAsAny[Section]] = Field(
+        default_factory=lambda: [{"kind": "cycle"}], validate_default=True,
+        description="detectors checked every K tokens that end a row early (finish_reason 'recurrence')")
+
+    @field_validator("decoding", mode="before")
+    @classmethod
+    def _decoding(cls, v: Any) -> list[Section]:
+        from forewarn.guard.mitigations import DECODING_KINDS
+
+        return _validate_entries(v, DECODING_KINDS, "decoding")
+
+    @field_validator("stop_detectors", mode="before")
+    @classmethod
+    def _stops(cls, v: Any) -> list[Section]:
+        from forewarn.guard.detectors import STOP_KINDS
+
+        return _validate_entries(v, STOP_KINDS, "stop_detectors")
+
+
+class Limits(Section):
+    """Request limits of the HTTP API (413 for size, 400 for the rest)."""
+
+    max_body_bytes: int = Field(1_000_000, ge=1024, description="larger request bodies get 413")
+    max_prompt_chars: int = Field(8000, ge=1, description="longer prompts (all turns together) get 413")
+    max_messages: int = Field(64, ge=1)
+    max_tokens: int = Field(512, ge=1, description="the largest max_tokens a request may ask for")
+    default_max_tokens: int = Field(128, ge=1, description="used when a request gives no max_tokens")
+    max_n: int = Field(4, ge=1, description="the largest n a request may ask for")
+    max_stop: int = Field(4, ge=0, description="the most stop strings a request may send")
+
+    @model_validator(mode="after")
+    def _defaults_within(self) -> "Limits":
+        if self.default_max_tokens > self.max_tokens:
+            raise ValueError(f"default_max_tokens ({self.default_max_tokens}) must be <= max_tokens "
+                             f"({self.max_tokens})")
+        return self
+
+
+class Auth(Section):
+    """Optional bearer API keys; with none configured the endpoint is open."""
+
+    api_keys: list[str] = Field(default_factory=list, description="accepted bearer keys")
+    api_keys_env: str | None = Field("FOREWARN_API_KEYS", description="env var with comma-separated keys")
+
+    def keys(self) -> list[str]:
+        env = os.environ.get(self.api_keys_env, "") if self.api_keys_env else ""
+        return [k for k in self.api_keys + [k.strip() for k in env.split(",")] if k]
+
+
+class HttpSection(Section):
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+
+
+class IngressSection(Section):
+    """The FastAPI ingress deployment (cheap: parsing, policy, metrics)."""
+
+    num_cpus: float = Field(0.1, ge=0)
+    replicas: int = Field(1, ge=1)
+    max_ongoing_requests: int = Field(256, ge=1)
+
+
+class LoggingSection(Section):
+    log_prompts: bool = Field(False, description="include prompt and response text in the request logs")
+
+
+class ServeConfig(Section):
+    """Everything ``forewarn serve`` / ``serve run serve/config.yaml`` needs."""
+
+    model_name: str = Field("forewarn-guarded", description="the model id clients send and /v1/models lists")
+    generator: GeneratorSection
+    guard: GuardPolicy = Field(default_factory=GuardPolicy)
+    guard_enabled: bool = Field(True, description="false: serve the bare generator (the benchmark's baseline)")
+    limits: Limits = Field(default_factory=Limits)
+    auth: Auth = Field(default_factory=Auth)
+    http: HttpSection = Field(default_factory=HttpSection)
+    ingress: IngressSection = Field(default_factory=IngressSection)
+    logging: LoggingSection = Field(default_factory=LoggingSection)
+    app_name: str = "forewarn"
+    ray: RayConfig = Field(default_factory=RayConfig)
