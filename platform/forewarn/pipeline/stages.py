@@ -25,7 +25,9 @@ def set_torch_threads(num_cpus: float) -> None:
 
 
 def _actor_kwargs(res: Resources) -> dict[str, Any]:
-    return dict(concurrency=res.replicas, num_cpus=res.num_cpus, num_gpus=res.num_gpus,
+    from ray.data import ActorPoolStrategy
+
+    return dict(compute=ActorPoolStrategy(size=res.replicas), num_cpus=res.num_cpus, num_gpus=res.num_gpus,
                 batch_size=res.batch_size, batch_format="pandas")
 
 

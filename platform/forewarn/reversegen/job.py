@@ -16,6 +16,7 @@ import random
 from pathlib import Path
 from typing import Any
 
+from forewarn.config import RayConfig, TrackingConfig, config_hash
 from forewarn.errors import ForewarnError
 from forewarn.pipeline.rundir import RunDir
 from forewarn.reversegen.config import ReverseGenConfig, model_paths
@@ -68,7 +69,7 @@ def testbed_manifest(name: str) -> Any:
 
 def warmup(cfg: ReverseGenConfig, rundir: RunDir, seeds: list[dict], tracker: Any) -> str:
     """SFT the proposer on 3-shot prompts whose target is a 4th seed (ReverseGen step 1)."""
-    from forewarn.training import train_sft
+    from forewarn.training.api import train_sft
 
     out = rundir.path("checkpoints", "proposer_warmup")
     if rundir.is_done("warmup"):
@@ -79,15 +80,15 @@ def warmup(cfg: ReverseGenConfig, rundir: RunDir, seeds: list[dict], tracker: An
         picked = rng.sample(seeds, cfg.propose.shots + 1)
         subject = picked[0].get("subject", "")
         rows.append({"prompt": build_prompt(cfg.task, [p["instruction"] for p in picked[:-1]], subject),
-                     "response": completion_text(cfg.task, picked[-1]["instruction"])})
-    path = train_sft(cfg.warmup.train, rows, cfg.proposer.model.path, out, tracker=tracker, metric_prefix="warmup/")
+                     "target": completion_text(cfg.task, picked[-1]["instruction"])})
+    path = train_sft(cfg.warmup.train, rows, out, tracker, model_path=cfg.proposer.model.path)
     rundir.mark_done("warmup", path=str(path))
     return str(path)
 
 
 def dpo_round(cfg: ReverseGenConfig, rundir: RunDir, k: int, policy: str, pairs: Any, tracker: Any) -> str:
     """DPO of the proposer on iteration k's pairs; the reference is the proposer that sampled them."""
-    from forewarn.training import train_dpo
+    from forewarn.training.api import train_dpo
 
     key = f"iter{k}/dpo"
     out = rundir.path("checkpoints", f"proposer_{k + 1}")
@@ -95,8 +96,7 @@ def dpo_round(cfg: ReverseGenConfig, rundir: RunDir, k: int, policy: str, pairs:
         return str(out)
     rows = [{"prompt": r.prompt, "chosen": completion_text(cfg.task, r.chosen),
              "rejected": completion_text(cfg.task, r.rejected)} for r in pairs.itertuples()]
-    path = train_dpo(cfg.dpo, rows, policy, reference_path=policy, output_dir=out, tracker=tracker,
-                     metric_prefix=f"dpo/iter{k}/")
+    path = train_dpo(cfg.dpo, rows, reference_model_path=policy, output_dir=out, tracker=tracker)
     rundir.mark_done(key, path=str(path), pairs=len(rows))
     return str(path)
 
@@ -128,7 +128,10 @@ def run(cfg: ReverseGenConfig, rundir: RunDir, tracker: Any) -> dict[str, Any]:
                      | ({"forewarn.testbed": f"{manifest.version}/{manifest.size}/seed{manifest.seed}"}
                         if manifest else {}))
     seeds = read_seeds(cfg.seeds, cfg.task)
-    run_id = rundir.read_summary().get("run_key") or rundir.root.resolve().name
+    # Row ids (and the per-row sampling seeds derived from them) hang on the experiment, not on where it
+    # is written: the same config reproduces the same rows in any output dir, resumed or not.
+    run_id = config_hash(cfg.model_copy(update={"output_dir": "", "tracking": TrackingConfig(),
+                                                "ray": RayConfig()}))
     policy = warmup(cfg, rundir, seeds, tracker) if cfg.warmup.enabled else cfg.proposer.model.path
     topic_of = manifest.planted_topic_of if manifest is not None and cfg.task == "safety" else None
     summary: dict[str, Any] = {"run_key": run_id, "task": cfg.task, "iterations": []}

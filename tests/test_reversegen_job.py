@@ -1,0 +1,115 @@
+"""ReverseGen end to end on the small testbed world: through `ray job submit` to a local head, and a run
+killed during iteration 2 that resumes to the same rows as an uninterrupted run."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import pyarrow.parquet as pq
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SMALL = [
+    "proposer.model.path=testbed:proposer@small", "target.model.path=testbed:target@small",
+    "seeds=testbed:reversegen_seeds@small", "iterations=3", "propose.prompts_per_iteration=48",
+    "propose.params.n=8", "dpo.epochs=2", "dedup.semdedup=false",
+]
+
+
+def _sets(extra: list[str] = ()) -> list[str]:
+    return [a for s in [*SMALL, *extra] for a in ("--set", s)]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _tables(out: Path) -> dict[str, int]:
+    return {str(p.relative_to(out)): pq.read_metadata(p).num_rows for p in sorted(out.glob("iter*/*.parquet"))}
+
+
+@pytest.fixture(scope="module")
+def head(tmp_path_factory: pytest.TempPathFactory):
+    """A real local Ray head started with `ray start`, as a user would, and its dashboard address."""
+    tmp = tmp_path_factory.mktemp("ray-head")
+    ray = str(Path(sys.executable).parent / "ray")
+    port, dash = _free_port(), _free_port()
+    env = {**os.environ, "RAY_TMPDIR": str(tmp)}
+    subprocess.run([ray, "start", "--head", f"--port={port}", "--num-cpus=2", "--dashboard-host=127.0.0.1",
+                    f"--dashboard-port={dash}", "--include-dashboard=true", "--disable-usage-stats"],
+                   check=True, env=env, capture_output=True, timeout=180)
+    yield f"http://127.0.0.1:{dash}"
+    subprocess.run([ray, "stop", "--force"], env=env, capture_output=True, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def submitted_run(head: str, testbed, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`ray job submit --working-dir . -- python jobs/reversegen.py ...` to the local head; waits for the end."""
+    out = tmp_path_factory.mktemp("rg-submitted") / "run"
+    uri = f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
+    runtime_env = {"env_vars": {"MLFLOW_TRACKING_URI": uri, "OMP_NUM_THREADS": "1"},
+                   "excludes": [".git", "runs", "mlflow.db", "benchmarks/results"]}
+    cmd = [str(Path(sys.executable).parent / "ray"), "job", "submit", "--address", head, "--working-dir", ".",
+           "--runtime-env-json", json.dumps(runtime_env), "--",
+           sys.executable, "jobs/reversegen.py", "--output-dir", str(out), *_sets()]
+    # a head from `ray start` uses token auth: the client must run with RAY_AUTH_MODE=token
+    env = {**os.environ, "RAY_AUTH_MODE": "token"}
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1500)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "SUCCEEDED" in proc.stdout + proc.stderr
+    out.joinpath(".mlflow_uri").write_text(uri)
+    return out
+
+
+def test_submitted_job_succeeds_and_reports(submitted_run: Path) -> None:
+    summary = json.loads((submitted_run / "summary.json").read_text())
+    its = summary["iterations"]
+    assert [m["iteration"] for m in its] == [0, 1, 2]
+    for m in its:
+        assert 0 <= m["asr"] <= 1 and m["n_instructions"] > 0 and m["self_bleu"] > 0
+        assert m["n_failures"] == round(m["asr"] * (m["n_instructions"] - m["n_judge_errors"]))
+    assert summary["planted_topics_found"], "no planted topic was found at all"
+    assert (submitted_run / "checkpoints" / "proposer_2" / "model" / "config.json").is_file()
+    uri = (submitted_run / ".mlflow_uri").read_text()
+    run = mlflow.MlflowClient(tracking_uri=uri).get_run(summary["mlflow_run_id"])
+    assert run.data.tags["forewarn.job"] == "reversegen"
+    assert run.data.tags["forewarn.model.target"].endswith("target")
+    assert "forewarn.testbed" in run.data.tags and "forewarn.git_commit" in run.data.tags
+    history = mlflow.MlflowClient(tracking_uri=uri).get_metric_history(run.info.run_id, "asr")
+    assert [h.step for h in history] == [0, 1, 2]
+
+
+def test_killed_run_resumes_to_the_same_rows(submitted_run: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    cmd = [sys.executable, "jobs/reversegen.py", "--output-dir", str(out), *_sets(["tracking.enabled=false",
+                                                                                 "ray.num_cpus=2"])]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    stages = out / "stages.json"
+    deadline = time.time() + 1200
+    while time.time() < deadline and proc.poll() is None:
+        if stages.is_file() and "iter2/proposals" in json.loads(stages.read_text() or "{}"):
+            break
+        time.sleep(0.5)
+    assert proc.poll() is None, "the run ended before iteration 2 could be interrupted"
+    os.killpg(proc.pid, signal.SIGKILL)  # the driver and its local Ray, mid iteration 2
+    proc.wait(timeout=60)
+    done = json.loads(stages.read_text())
+    assert "iter2/judged" not in done and "iter1/dpo" in done
+    rerun = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert _tables(out) == _tables(submitted_run)
+    a = pq.read_table(out / "iter2" / "judged.parquet").column("id").to_pylist()
+    b = pq.read_table(submitted_run / "iter2" / "judged.parquet").column("id").to_pylist()
+    assert a == b and len(set(a)) == len(a)
