@@ -21,7 +21,14 @@ from forewarn.tracking import make_tracker
 
 # job name -> module with CONFIG and run(); capabilities add their line when they land.
 JOBS: dict[str, str] = {
+    "train": "forewarn.training.job",
+    "dpl": "forewarn.dpl.job",
+    "contrastive": "forewarn.contrastive.job",
+    "goodtriever": "forewarn.retrieval.job",
     "generate": "forewarn.pipeline.generate_job",
+    "recurrence_search": "forewarn.recurrence.job",
+    "recurrence_sweep": "forewarn.recurrence.sweep_job",
+    "recurrence_detector": "forewarn.recurrence.detector_job",
     "reversegen": "forewarn.reversegen.job",
 }
 

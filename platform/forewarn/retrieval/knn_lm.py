@@ -1,0 +1,123 @@
+"""kNN-LM decoding (Goodtriever) as a ``transformers.LogitsProcessor`` for the HF backend.
+
+At each step the processor takes the query the forward hook captured (last position, same hook as the
+datastore keys), retrieves k neighbours from each datastore, and replaces the scores with::
+
+    lm   = top_p_filter(log_softmax(scores), filter_p)           # -inf outside the base nucleus
+    score = log_softmax(lm + alpha * (added - subtracted))         # method "ensemble"
+
+where (toxic, nontoxic) play the roles ``ensemble_order`` gives them (default: subtract toxic, add
+non-toxic) and a missing store is replaced by ``lm``. kNN log-probs are patched first: entries <= -50 become
+the row's smallest entry > -50. Differences from the original, on purpose: the order option is honoured;
+the patch is per row (the original took one minimum over the whole batch, so rows influenced each other);
+the LM stand-in is patched on a copy, so the nucleus filter of ``lm`` survives. The other methods (one
+store): ``interpolate`` = log((1 - lmbda) p_lm + lmbda p_knn), ``interpolate_discourage`` =
+log(relu((1 + lmbda) p_lm - lmbda p_knn)).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from transformers import LogitsProcessor
+
+from forewarn.retrieval.config import KnnLMSpec
+from forewarn.retrieval.hooks import HiddenCapture
+from forewarn.retrieval.store import Datastore
+
+PATCH_FLOOR = -50.0
+
+
+def top_p_filter(logp: torch.Tensor, top_p: float) -> torch.Tensor:
+    """Set log-probs outside the smallest set with mass >= top_p to -inf (0 or 1 disables; top-1 kept)."""
+    if top_p <= 0.0 or top_p >= 1.0:
+        return logp
+    sorted_lp, idx = torch.sort(logp, descending=True, dim=-1)
+    cum = sorted_lp.exp().cumsum(dim=-1)
+    remove = cum - sorted_lp.exp() >= top_p  # mass before this token already reaches top_p
+    remove[..., 0] = False
+    mask = torch.zeros_like(remove).scatter(-1, idx, remove)
+    return logp.masked_fill(mask, float("-inf"))
+
+
+def patch_log_probs(logp: torch.Tensor, floor: float = PATCH_FLOOR) -> torch.Tensor:
+    """Per row, raise entries <= floor (and -inf) to the smallest entry > floor (a copy is returned)."""
+    above = logp > floor
+    row_min = torch.where(above, logp, torch.full_like(logp, float("inf"))).min(dim=-1, keepdim=True).values
+    row_min = torch.where(torch.isinf(row_min), torch.full_like(row_min, floor), row_min)
+    return torch.where(above, logp, row_min.expand_as(logp))
+
+
+def ensemble(lm: torch.Tensor, toxic: torch.Tensor | None, nontoxic: torch.Tensor | None, alpha: float,
+             order: tuple[str, str] = ("subtract", "add")) -> torch.Tensor:
+    """``log_softmax(lm + alpha * (added - subtracted))``; ``order`` = roles of (toxic, nontoxic)."""
+    tox = toxic if toxic is not None else lm
+    non = nontoxic if nontoxic is not None else lm
+    roles = dict(zip(order, (tox, non)))
+    if set(roles) != {"add", "subtract"}:
+        raise ValueError(f"ensemble order must be ('subtract', 'add') or ('add', 'subtract'), got {order}")
+    added, subtracted = patch_log_probs(roles["add"]), patch_log_probs(roles["subtract"])
+    return torch.log_softmax(lm + alpha * (added - subtracted), dim=-1)
+
+
+def interpolate(lm: torch.Tensor, knn: torch.Tensor, lmbda: float) -> torch.Tensor:
+    return torch.logaddexp(lm + math.log(1 - lmbda), knn + math.log(lmbda))
+
+
+def interpolate_discourage(lm: torch.Tensor, knn: torch.Tensor, lmbda: float) -> torch.Tensor:
+    return torch.log(torch.relu((1 + lmbda) * lm.exp() - lmbda * knn.exp()))
+
+
+class KnnLMProcessor(LogitsProcessor):
+    """Goodtriever kNN-LM over the toxic and/or non-toxic datastore, for ``model.generate``.
+
+    The processor hooks ``model`` at construction (the hook only copies the last position's state);
+    call :meth:`close` (or use it as a context manager) to remove the hook. It is stateless between
+    calls, so one instance serves many ``generate`` calls, also from several threads.
+    """
+
+    def __init__(self, spec: KnnLMSpec, model: Any, toxic: Datastore | None = None,
+                 nontoxic: Datastore | None = None):
+        if toxic is None and nontoxic is None:
+            raise ValueError("KnnLMProcessor needs at least one datastore")
+        self.spec, self.toxic, self.nontoxic = spec, toxic, nontoxic
+        stores = [s for s in (toxic, nontoxic) if s is not None]
+        key_type = stores[0].key_type
+        for s in stores:
+            s.check_model(model, key_type)
+        self.capture = HiddenCapture(model, key_type, last_only=True)
+        self.vocab_size = int(model.config.vocab_size)
+        self.calls = 0
+
+    def knn(self, store: Datastore | None, queries: torch.Tensor, vocab: int) -> torch.Tensor | None:
+        if store is None:
+            return None
+        return store.log_probs(queries, self.spec.k, self.spec.temperature, vocab, self.spec.recompute_dists)
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        queries = self.capture.value
+        if queries.shape[0] != scores.shape[0]:
+            raise RuntimeError(f"captured {queries.shape[0]} queries for {scores.shape[0]} rows of scores: the "
+                               "processor is attached to another model than the one generating")
+        vocab = scores.shape[-1]
+        lm = top_p_filter(torch.log_softmax(scores.float(), dim=-1), self.spec.filter_p)
+        tox, non = self.knn(self.toxic, queries, vocab), self.knn(self.nontoxic, queries, vocab)
+        self.calls += 1
+        if self.spec.method == "ensemble":
+            out = ensemble(lm, tox, non, self.spec.alpha, self.spec.ensemble_order)
+        else:
+            knn = tox if tox is not None else non
+            fn = interpolate if self.spec.method == "interpolate" else interpolate_discourage
+            out = fn(lm, knn, self.spec.lmbda)
+        return out.to(scores.dtype)
+
+    def close(self) -> None:
+        self.capture.close()
+
+    def __enter__(self) -> "KnnLMProcessor":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()

@@ -1,0 +1,53 @@
+"""``build_processor(spec, model, tokenizer)``: a decoding mitigation config becomes a logits processor.
+
+This is the seam the guarded generator (and the evaluation job) uses::
+
+    from forewarn.retrieval import build_processor, parse_mitigation
+    procs = [build_processor(parse_mitigation(m), gen.model, gen.tokenizer) for m in cfg.mitigations]
+    gen.generate(prompts, params, logits_processors=procs)
+
+Paths in the spec must already be local (``resolve_mitigation_names`` maps ``testbed:`` names). Heavy
+objects are loaded here, once: datastores (faiss index + values) for ``knn_lm``, the expert and anti-expert
+models for ``dexperts`` (on the base model's device). Close a processor to remove its model hook.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from transformers import LogitsProcessor
+
+from forewarn.retrieval.config import DExpertsSpec, KnnLMSpec, parse_mitigation
+
+
+def build_processor(spec: Any, model: Any, tokenizer: Any) -> LogitsProcessor:
+    """Build the processor a ``KnnLMSpec`` / ``DExpertsSpec`` (or its dict) describes, for ``model``."""
+    spec = parse_mitigation(spec)
+    device = next(model.parameters()).device
+    if isinstance(spec, KnnLMSpec):
+        from forewarn.retrieval.knn_lm import KnnLMProcessor
+        from forewarn.retrieval.store import Datastore
+
+        def open_store(path: str | None) -> Datastore | None:
+            return None if path is None else Datastore(path, device=device, gpu=spec.gpu, nprobe=spec.nprobe)
+
+        return KnnLMProcessor(spec, model, toxic=open_store(spec.toxic), nontoxic=open_store(spec.nontoxic))
+    if isinstance(spec, DExpertsSpec):
+        from forewarn.models.hf import load_hf
+        from forewarn.retrieval.dexperts import DExpertsProcessor
+
+        def load(ms: Any) -> Any:
+            m, _ = load_hf(ms.model_copy(update={"device": str(device), "device_map": None}))
+            return m
+
+        return DExpertsProcessor(spec, load(spec.expert), load(spec.anti_expert), tokenizer.pad_token_id,
+                                 base_vocab_size=int(model.config.vocab_size))
+    raise TypeError(f"unknown mitigation spec {type(spec).__name__}")
+
+
+def close_processors(processors: list[Any]) -> None:
+    """Remove hooks / caches of processors built here (others are left alone)."""
+    for p in processors:
+        close = getattr(p, "close", None)
+        if callable(close):
+            close()
