@@ -101,3 +101,136 @@ class JudgementRow:
     unsafe: bool | None = None
     categories: list[str] = field(default_factory=list)
     error: str | None = None
+
+
+# ------------------------------------------------------------------ recurrence (trigger search)
+
+
+@dataclass
+class ExperienceRow:
+    """One evaluated individual of a trigger search (the original's ``experiences.csv`` row, typed)."""
+
+    id: str
+    run_id: str
+    iteration: int
+    method: str  # ga | random
+    seed: int
+    evaluation: int  # target generations spent up to and including this one
+    token_ids: list[int]
+    prompt: str
+    response: str
+    response_token_ids: list[int]
+    tokens_generated: int
+    finish_reason: str
+    fitness: float
+    hit: bool
+    hit_cap: bool  # the original length rule
+    cycled: bool
+    period: int
+    cycle_start: int
+    repeats: float
+    repeated_tokens: int
+    time_taken: float
+    time_per_token: float
+
+
+@dataclass
+class BestRecordRow:
+    """One search iteration: the best individuals and pool statistics (``best_records.csv``)."""
+
+    run_id: str
+    iteration: int
+    method: str
+    seed: int
+    best_prompts: list[str]
+    best_fitness: list[float]
+    average_fitness: float
+    max_fitness: float
+    max_tokens_generated: int
+    evaluations: int
+    hits: int
+
+
+@dataclass
+class AlgLogRow:
+    """When a search first hit its goal (``alg_log.csv``); one row per (method, seed), nulls if never."""
+
+    run_id: str
+    method: str
+    seed: int
+    first_iteration_to_hit_goal: int | None
+    evaluations_to_hit_goal: int | None
+    time_to_hit_goal: float | None
+    total_evaluations: int
+    seconds: float
+
+
+# ------------------------------------------------------------------ contrastive (model divergence)
+
+
+@dataclass
+class ContrastiveSampleRow:
+    """One decoded continuation with token-level divergence evidence (``iteration`` = finder cycle).
+
+    ``tokens`` / ``token_divergences`` cover the scored tokens; the first ``n_prompt_tokens`` are prompt
+    tokens (only when the prompt is scored too).
+    """
+
+    id: str
+    run_id: str
+    iteration: int
+    repeat: int
+    prompt_id: str
+    sample: int
+    prompt: str
+    text: str
+    tokens: list[str]
+    token_ids: list[int]
+    token_divergences: list[float]
+    n_prompt_tokens: int
+    divergence_mean: float
+    divergence_max: float
+    ppl_start: float
+    ppl_comparison: float
+
+
+@dataclass
+class DivergencePromptRow:
+    """A prompt with its divergence (mean over its samples), from the seeds or the finder's assistant."""
+
+    id: str
+    run_id: str
+    iteration: int
+    repeat: int
+    prompt: str
+    source: str  # seed | assistant | prompts
+    divergence: float
+    divergence_max: float
+    response: str
+    rank: int
+    criterion: float | None = None
+    diversity: float | None = None
+    planted_topic: str | None = None  # testbed runs: the planted topic the prompt is about
+
+
+@dataclass
+class FinderCycleRow:
+    """Per-cycle statistics of the divergence finder (bank, new prompts, shown subsample)."""
+
+    id: str
+    run_id: str
+    iteration: int
+    repeat: int
+    attempts: int
+    n_new: int
+    n_candidates: int
+    n_malformed: int
+    n_duplicates: int
+    n_dropped_criterion: int
+    bank_size: int
+    top10_divergence_mean: float
+    bank_divergence_mean: float
+    bank_divergence_max: float
+    new_divergence_mean: float
+    new_divergence_max: float
+    shown_divergence_mean: float
