@@ -16,6 +16,7 @@ from forewarn.config import load_config, to_yaml
 from forewarn.dpl.cli import app as dpl_app
 from forewarn.contrastive.cli import app as contrastive_app
 from forewarn.errors import ConfigError
+from forewarn.guard.cli import app as serve_app
 from forewarn.retrieval.cli import app as goodtriever_app
 from forewarn.reversegen.cli import app as reversegen_app
 from forewarn.runner import JOBS, fail, job_module, resolve
@@ -25,6 +26,7 @@ app = typer.Typer(help="forewarn: find, measure and mitigate failures of LLMs, o
                   pretty_exceptions_enable=False)
 config_app = typer.Typer(help="Show and validate job configs.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
+app.add_typer(serve_app, name="serve")
 app.add_typer(train_app, name="train")
 app.add_typer(dpl_app, name="dpl")
 app.add_typer(contrastive_app, name="contrastive")
