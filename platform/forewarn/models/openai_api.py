@@ -52,7 +52,8 @@ def resolve_api_key(spec: ModelSpec) -> str:
     key = os.environ.get(spec.api_key_env, "").strip()
     if not key:
         raise ConfigError(
-            f"model.api_key_env={spec.api_key_env!r}: the environment variable {spec.api_key_env} is not set. "
+            f"model.api_key_env={spec.api_key_env!r}: the environment variable {spec.api_key_env} "
+            "is not set. "
             f"Export it with the API key for {spec.base_url}, or set it (or model.api_key_env) to "
             f"{NO_KEY} for a server that needs no key, such as a local vLLM or forewarn serve endpoint."
         )
@@ -112,17 +113,16 @@ def parse_response(endpoint: str, resp: Any, params: GenerationParams) -> list[C
         extra = ch.model_extra or {}
         if endpoint == "chat":
             text = ch.message.content or ""
-            lps = ([t.logprob for t in ch.logprobs.content]
-                   if params.logprobs and ch.logprobs is not None and ch.logprobs.content is not None else None)
+            got = params.logprobs and ch.logprobs is not None and ch.logprobs.content is not None
+            lps = [t.logprob for t in ch.logprobs.content] if got else None
         else:
             text = ch.text or ""
-            lps = (list(ch.logprobs.token_logprobs)
-                   if params.logprobs and ch.logprobs is not None and ch.logprobs.token_logprobs is not None
-                   else None)
+            got = params.logprobs and ch.logprobs is not None and ch.logprobs.token_logprobs is not None
+            lps = list(ch.logprobs.token_logprobs) if got else None
         text, hit = apply_stop(text, params.stop)  # for servers that ignore `stop`
         ids = [int(t) for t in extra.get("token_ids") or []]  # vLLM returns them on request
-        out.append(Completion(text=text, token_ids=ids, finish_reason="stop" if hit else _finish(ch.finish_reason),
-                              logprobs=lps))
+        reason = "stop" if hit else _finish(ch.finish_reason)
+        out.append(Completion(text=text, token_ids=ids, finish_reason=reason, logprobs=lps))
     return out
 
 

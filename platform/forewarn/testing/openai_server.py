@@ -281,7 +281,8 @@ class OpenAIServer:
                 return _error(400, msg)
             if req.model != self.model:
                 status = 404
-                return _error(404, f"The model `{req.model}` does not exist (this server has {self.model!r}).")
+                return _error(404, f"The model `{req.model}` does not exist "
+                                   f"(this server has {self.model!r}).")
             with self._lock:
                 fault = next((f for f in self._faults if f.matches(req)), None)
                 if fault is not None:
@@ -295,7 +296,7 @@ class OpenAIServer:
                 return _error(fault.status, fault.message or f"injected {fault.status}", headers)
             try:
                 payload = await asyncio.to_thread(self._answer, req)
-            except Exception as e:  # noqa: BLE001 -- a failing responder is a server error, as on a real server
+            except Exception as e:  # noqa: BLE001 -- a failing responder is a 500, as on a real server
                 status = 500
                 return _error(500, f"responder failed: {type(e).__name__}: {e}")
             status = 200
