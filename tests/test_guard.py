@@ -215,3 +215,34 @@ def test_planted_loop_trigger_stops_early_with_recurrence(small_world) -> None:
         assert small_world.loop_sentence in c.text
         base = asyncio.run(pipe.run(row["base_prompt"], params)).choices[0]
         assert base.finish_reason != "recurrence"
+
+
+# ---------------------------------------------------------------- the CLI and the serve run config
+
+
+def test_forewarn_serve_cli_resolves_and_rejects_configs() -> None:
+    from typer.testing import CliRunner
+
+    from forewarn.cli import app
+
+    runner = CliRunner()
+    ok = runner.invoke(app, ["serve", "--show-config", "--set", "generator.model.path=/m", "--port", "8123"])
+    assert ok.exit_code == 0 and "path: /m" in ok.output and "port: 8123" in ok.output
+    bad = runner.invoke(app, ["serve", "--set", "guard.output.action=shout"])
+    assert bad.exit_code == 2 and "guard.output.action" in bad.output
+
+
+def test_serve_run_config_file_is_valid() -> None:
+    from pathlib import Path
+
+    import yaml
+    from ray.serve.schema import ServeDeploySchema
+
+    from forewarn.config import deep_merge, packaged_defaults
+
+    raw = yaml.safe_load((Path(__file__).resolve().parents[1] / "serve" / "config.yaml").read_text())
+    schema = ServeDeploySchema.model_validate(raw)
+    (app,) = schema.applications
+    assert app.import_path == "forewarn.guard.serving:build_app"
+    cfg = build_config(ServeConfig, deep_merge(packaged_defaults("serve"), app.args))
+    assert cfg.generator.model.path == "testbed:target" and cfg.guard.output.judge.kind == "offline_toxicity"

@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 import openai
@@ -259,3 +260,21 @@ def test_metrics_are_exported_to_prometheus(server: Server) -> None:
     assert 'forewarn_requests_total{' in text and 'status="200"' in text
     assert 'forewarn_blocks_total{' in text and 'stage="output"' in text
     assert "forewarn_request_latency_s_bucket" in text and 'finish_reason="recurrence"' in text
+
+
+def test_request_logs_are_structured_and_hold_no_prompt_text(server: Server) -> None:
+    import ray
+
+    marker = "zebra-marker-7f3a"
+    client = server.client()
+    client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": f"Tell me about {marker}"}],
+                                   max_tokens=8, temperature=0)
+    logs = Path(ray._private.worker._global_node.get_session_dir_path()) / "logs" / "serve"
+    deadline, lines = time.monotonic() + 30, []
+    while time.monotonic() < deadline and not lines:
+        lines = [ln for f in logs.glob("replica_forewarn_ingress_*.log") for ln in f.read_text().splitlines()
+                 if '"event": "request"' in ln]
+        time.sleep(0.5)
+    records = [json.loads(ln.split(" -- ", 1)[1]) for ln in lines]
+    assert records and {"request_id", "endpoint", "status", "latency_s", "finish_reasons"} <= set(records[-1])
+    assert all(marker not in ln for f in logs.glob("replica_forewarn_*.log") for ln in f.read_text().splitlines())
