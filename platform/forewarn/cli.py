@@ -12,12 +12,15 @@ from typing import Optional
 import typer
 
 from forewarn.cli_common import ConfigOpt, OutOpt, SetOpt, run_named_job
+from forewarn.cluster_cli import cluster_app, plan as plan_command, runs_app
 from forewarn.config import load_config, to_yaml
 from forewarn.dpl.cli import app as dpl_app
 from forewarn.contrastive.cli import app as contrastive_app
 from forewarn.errors import ConfigError
 from forewarn.guard.cli import app as serve_app
+from forewarn.recurrence.cli import app as recurrence_app
 from forewarn.retrieval.cli import app as goodtriever_app
+from forewarn.testbed.cli import app as testbed_app
 from forewarn.reversegen.cli import app as reversegen_app
 from forewarn.runner import JOBS, fail, job_module, resolve
 from forewarn.training.cli import app as train_app
@@ -26,12 +29,17 @@ app = typer.Typer(help="forewarn: find, measure and mitigate failures of LLMs, o
                   pretty_exceptions_enable=False)
 config_app = typer.Typer(help="Show and validate job configs.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
+app.add_typer(testbed_app, name="testbed")
+app.command("plan")(plan_command)
+app.add_typer(runs_app, name="runs")
+app.add_typer(cluster_app, name="cluster")
 app.add_typer(serve_app, name="serve")
 app.add_typer(train_app, name="train")
 app.add_typer(dpl_app, name="dpl")
 app.add_typer(contrastive_app, name="contrastive")
 app.add_typer(reversegen_app, name="reversegen")
 app.add_typer(goodtriever_app, name="goodtriever")
+app.add_typer(recurrence_app, name="recurrence")
 
 
 @config_app.command("show")

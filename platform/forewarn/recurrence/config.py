@@ -119,11 +119,14 @@ class ClassifierSection(Section):
     """The reference MLP and its training (section 5 of the reference)."""
 
     hidden: list[int] = Field(default_factory=lambda: [120, 30, 10])
-    lr: float = Field(1e-4, gt=0)
+    lr: float = Field(1e-3, gt=0, description="the reference used 1e-4")
     weight_decay: float = Field(0.02, ge=0)
     batch_size: int = Field(400, ge=1)
-    epochs: int = Field(500, ge=1)
-    class_weights: tuple[float, float] = Field((1000.0, 1.0), description="(non-recurrent, recurrent)")
+    epochs: int = Field(300, ge=1, description="the reference used 500")
+    # The reference's (1000, 1) made the MLP call nothing recurrent on the testbed (recall 0 at FPR 0, 300-500
+    # epochs at lr 1e-4 or 1e-3); (10, 1) kept FPR 0 with recall 0.98. Set (1000, 1) to reproduce it.
+    class_weights: tuple[float, float] = Field((10.0, 1.0), description="loss weight of (non-recurrent, "
+                                               "recurrent) samples: a false positive cuts off a healthy answer")
     train_fraction: float = Field(0.75, gt=0, lt=1)
     threshold: float = Field(0.5, gt=0, lt=1)
 
@@ -132,7 +135,11 @@ class DetectorDataSection(Section):
     """Where detector samples come from."""
 
     search_runs: list[str] = Field(default_factory=list, description="output dirs of recurrence_search runs")
-    testbed_prompts: bool = Field(True, description="add the testbed's held-out prompts with/without trigger")
+    prompt_files: list[str] = Field(
+        default_factory=lambda: ["testbed:heldout_benign", "testbed:heldout_planted", "testbed:trigger_prompts"],
+        description="prompt files (JSONL/Parquet/txt or testbed:<artifact>) generated through the target")
+    temperatures: list[float] = Field(default_factory=lambda: [0.0, 1.0],
+                                      description="one generation per prompt and temperature (0: greedy)")
     label_rule: Literal["length", "cycle", "both"] = Field("cycle", description="which verdict labels a sample")
     max_per_class: int = Field(500, ge=1)
 
