@@ -21,7 +21,7 @@ def build(config: Optional[Path] = ConfigOpt, overrides: Optional[list[str]] = S
           only: Optional[list[str]] = typer.Option(None, "--only", help="build only these datastores")) -> None:
     """Build the job's datastores (keys with Ray Data, then the faiss index) into datastore_dir."""
     from forewarn.runner import fail, init_ray, resolve
-    from forewarn.retrieval.datastore import build_datastore
+    from forewarn.retrieval.datastore import build_datastores
     from forewarn.retrieval.job import resolve_names
 
     try:
@@ -32,10 +32,9 @@ def build(config: Optional[Path] = ConfigOpt, overrides: Optional[list[str]] = S
         cfg = resolve_names(cfg)
         init_ray(cfg.ray)
         root = Path(cfg.datastore_dir) if cfg.datastore_dir else Path(cfg.output_dir) / "datastores"
-        for name, spec in cfg.datastores.items():
-            if only and name not in only:
-                continue
-            meta = build_datastore(spec, root / name)
+        names = [n for n in cfg.datastores if not only or n in only]
+        metas = build_datastores({n: cfg.datastores[n] for n in names}, {n: root / n for n in names})
+        for name, meta in metas.items():
             idx = meta["index"]
             typer.echo(f"{name}: {meta['n']} keys x {meta['dim']} from {meta['n_docs']} docs, {idx['kind']} "
                        f"index ({idx['total_seconds']:.1f}s) -> {root / name}")

@@ -54,33 +54,37 @@ def model_fingerprint(model: Any) -> dict[str, Any]:
 
 
 class KeyUDF:
-    """Ray Data actor: loads the model once and turns a batch of documents into (key, value) rows."""
+    """Ray Data actor: loads the model once and turns documents into (key, value) rows.
 
-    def __init__(self, spec: DatastoreSpec, num_cpus: float):
+    One actor serves every datastore of a build group (same model and batching): rows carry a ``_store``
+    code, and each store's documents are windowed with that store's settings.
+    """
+
+    def __init__(self, specs: list[DatastoreSpec], num_cpus: float):
         from forewarn.pipeline.stages import set_torch_threads
 
         set_torch_threads(num_cpus)
         from forewarn.models.hf import load_hf
         from forewarn.retrieval.hooks import HiddenCapture
 
-        self.spec = spec
-        self.model, self.tok = load_hf(spec.model)
-        self.capture = HiddenCapture(self.model, spec.key_type, last_only=False)
-        self.max_len = min(spec.block_size, getattr(self.model.config, "max_position_embeddings", 10**9))
+        self.specs = specs
+        self.model, self.tok = load_hf(specs[0].model)
+        self.captures = {kt: HiddenCapture(self.model, kt, last_only=False) for kt in {s.key_type for s in specs}}
+        self.max_pos = getattr(self.model.config, "max_position_embeddings", 10**9)
 
-    def units(self, batch: pd.DataFrame) -> list[tuple[list[int], list[bool]]]:
+    def units(self, spec: DatastoreSpec, batch: pd.DataFrame) -> list[tuple[list[int], list[bool]]]:
         """Token sequences with a per-token 'store this target' mask."""
         from forewarn.models.hf import render_prompt
 
         eos = self.tok.eos_token_id
-        texts = [str(t) for t in batch[self.spec.text_field]]
-        if self.spec.prompt_field is None:
+        texts = [str(t) for t in batch["_text"]]
+        if spec.prompt_field is None:
             ids: list[int] = []
             for t in texts:
                 ids += self.tok(t, add_special_tokens=False)["input_ids"] + [eos]
             return [(ids, [True] * len(ids))]
         out = []
-        for p, t in zip(batch[self.spec.prompt_field], texts):
+        for p, t in zip(batch["_prompt"], texts):
             prompt = render_prompt(self.tok, str(p), use_chat_template=True)
             p_ids = self.tok(prompt, add_special_tokens=False)["input_ids"]
             r_ids = self.tok(t, add_special_tokens=False)["input_ids"] + [eos]
@@ -88,18 +92,40 @@ class KeyUDF:
         return out
 
     def __call__(self, batch: pd.DataFrame) -> dict[str, np.ndarray]:
+        dim = int(self.model.config.hidden_size)
+        keys, vals, stores = [np.zeros((0, dim), np.float16)], [np.zeros(0, np.int32)], [np.zeros(0, np.int32)]
+        docs = []
+        for code, group in batch.groupby("_store", sort=True):
+            spec = self.specs[int(code)]
+            k, v = self.encode(spec, group)
+            keys.append(k)
+            vals.append(v)
+            stores.append(np.full(len(v), code, np.int32))
+            docs.append((int(code), len(group), len(v)))
+        n_docs = np.zeros(sum(len(v) for v in vals), dtype=np.int32)
+        offset = 0
+        for _, n_group, n_rows in docs:  # documents of each group, counted once on its first row
+            if n_rows:
+                n_docs[offset] = n_group
+            offset += n_rows
+        return {"key": np.concatenate(keys), "value": np.concatenate(vals), "store": np.concatenate(stores),
+                "docs": n_docs}
+
+    def encode(self, spec: DatastoreSpec, batch: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
         import torch
 
+        max_len = min(spec.block_size, self.max_pos)
         jobs = []  # (token window, [(offset of the key position, value)])
-        for ids, mask in self.units(batch):
-            for start, end, first in windows(len(ids), self.max_len, min(self.spec.stride, self.max_len)):
+        for ids, mask in self.units(spec, batch):
+            for start, end, first in windows(len(ids), max_len, min(spec.stride, max_len)):
                 pairs = [(j - 1 - start, ids[j]) for j in range(first, end) if mask[j]]
                 if pairs:
                     jobs.append((ids[start:end], pairs))
         dim = int(self.model.config.hidden_size)
         keys, vals = [np.zeros((0, dim), np.float16)], [np.zeros(0, np.int32)]
         device = next(self.model.parameters()).device
-        bs = self.spec.resources.batch_size
+        bs = spec.resources.batch_size
+        capture = self.captures[spec.key_type]
         with torch.inference_mode():
             for i in range(0, len(jobs), bs):
                 chunk = jobs[i:i + bs]
@@ -110,15 +136,12 @@ class KeyUDF:
                     input_ids[r, :len(w)] = torch.tensor(w)
                     attn[r, :len(w)] = 1
                 self.model(input_ids=input_ids.to(device), attention_mask=attn.to(device), use_cache=False)
-                hidden = self.capture.value.float().cpu()
+                hidden = capture.value.float().cpu()
                 for r, (_, pairs) in enumerate(chunk):
                     pos = torch.tensor([p for p, _ in pairs])
                     keys.append(hidden[r, pos].numpy().astype(np.float16))
                     vals.append(np.array([v for _, v in pairs], dtype=np.int32))
-        docs = np.zeros(sum(len(v) for v in vals), dtype=np.int32)
-        if len(docs):
-            docs[0] = len(batch)  # documents of this batch, counted once
-        return {"key": np.concatenate(keys), "value": np.concatenate(vals), "docs": docs}
+        return np.concatenate(keys), np.concatenate(vals)
 
 
 def corpus_columns(path: Path) -> set[str]:
@@ -160,35 +183,57 @@ def read_corpus(spec: DatastoreSpec) -> Any:
 
 
 def build_datastore(spec: DatastoreSpec, out_dir: str | Path, show_progress: bool = True) -> dict[str, Any]:
-    """Build keys/values with a Ray Data actor pool, then the faiss index; returns the metadata.
+    """Build one datastore into ``out_dir`` (see :func:`build_datastores`); returns its metadata."""
+    return build_datastores({"store": spec}, {"store": Path(out_dir)}, show_progress)["store"]
 
-    A directory already holding a datastore of the same spec is reused; keys already extracted are kept
-    when only the index is missing (a rerun resumes).
+
+def build_datastores(specs: dict[str, DatastoreSpec], dirs: dict[str, Path],
+                     show_progress: bool = True) -> dict[str, dict[str, Any]]:
+    """Build keys/values with Ray Data actor pools, then each faiss index; returns metadata per store.
+
+    Stores that share a model and batching are extracted in one pipeline (one actor pool, the model loaded
+    once). A directory already holding a datastore of the same spec is reused; keys already extracted are
+    kept when only the index is missing (a rerun resumes).
     """
     import ray
+
+    metas: dict[str, dict[str, Any]] = {}
+    todo: dict[str, DatastoreSpec] = {}
+    for name, spec in specs.items():
+        if spec.model is None:
+            raise ConfigError(f"datastores.{name}.model is not set: name the model whose hidden states become "
+                              "the keys (the goodtriever job fills in its target)")
+        out = Path(dirs[name])
+        out.mkdir(parents=True, exist_ok=True)
+        meta = _read_json(out / META)
+        if meta.get("build_hash") == config_hash(spec) and (out / INDEX).is_file():
+            metas[name] = meta
+        elif _read_json(out / KEYS_DONE).get("build_hash") != config_hash(spec):
+            todo[name] = spec
+    groups: dict[str, list[str]] = {}
+    for name, spec in todo.items():
+        key = json.dumps([spec.model.model_dump(mode="json"), spec.batch_docs,
+                          spec.resources.model_dump(mode="json")], sort_keys=True)
+        groups.setdefault(key, []).append(name)
+    for names in groups.values():
+        t0 = time.perf_counter()
+        counts = _extract_keys({n: todo[n] for n in names}, {n: Path(dirs[n]) for n in names}, show_progress, ray)
+        for n, (n_keys, n_docs, dim) in counts.items():
+            _write_json(Path(dirs[n]) / KEYS_DONE, {"build_hash": config_hash(todo[n]), "n": n_keys,
+                                                    "n_docs": n_docs, "dim": dim,
+                                                    "seconds": round(time.perf_counter() - t0, 3)})
+    for name, spec in specs.items():
+        if name not in metas:
+            metas[name] = _index_store(spec, Path(dirs[name]), show_progress)
+    return metas
+
+
+def _index_store(spec: DatastoreSpec, out: Path, show_progress: bool) -> dict[str, Any]:
     from rich.progress import Progress
 
     from forewarn.retrieval.index import build_index, check_index_spec
 
-    if spec.model is None:
-        raise ConfigError("datastore.model is not set: name the model whose hidden states become the keys "
-                          "(the goodtriever job fills in its target)")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    build_hash = config_hash(spec)
-    meta_path = out / META
-    if meta_path.is_file():
-        meta = json.loads(meta_path.read_text())
-        if meta.get("build_hash") == build_hash and (out / INDEX).is_file():
-            return meta
-    t0 = time.perf_counter()
-    done = out / KEYS_DONE
-    info = json.loads(done.read_text()) if done.is_file() else {}
-    if info.get("build_hash") != build_hash:
-        n, n_docs, dim = _extract_keys(spec, out, show_progress, ray)
-        info = {"build_hash": build_hash, "n": n, "n_docs": n_docs, "dim": dim,
-                "seconds": round(time.perf_counter() - t0, 3)}
-        _write_json(done, info)
+    info = _read_json(out / KEYS_DONE)
     n, dim = info["n"], info["dim"]
     if n == 0:
         raise ConfigError(f"corpus = {spec.corpus!r}: produced no (key, value) pairs; check text_field / "
@@ -198,14 +243,17 @@ def build_datastore(spec: DatastoreSpec, out_dir: str | Path, show_progress: boo
     with Progress(disable=not show_progress, transient=True) as bar:
         task = bar.add_task(f"faiss {spec.index.kind} index", total=n)
         index_info = build_index(keys, spec.index, out / INDEX, progress=lambda k: bar.advance(task, k))
-    model_cfg = _model_config(spec)
-    meta = {"build_hash": build_hash, "n": n, "dim": dim, "n_docs": info["n_docs"],
-            "key_type": spec.key_type, "model": spec.model.path, "fingerprint": model_cfg,
+    meta = {"build_hash": config_hash(spec), "n": n, "dim": dim, "n_docs": info["n_docs"],
+            "key_type": spec.key_type, "model": spec.model.path, "fingerprint": _model_config(spec),
             "corpus": spec.corpus, "text_field": spec.text_field, "prompt_field": spec.prompt_field,
             "block_size": spec.block_size, "stride": spec.stride, "index": index_info,
             "key_seconds": info["seconds"], "spec": spec.model_dump(mode="json")}
-    _write_json(meta_path, meta)
+    _write_json(out / META, meta)
     return meta
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text()) if path.is_file() else {}
 
 
 def _model_config(spec: DatastoreSpec) -> dict[str, Any]:
@@ -223,29 +271,55 @@ def _write_json(path: Path, obj: dict) -> None:
     tmp.replace(path)
 
 
-def _extract_keys(spec: DatastoreSpec, out: Path, show_progress: bool, ray: Any) -> tuple[int, int, int]:
-    """Stream (key, value) batches from the actor pool into the fp16 / int32 files; memory stays bounded."""
-    ds = read_corpus(spec)
+def _normalise(ds: Any, code: int, spec: DatastoreSpec) -> Any:
+    """Project a corpus onto the columns the key actor reads: _store, _text, _prompt."""
+    def fn(b: pd.DataFrame) -> pd.DataFrame:
+        return pd.DataFrame({"_store": np.full(len(b), code, np.int32), "_text": b[spec.text_field].astype(str),
+                             "_prompt": b[spec.prompt_field].astype(str) if spec.prompt_field else ""})
+
+    return ds.map_batches(fn, batch_format="pandas", num_cpus=0.25)
+
+
+def _extract_keys(specs: dict[str, DatastoreSpec], dirs: dict[str, Path], show_progress: bool,
+                  ray: Any) -> dict[str, tuple[int, int, int]]:
+    """Stream (key, value) batches from one actor pool into each store's fp16 / int32 files."""
+    names = list(specs)
+    ordered = [specs[n] for n in names]
+    parts = [_normalise(read_corpus(s), i, s) for i, s in enumerate(ordered)]
+    ds = parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
     ctx = ray.data.DataContext.get_current()
     ctx.execution_options.preserve_order = True  # deterministic row order, so ids are reproducible
     ctx.enable_progress_bars = show_progress
-    res = spec.resources
-    keyed = ds.map_batches(KeyUDF, fn_constructor_kwargs=dict(spec=spec, num_cpus=res.num_cpus),
-                           batch_size=spec.batch_docs, batch_format="pandas",
+    res, first = ordered[0].resources, ordered[0]
+    keyed = ds.map_batches(KeyUDF, fn_constructor_kwargs=dict(specs=ordered, num_cpus=res.num_cpus),
+                           batch_size=first.batch_docs, batch_format="pandas",
                            compute=ray.data.ActorPoolStrategy(size=res.replicas),
                            num_cpus=res.num_cpus, num_gpus=res.num_gpus)
-    n, n_docs, dim = 0, 0, None
-    tmp_k, tmp_v = out / f".{KEYS}.tmp", out / f".{VALS}.tmp"
-    with open(tmp_k, "wb") as fk, open(tmp_v, "wb") as fv:
+    counts = {n: [0, 0, 0] for n in names}
+    files = {}
+    try:
+        for n in names:
+            files[n] = (open(dirs[n] / f".{KEYS}.tmp", "wb"), open(dirs[n] / f".{VALS}.tmp", "wb"))
         for batch in keyed.iter_batches(batch_format="numpy", batch_size=None):
-            k = np.ascontiguousarray(batch["key"], dtype=np.float16)
-            if k.ndim != 2 or k.shape[0] == 0:
+            keys = np.asarray(batch["key"])
+            if keys.ndim != 2 or keys.shape[0] == 0:
                 continue
-            dim = k.shape[1]
-            fk.write(k.tobytes())
-            fv.write(np.ascontiguousarray(batch["value"], dtype=np.int32).tobytes())
-            n += k.shape[0]
-            n_docs += int(batch["docs"].sum())
-    tmp_k.replace(out / KEYS)
-    tmp_v.replace(out / VALS)
-    return n, n_docs, int(dim or 0)
+            for code, n in enumerate(names):
+                sel = batch["store"] == code
+                if not sel.any():
+                    continue
+                fk, fv = files[n]
+                fk.write(np.ascontiguousarray(keys[sel], dtype=np.float16).tobytes())
+                fv.write(np.ascontiguousarray(batch["value"][sel], dtype=np.int32).tobytes())
+                c = counts[n]
+                c[0] += int(sel.sum())
+                c[1] += int(batch["docs"][sel].sum())
+                c[2] = keys.shape[1]
+    finally:
+        for fk, fv in files.values():
+            fk.close()
+            fv.close()
+    for n in names:
+        (dirs[n] / f".{KEYS}.tmp").replace(dirs[n] / KEYS)
+        (dirs[n] / f".{VALS}.tmp").replace(dirs[n] / VALS)
+    return {n: (c[0], c[1], c[2]) for n, c in counts.items()}

@@ -1,10 +1,10 @@
-"""The toxicity evaluation of one decoding system, as a streaming Ray Data pipeline.
+"""The toxicity evaluation of decoding systems side by side, as one streaming Ray Data pipeline.
 
-    prompts -> generate G samples each (target + the system's logits processors, one actor pool)
+    prompts -> generate G samples each under every system (target + each system's logits processors)
             -> toxicity judge (offline classifier or Perspective; per-row errors kept)
             -> conditional perplexity under the eval model (sampled prompts only)
 
-``evaluate_system`` returns one row per generation; :func:`system_metrics` reduces it per prompt set.
+``evaluate_systems`` returns one row per (system, generation); :func:`system_metrics` reduces it per prompt set.
 """
 
 from __future__ import annotations
@@ -27,9 +27,14 @@ def _compute(res: Resources) -> dict[str, Any]:
 
 
 class MitigatedGenerateUDF:
-    """Actor: the target loaded once, with this system's processors built once on it."""
+    """Actor: the target loaded once; every system's processors built once on it.
 
-    def __init__(self, spec: ModelSpec, mitigations: list[dict], params: GenerationParams, num_cpus: float):
+    Each batch of prompts is generated under every system in turn, so the systems are compared on the same
+    prompts, model and hardware; ``gen_seconds`` is each system's own generation time per sequence.
+    """
+
+    def __init__(self, spec: ModelSpec, systems: dict[str, list[dict]], params: GenerationParams,
+                 num_cpus: float):
         from forewarn.pipeline.stages import set_torch_threads
 
         set_torch_threads(num_cpus)
@@ -37,18 +42,22 @@ class MitigatedGenerateUDF:
         from forewarn.retrieval.processors import build_processor
 
         self.gen = HFGenerator(spec)
-        self.procs = [build_processor(m, self.gen.model, self.gen.tokenizer) for m in mitigations]
+        self.systems = {name: [build_processor(m, self.gen.model, self.gen.tokenizer) for m in mitigations]
+                        for name, mitigations in systems.items()}
         self.params = params
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
-        start = time.perf_counter()
-        results = self.gen.generate([str(p) for p in batch["prompt"]], self.params, logits_processors=self.procs)
-        per_seq = (time.perf_counter() - start) / max(1, sum(len(r) for r in results))
         rows = []
-        for (_, row), completions in zip(batch.iterrows(), results):
-            for k, c in enumerate(completions):
-                rows.append({**row.to_dict(), "sample": k, "text": c.text, "num_tokens": len(c.token_ids),
-                             "finish_reason": c.finish_reason, "gen_error": c.error, "gen_seconds": per_seq})
+        prompts = [str(p) for p in batch["prompt"]]
+        for name, procs in self.systems.items():
+            start = time.perf_counter()
+            results = self.gen.generate(prompts, self.params, logits_processors=procs)
+            per_seq = (time.perf_counter() - start) / max(1, sum(len(r) for r in results))
+            for (_, row), completions in zip(batch.iterrows(), results):
+                for k, c in enumerate(completions):
+                    rows.append({"system": name, **row.to_dict(), "sample": k, "text": c.text,
+                                 "num_tokens": len(c.token_ids), "finish_reason": c.finish_reason,
+                                 "gen_error": c.error, "gen_seconds": per_seq})
         return pd.DataFrame(rows)
 
 
@@ -86,17 +95,17 @@ def sample_ppl_prompts(prompt_ids: pd.Series, sets: pd.Series, max_prompts: int,
     return chosen
 
 
-def evaluate_system(prompts: pd.DataFrame, target: Any, mitigations: list[dict], params: GenerationParams,
-                    judge_spec: Any, judge_resources: Resources, ppl_model: ModelSpec, ppl_resources: Resources,
-                    ppl_batch_size: int) -> pd.DataFrame:
-    """Generate, judge and score one system; ``prompts`` has id, prompt_set, prompt, ppl_sampled."""
+def evaluate_systems(prompts: pd.DataFrame, target: Any, systems: dict[str, list[dict]], params: GenerationParams,
+                     judge_spec: Any, judge_resources: Resources, ppl_model: ModelSpec, ppl_resources: Resources,
+                     ppl_batch_size: int) -> pd.DataFrame:
+    """Generate with every system, judge and score; ``prompts`` has id, prompt_set, prompt, ppl_sampled."""
     import ray
 
     from forewarn.pipeline.stages import judge_stage
 
     ds = ray.data.from_pandas(prompts)
     ds = ds.map_batches(MitigatedGenerateUDF, fn_constructor_kwargs=dict(
-        spec=target.model, mitigations=mitigations, params=params, num_cpus=target.resources.num_cpus),
+        spec=target.model, systems=systems, params=params, num_cpus=target.resources.num_cpus),
         **_compute(target.resources))
     ds = judge_stage(ds, judge_spec, judge_resources, prompt_column="prompt", response_column="text",
                      prefix="judge_")
@@ -105,7 +114,7 @@ def evaluate_system(prompts: pd.DataFrame, target: Any, mitigations: list[dict],
     df = ds.to_pandas()
     df = df.rename(columns={"judge_score": "toxicity", "judge_error": "score_error"})
     df = df.rename(columns={"id": "prompt_id"})
-    return df.sort_values(["prompt_set", "prompt_id", "sample"]).reset_index(drop=True)
+    return df.sort_values(["system", "prompt_set", "prompt_id", "sample"]).reset_index(drop=True)
 
 
 def system_metrics(df: pd.DataFrame, threshold: float) -> dict[str, dict[str, float]]:

@@ -4,8 +4,8 @@
     python jobs/goodtriever.py --set params.n=5 --set limit=20   # smaller
 
 Stages (each resumable): ``datastores`` (one per entry of ``datastores``, built with Ray Data + faiss),
-then one ``system:<name>`` per entry of ``systems`` (generate -> judge -> perplexity, one table each:
-``scored_<name>.parquet``), then ``metrics.parquet``, ``summary.json`` (headline: EMT reduction and
+then ``eval``: every system generates on the same prompts in one Ray Data pipeline (generate -> judge
+-> perplexity; ``scored.parquet``, one row per system and generation), then ``metrics.parquet``, ``summary.json`` (headline: EMT reduction and
 perplexity change of every system vs ``baseline`` on ``headline_set``) and MLflow metrics and plots.
 """
 
@@ -130,16 +130,15 @@ def load_prompts(prompt_sets: dict[str, str], limit: int | None) -> pd.DataFrame
 def run(cfg: GoodtrieverConfig, rundir: RunDir, tracker: Any) -> dict:
     import pyarrow as pa
 
-    from forewarn.retrieval.datastore import build_datastore
-    from forewarn.retrieval.evaluate import evaluate_system, sample_ppl_prompts, system_metrics
+    from forewarn.retrieval.datastore import build_datastores
+    from forewarn.retrieval.evaluate import evaluate_systems, sample_ppl_prompts, system_metrics
     from forewarn.retrieval.report import headline, log_plots
 
     cfg = resolve_names(cfg)
     store_root = Path(cfg.datastore_dir) if cfg.datastore_dir else rundir.path("datastores")
-    store_dirs, store_meta = {}, {}
-    for name, spec in cfg.datastores.items():
-        meta = build_datastore(spec, store_root / name)
-        store_dirs[name], store_meta[name] = str(store_root / name), meta
+    store_dirs = {name: str(store_root / name) for name in cfg.datastores}
+    store_meta = build_datastores(cfg.datastores, {k: Path(v) for k, v in store_dirs.items()})
+    for name, meta in store_meta.items():
         tracker.log_metrics({f"datastore.{name}.n": meta["n"],
                              f"datastore.{name}.key_seconds": meta["key_seconds"]})
     rundir.mark_done("datastores", **{k: v["n"] for k, v in store_meta.items()})
@@ -150,18 +149,17 @@ def run(cfg: GoodtrieverConfig, rundir: RunDir, tracker: Any) -> dict:
                                 cfg.perplexity.seed)
     prompts["ppl_sampled"] = prompts["id"].isin(chosen)
     ppl_model = cfg.perplexity.model or cfg.target.model
+    if not (rundir.is_done("eval") and rundir.has_table("scored")):
+        systems = {name: [m.model_dump(mode="json") for m in system.mitigations]
+                   for name, system in cfg.systems.items()}
+        df = evaluate_systems(prompts, cfg.target, systems, cfg.params, cfg.judge, cfg.judge.resources,
+                              ppl_model, cfg.perplexity.resources, cfg.perplexity.batch_size)
+        rundir.write_table("scored", pa.Table.from_pandas(df, preserve_index=False))
+        rundir.mark_done("eval", rows=len(df))
+    df = rundir.read_table("scored").to_pandas()
     metrics: dict[str, dict[str, dict[str, float]]] = {}
-    for name, system in cfg.systems.items():
-        table = f"scored_{name}"
-        if not (rundir.is_done(f"system:{name}") and rundir.has_table(table)):
-            df = evaluate_system(prompts, cfg.target, [m.model_dump(mode="json") for m in system.mitigations],
-                                 cfg.params, cfg.judge, cfg.judge.resources, ppl_model,
-                                 cfg.perplexity.resources, cfg.perplexity.batch_size)
-            df.insert(0, "system", name)
-            rundir.write_table(table, pa.Table.from_pandas(df, preserve_index=False))
-            rundir.mark_done(f"system:{name}", rows=len(df))
-        df = rundir.read_table(table).to_pandas()
-        metrics[name] = system_metrics(df, cfg.toxicity_threshold)
+    for name in cfg.systems:
+        metrics[name] = system_metrics(df[df["system"] == name], cfg.toxicity_threshold)
         for part, m in metrics[name].items():
             tracker.log_metrics({f"{name}.{part}.{k}": float(v) for k, v in m.items()})
     flat = [{"system": s, "prompt_set": p, **m} for s, parts in metrics.items() for p, m in parts.items()]
