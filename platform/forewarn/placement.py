@@ -1,0 +1,482 @@
+"""Placement: a job's role resources become Ray resource requests, colocation placement groups and a plan.
+
+Every role in a job config (a ``RoleConfig``, a judge spec, a datastore, a bare ``Resources`` such as the
+embedder) carries ``resources``; every training section (``TrainConfig``) asks for ``num_workers`` workers.
+This module turns them into what Ray is asked for:
+
+- an ``hf``/``openai`` role: ``replicas`` actors of ``{CPU: num_cpus, GPU: num_gpus}`` (a Ray Data pool);
+- a ``vllm`` role: ``replicas`` engines of ``tensor_parallel_size`` GPUs each, kept on one node (what
+  ``ray.data.llm`` reserves: one ``{GPU: 1, CPU: 1}`` bundle per TP worker, or a fractional GPU with TP 1);
+- colocated roles (``target.resources.colocate_with: proposer``): one placement group per group, one bundle
+  per replica, holding every member's CPUs and ``ceil(max member GPUs)`` GPUs; members ask for fractional
+  GPUs inside it, so Ray puts them on the *same* GPUs (memory is split by the models, as in OpenRLHF);
+- training sections: ``num_workers`` x ``{CPU: cpus_per_worker, GPU: use_gpu}``.
+
+``plan(cfg, nodes)`` packs that onto a cluster's nodes step by step (roles that run at the same time, e.g.
+ReverseGen's target and judge, are placed together; the colocation groups stay reserved throughout) and
+says which role gets what, or raises :class:`PlacementError` naming the role, what it needs, what is free
+and the fields to change. ``reserved(cfg)`` creates the colocation groups for a run and ``remote_args(resources)`` gives
+an actor pool its placement-group scheduling strategy (``forewarn.pipeline.stages`` uses it).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+import os
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import BaseModel
+
+from forewarn.config import ModelSpec, Resources
+from forewarn.errors import ConfigError
+from forewarn.training.config import TrainConfig
+
+EPS = 1e-6
+KEYS = ("GPU", "CPU")
+PG_TIMEOUT_S = float(os.environ.get("FOREWARN_PLACEMENT_TIMEOUT_S", "900"))
+
+
+class PlacementError(ConfigError):
+    """The cluster cannot hold what the config asks for, or a colocation is not possible."""
+
+
+@dataclass(frozen=True)
+class Node:
+    """One node of a cluster: its name and total CPU/GPU."""
+
+    name: str
+    resources: dict[str, float]
+
+
+@dataclass(frozen=True)
+class RoleDemand:
+    """What one role (or training section) asks Ray for."""
+
+    name: str  # dotted config path of the role, e.g. "target", "judge", "datastores.toxic", "dpo"
+    field: str  # dotted path of its resource fields, for fix hints ("target.resources", "dpo")
+    kind: str  # "actor" (Ray Data / Serve pool), "vllm" (ray.data.llm engine), "train" (Ray Train workers)
+    replicas: int
+    per_replica: dict[str, float]  # needed on ONE node by one replica / worker
+    model: str | None = None
+    backend: str | None = None
+    tensor_parallel: int = 1
+    colocate_with: str | None = None
+
+    @property
+    def total(self) -> dict[str, float]:
+        return {k: self.per_replica.get(k, 0.0) * self.replicas for k in KEYS}
+
+
+@dataclass(frozen=True)
+class ColocationGroup:
+    """Roles that share GPUs: one placement group, one bundle per replica index."""
+
+    name: str  # the root role (the one the others colocate with)
+    members: tuple[str, ...]
+    bundles: tuple[dict[str, float], ...]
+
+
+@dataclass
+class Plan:
+    """Which role gets what, on which node; ``render()`` prints it, ``to_dict()`` is for ``--json``."""
+
+    job: str | None
+    nodes: list[Node]
+    demands: list[RoleDemand]
+    groups: list[ColocationGroup]
+    placements: dict[str, list[str]]  # role (or "group:<name>") -> node name of each replica / bundle
+    free: dict[str, dict[str, float]]  # node -> free CPU/GPU in its tightest step
+    step_of: dict[str, int]  # role -> the step in which it holds its resources (1-based)
+    warnings: list[str] = field(default_factory=list)
+
+    def group_of(self, role: str) -> ColocationGroup | None:
+        return next((g for g in self.groups if role in g.members), None)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "job": self.job,
+            "nodes": [{"name": n.name, **n.resources} for n in self.nodes],
+            "roles": [{"role": d.name, "kind": d.kind, "backend": d.backend, "model": d.model,
+                       "replicas": d.replicas, "per_replica": d.per_replica,
+                       "tensor_parallel": d.tensor_parallel,
+                       "step": self.step_of.get(d.name),
+                       "group": g.name if (g := self.group_of(d.name)) else None,
+                       "nodes": self.placements.get(d.name, [])} for d in self.demands],
+            "groups": [{"name": g.name, "members": list(g.members), "bundles": list(g.bundles),
+                        "nodes": self.placements.get(f"group:{g.name}", [])} for g in self.groups],
+            "free": self.free,
+            "warnings": self.warnings,
+        }
+
+    def render(self, width: int = 140) -> str:
+        """The plan as text tables (rich): roles, then nodes, then warnings."""
+        from io import StringIO
+
+        from rich.console import Console
+        from rich.table import Table
+
+        roles = Table(title=f"forewarn plan{f' ({self.job})' if self.job else ''}: roles", title_justify="left")
+        for col in ("step", "role", "kind", "model", "replicas", "per replica", "placement", "nodes"):
+            roles.add_column(col, overflow="fold")
+        for d in sorted(self.demands, key=lambda d: self.step_of.get(d.name, 0)):
+            g = self.group_of(d.name)
+            where = (f"group {g.name!r}: {len(g.bundles)} x {{{fmt(g.bundles[0])}}}, whole run" if g
+                     else f"TP {d.tensor_parallel} on one node" if d.tensor_parallel > 1 else "own actors"
+                     if d.kind != "train" else "Ray Train workers")
+            nodes = self.placements.get(f"group:{g.name}" if g else d.name, [])
+            kind = d.kind if d.kind == "train" else f"{d.kind}/{d.backend or '-'}"
+            roles.add_row(str(self.step_of.get(d.name, "-")), d.name, kind, d.model or "-", str(d.replicas),
+                          fmt(d.per_replica), where, ", ".join(_counts(nodes)))
+        table = Table(title="nodes", title_justify="left")
+        for col in ("node", "CPU", "GPU", "free in the tightest step"):
+            table.add_column(col)
+        for n in self.nodes:
+            table.add_row(n.name, f"{n.resources.get('CPU', 0):g}", f"{n.resources.get('GPU', 0):g}",
+                          fmt(self.free[n.name]))
+        out = StringIO()
+        console = Console(file=out, width=width, force_terminal=False, color_system=None)
+        console.print(roles)
+        console.print(table)
+        for w in self.warnings:
+            console.print(f"warning: {w}")
+        return out.getvalue()
+
+
+def fmt(res: dict[str, float]) -> str:
+    return ", ".join(f"{k} {res.get(k, 0):g}" for k in KEYS)
+
+
+def _counts(names: list[str]) -> list[str]:
+    seen: dict[str, int] = {}
+    for n in names:
+        seen[n] = seen.get(n, 0) + 1
+    return [f"{n} x{c}" if c > 1 else n for n, c in seen.items()]
+
+
+# ---------------------------------------------------------------- roles of a config
+
+
+def role_refs(cfg: BaseModel) -> list[tuple[str, str, Any, ModelSpec | None, str | None]]:
+    """(role name, resource field path, Resources or TrainConfig, model, label) of every role in ``cfg``.
+
+    Walks the config: a ``Resources`` value, a section with a ``resources`` field (its ``model`` field, if a
+    ``ModelSpec``, is the role's model; its ``kind``, e.g. a judge's, is the label of a role without one)
+    and a ``TrainConfig`` are roles. Sections whose ``enabled`` is false
+    are skipped, and where a section's ``task`` names one of its training sections, only that one counts.
+    The objects are those of ``cfg`` itself, so a caller may set fields on them.
+    """
+    out: list[tuple[str, str, Any, ModelSpec | None, str | None]] = []
+    _walk(cfg, "", out)
+    return out
+
+
+def _walk(obj: Any, path: str, out: list) -> None:
+    if isinstance(obj, BaseModel):
+        fields = type(obj).model_fields
+        if "enabled" in fields and getattr(obj, "enabled") is False:
+            return
+        if isinstance(obj, (TrainConfig, Resources)):
+            out.append((path, path, obj, None, None))
+            return
+        res = getattr(obj, "resources", None) if "resources" in fields else None
+        if isinstance(res, Resources):
+            model = getattr(obj, "model", None)
+            model = model if isinstance(model, ModelSpec) else None
+            kind = getattr(obj, "kind", None)
+            out.append((path, f"{path}.resources", res, model,
+                        model.path if model else f"({kind})" if isinstance(kind, str) else None))
+            return
+        task = getattr(obj, "task", None)
+        chosen = task if isinstance(task, str) and isinstance(getattr(obj, task, None), TrainConfig) else None
+        for name in fields:
+            value = getattr(obj, name)
+            if chosen and isinstance(value, TrainConfig) and name != chosen:
+                continue
+            _walk(value, f"{path}.{name}" if path else name, out)
+    elif isinstance(obj, dict):
+        for k, v in obj.items():
+            _walk(v, f"{path}.{k}", out)
+    elif isinstance(obj, (list, tuple)):
+        for i, v in enumerate(obj):
+            _walk(v, f"{path}[{i}]", out)
+
+
+def _vllm_gpus(fld: str, res: Resources, tp: int, model_field: str) -> float:
+    """GPUs of one vLLM replica, with the rule of ``forewarn.models.vllm.processor_config``."""
+    if res.num_gpus == 0 or res.num_gpus == tp:
+        return float(tp)
+    if res.num_gpus < 1 and tp == 1:
+        return res.num_gpus
+    raise PlacementError(
+        f"{fld}.num_gpus={res.num_gpus:g} with {model_field}.tensor_parallel_size={tp}: a vLLM replica takes "
+        f"tensor_parallel_size whole GPUs; set {fld}.num_gpus to {tp} (or 0), or below 1 with "
+        "tensor_parallel_size 1 to share a GPU")
+
+
+def role_demands(cfg: BaseModel) -> tuple[list[RoleDemand], list[str]]:
+    """The demand of every role in ``cfg`` and warnings about settings that do not do what they seem to."""
+    demands, warnings = [], []
+    for name, fld, obj, model, label in role_refs(cfg):
+        if isinstance(obj, TrainConfig):
+            demands.append(RoleDemand(name, fld, "train", obj.num_workers,
+                                      {"CPU": obj.cpus_per_worker, "GPU": 1.0 if obj.use_gpu else 0.0}))
+            continue
+        res: Resources = obj
+        backend = model.backend if model else "hf"
+        tp = model.tensor_parallel_size if model else 1
+        model_field = fld.rsplit(".", 1)[0] + ".model"
+        if backend == "vllm":
+            gpus = _vllm_gpus(fld, res, tp, model_field)
+            per = {"CPU": float(tp) if tp > 1 else res.num_cpus, "GPU": gpus}
+            kind = "vllm"
+        else:
+            per = {"CPU": res.num_cpus, "GPU": res.num_gpus}
+            kind = "actor"
+            if tp > 1:
+                warnings.append(f"{model_field}.tensor_parallel_size={tp} is a vllm setting; backend {backend!r} "
+                                f"ignores it (hf shards over {fld}.num_gpus GPUs with device_map='auto')")
+            if backend == "hf" and res.num_gpus > 1 and model is not None and not model.device_map:
+                warnings.append(f"{fld}.num_gpus={res.num_gpus:g} but {model_field}.device_map is unset: the hf "
+                                "backend uses one GPU per replica unless device_map='auto'")
+        demands.append(RoleDemand(name, fld, kind, res.replicas, per, label,
+                                  backend if model else None, tp if kind == "vllm" else 1, res.colocate_with))
+    return demands, warnings
+
+
+def colocation_groups(demands: Sequence[RoleDemand]) -> list[ColocationGroup]:
+    """Group roles by ``colocate_with`` (followed transitively to a root) and size each group's bundles."""
+    by_name = {d.name: d for d in demands if d.kind != "train"}
+    parent: dict[str, str] = {}
+    for d in by_name.values():
+        if d.colocate_with is None:
+            continue
+        if d.colocate_with not in by_name or d.colocate_with == d.name:
+            raise PlacementError(f"{d.field}.colocate_with = {d.colocate_with!r}: not another role of this job; "
+                                 f"roles: {', '.join(sorted(by_name))}")
+        parent[d.name] = d.colocate_with
+
+    def root(name: str) -> str:
+        seen = [name]
+        while name in parent:
+            name = parent[name]
+            if name in seen:
+                raise PlacementError(f"colocate_with forms a cycle: {' -> '.join(seen + [name])}; one role of a "
+                                     "group must have colocate_with unset")
+            seen.append(name)
+        return name
+
+    members: dict[str, list[str]] = {}
+    for name in by_name:
+        if name in parent:
+            members.setdefault(root(name), [])
+    for name in by_name:
+        r = root(name)
+        if r in members:
+            members[r].append(name)
+    groups = []
+    for r, names in members.items():
+        ds = [by_name[n] for n in names]
+        for d in ds:
+            if d.kind == "vllm":
+                raise PlacementError(
+                    f"{d.name} (backend vllm) cannot join colocation group {r!r}: ray.data.llm reserves its own "
+                    f"placement group per engine. Use backend hf for colocated roles, or unset "
+                    f"{d.field}.colocate_with and give each vLLM role tensor_parallel_size 1, a fractional "
+                    "num_gpus and a matching model.gpu_memory_utilization")
+        gpus = [d.per_replica["GPU"] for d in ds]
+        size = float(math.ceil(max(gpus) - EPS)) if max(gpus) > 0 else 0.0
+        if sum(gpus) > size + EPS:
+            asks = ", ".join(f"{d.field}.num_gpus={d.per_replica['GPU']:g}" for d in ds)
+            raise PlacementError(
+                f"colocated roles {', '.join(names)} ask for {sum(gpus):g} GPUs per replica ({asks}) but share a "
+                f"bundle of {size:g} GPU(s): colocation puts them on the same GPUs, so their num_gpus must sum "
+                f"to at most {size:g}, e.g. {' and '.join(f'{d.field}.num_gpus={size / len(ds):g}' for d in ds)}")
+        bundle = {"CPU": sum(d.per_replica["CPU"] for d in ds), "GPU": size}
+        if bundle["CPU"] <= 0 and size <= 0:
+            raise PlacementError(f"colocated roles {', '.join(names)} ask for no CPU and no GPU: give them "
+                                 "resources.num_cpus or num_gpus (a placement group needs a non-empty bundle)")
+        bundle = {k: v for k, v in bundle.items() if v > 0}
+        groups.append(ColocationGroup(r, tuple(names), tuple(dict(bundle) for _ in range(max(d.replicas for d in ds)))))
+    return groups
+
+
+# ---------------------------------------------------------------- packing
+
+
+def _fits(req: dict[str, float], free: dict[str, float]) -> bool:
+    return all(req.get(k, 0.0) <= free.get(k, 0.0) + EPS for k in KEYS)
+
+
+def _pack(items: list[tuple[str, str, dict[str, float], str]], nodes: list[Node], free: dict[str, dict[str, float]],
+          what: str) -> dict[str, list[str]]:
+    """Best-fit decreasing of (key, label, request, fix hint) items onto nodes; updates ``free`` in place."""
+    placed: dict[str, list[str]] = {}
+    order = sorted(items, key=lambda it: (-it[2].get("GPU", 0.0), -it[2].get("CPU", 0.0)))
+    for key, label, req, fix in order:
+        options = [n for n in nodes if _fits(req, free[n.name])]
+        if not options:
+            raise PlacementError(_no_room(label, req, fix, nodes, free, items, what))
+        best = min(options, key=lambda n: (free[n.name].get("GPU", 0) - req.get("GPU", 0),
+                                           free[n.name].get("CPU", 0) - req.get("CPU", 0)))
+        for k in KEYS:
+            free[best.name][k] = free[best.name].get(k, 0.0) - req.get(k, 0.0)
+        placed.setdefault(key, []).append(best.name)
+    return placed
+
+
+def _no_room(label: str, req: dict[str, float], fix: str, nodes: list[Node], free: dict[str, dict[str, float]],
+             items: list, what: str) -> str:
+    if not nodes:
+        return "the cluster has no nodes to place on"
+    biggest = max(nodes, key=lambda n: (n.resources.get("GPU", 0), n.resources.get("CPU", 0)))
+    if not any(_fits(req, n.resources) for n in nodes):
+        return (f"{label} needs {fmt(req)} on one node, but the largest node ({biggest.name}) has "
+                f"{fmt(biggest.resources)}. Fix: {fix}, or use a node type with more GPUs/CPUs")
+    need = {k: sum(it[2].get(k, 0.0) for it in items) for k in KEYS}
+    have = {k: sum(n.resources.get(k, 0.0) for n in nodes) for k in KEYS}
+    return (f"the cluster cannot fit the {what}: {label} ({fmt(req)}) finds no node with room. They need "
+            f"{fmt(need)} at once; the cluster has {fmt(have)} ({'; '.join(f'{n.name}: {fmt(n.resources)}' for n in nodes)}), "
+            f"free when it failed: {'; '.join(f'{n}: {fmt(f)}' for n, f in free.items())}. Fix: {fix}; or "
+            "colocate roles on shared GPUs (resources.colocate_with with fractional num_gpus), or add nodes "
+            "(max_workers in cluster.yaml)")
+
+
+# The steps of a job, in the order it runs them: each step is the roles (fnmatch patterns) that hold resources
+# at the same time (Ray Data streams the stages of one dataset concurrently). Roles of a listed job that no
+# step names run alone, after them. Unlisted jobs: all inference roles at once (an upper bound). Training
+# sections always run alone, between inference steps.
+STEPS: dict[str, list[list[str]]] = {
+    "reversegen": [["proposer"], ["embedder"], ["target", "judge", "reference"]],  # propose, dedup, respond+judge
+    "goodtriever": [["datastores.*"], ["target", "judge", "perplexity"]],  # build stores, then generate+score
+}
+
+
+def steps(demands: Sequence[RoleDemand], job: str | None) -> list[list[str]]:
+    """The roles that hold resources at the same time, step by step (see :data:`STEPS`)."""
+    inference = [d.name for d in demands if d.kind != "train"]
+    if job in STEPS:
+        out = [[n for n in inference if any(fnmatch.fnmatchcase(n, p) for p in step)] for step in STEPS[job]]
+        taken = {n for s in out for n in s}
+        out = [s for s in out if s] + [[n] for n in inference if n not in taken]
+    else:
+        out = [inference] if inference else []
+    return out + [[d.name] for d in demands if d.kind == "train"]
+
+
+def plan(cfg: BaseModel, nodes: Sequence[Node], job: str | None = None) -> Plan:
+    """Place every role of ``cfg`` on ``nodes`` or raise :class:`PlacementError` saying what does not fit.
+
+    Colocation groups are placed first and keep their bundles for the whole run. Then each step (roles that
+    run at the same time, :func:`steps`) is placed on what the groups leave; a step's pools are gone before
+    the next starts. ``free`` in the plan is each node's free CPU/GPU in its tightest step.
+    """
+    nodes = list(nodes)
+    demands, warnings = role_demands(cfg)
+    groups = colocation_groups(demands)
+    by_name = {d.name: d for d in demands}
+    grouped = {m: g for g in groups for m in g.members}
+    free = {n.name: {k: float(n.resources.get(k, 0.0)) for k in KEYS} for n in nodes}
+    items: list[tuple[str, str, dict[str, float], str]] = []
+    for g in groups:
+        fix = (f"lower the replicas or num_cpus/num_gpus of {', '.join(g.members)} "
+               f"({' / '.join(by_name[m].field for m in g.members)})")
+        items += [(f"group:{g.name}", f"colocation group {g.name!r} bundle {i + 1}/{len(g.bundles)}", b, fix)
+                  for i, b in enumerate(g.bundles)]
+    placements = _pack(items, nodes, free, "colocation groups")
+    tightest = {n: dict(f) for n, f in free.items()}
+    step_of: dict[str, int] = {}
+    for i, step in enumerate(steps(demands, job)):
+        items = []
+        for name in step:
+            step_of[name] = i + 1
+            d = by_name[name]
+            if name in grouped:
+                continue
+            if d.kind == "train":
+                fix = f"lower {d.field}.num_workers or {d.field}.cpus_per_worker"
+                items += [(name, f"{name} worker {r + 1}/{d.replicas}", d.per_replica, fix) for r in range(d.replicas)]
+                continue
+            fix = (f"lower {d.field}.replicas" + (f" or {name}.model.tensor_parallel_size" if d.kind == "vllm"
+                                                  else f" or {d.field}.num_gpus / num_cpus"))
+            items += [(name, f"{name} replica {r + 1}/{d.replicas}", d.per_replica, fix) for r in range(d.replicas)]
+        if not items:
+            continue
+        what = (f"training section {step[0]!r}" if by_name[step[0]].kind == "train"
+                else f"roles that run together ({', '.join(step)})")
+        step_free = {n: dict(f) for n, f in free.items()}
+        placements.update(_pack(items, nodes, step_free, what))
+        for n, f in step_free.items():
+            tightest[n] = {k: min(tightest[n][k], f[k]) for k in KEYS}
+    for m, g in grouped.items():
+        placements[m] = placements[f"group:{g.name}"]
+    return Plan(job, nodes, demands, groups, placements, tightest, step_of, warnings)
+
+
+# ---------------------------------------------------------------- at run time
+
+
+def remote_args(res: Resources) -> dict[str, Any]:
+    """Extra Ray remote args of a role's actors: the placement group of a colocated role, else nothing."""
+    if not res.placement_group:
+        return {}
+    import ray
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+    try:
+        pg = ray.util.get_placement_group(res.placement_group)
+    except ValueError:
+        raise PlacementError(f"placement group {res.placement_group!r} does not exist in this Ray namespace; "
+                             "it is created by forewarn.placement.reserved() for the run") from None
+    return {"scheduling_strategy": PlacementGroupSchedulingStrategy(
+        pg, placement_group_bundle_index=-1, placement_group_capture_child_tasks=False)}
+
+
+@contextmanager
+def reserved(cfg: BaseModel, job: str | None = None, echo: bool = True,
+             timeout_s: float = PG_TIMEOUT_S) -> Iterator[BaseModel]:
+    """Create the colocation placement groups of ``cfg`` on the connected Ray cluster, for one run.
+
+    Yields a copy of ``cfg`` whose colocated roles carry ``resources.placement_group`` (not part of the
+    dumped or hashed config); the groups are removed on exit. With ``echo``, prints the plan against the
+    cluster as it is now (a note, not an error, when it does not fit: an autoscaler may add nodes). Bad
+    colocations raise :class:`PlacementError` before anything is reserved.
+    """
+    import ray
+
+    demands, _ = role_demands(cfg)
+    groups = colocation_groups(demands)
+    if echo:
+        from forewarn.cluster import live_nodes
+
+        try:
+            print(plan(cfg, live_nodes(), job).render(), flush=True)
+        except PlacementError as e:
+            print(f"# forewarn placement: the cluster does not fit this run as it is now "
+                  f"(waiting for the autoscaler, if any): {e}", flush=True)
+    if not groups:
+        yield cfg
+        return
+    cfg = cfg.model_copy(deep=True)
+    refs = {name: obj for name, _, obj, _, _ in role_refs(cfg)}
+    pgs = []
+    try:
+        for g in groups:
+            name = f"forewarn-{g.name}-{uuid.uuid4().hex[:8]}"
+            pg = ray.util.placement_group(list(g.bundles), strategy="PACK", name=name)
+            pgs.append(pg)
+            if not pg.wait(timeout_seconds=timeout_s):
+                raise PlacementError(
+                    f"colocation group {g.name!r} ({len(g.bundles)} x {fmt(g.bundles[0])}) was not placed within "
+                    f"{timeout_s:g} s: the cluster has no node with room (see `ray status`); lower the members' "
+                    f"resources or add nodes (FOREWARN_PLACEMENT_TIMEOUT_S sets the wait)")
+            for m in g.members:
+                refs[m].placement_group = name
+        yield cfg
+    finally:
+        for pg in pgs:
+            ray.util.remove_placement_group(pg)
