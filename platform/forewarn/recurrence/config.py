@@ -39,6 +39,8 @@ class SearchSection(Section):
     crossover: Literal["half", "one_point", "two_point", "uniform"] = Field(
         "half", description="half: first half of a + second half of b (the original); uniform: per position")
     mutation_rate: float = Field(0.1, ge=0.0, le=1.0, description="ceil(input_len x rate) positions redrawn")
+    swap_rate: float = Field(0.0, ge=0.0, le=1.0, description="chance a child also swaps two positions: "
+                             "reorders tokens it already has (not in the original, which only redraws)")
     fitness: Literal["tokens", "cycle"] = Field(
         "cycle", description="tokens: tokens generated (the original); cycle: tokens + weight x repeated tokens")
     cycle_weight: float = Field(1.0, ge=0.0, description="weight of repeated n-gram tokens in the cycle fitness")

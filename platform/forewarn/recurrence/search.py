@@ -9,6 +9,7 @@ Differences from the original GA (``src/optimizer/ga.py``), each on purpose:
 - with ``cache_evaluations`` a sequence already evaluated is not generated again: under greedy decoding the
   answer cannot change, and the budget is counted in target generations;
 - a child identical to an evaluated sequence is mutated again (a few tries), so the budget buys new points;
+- an optional swap mutation (``swap_rate``) reorders tokens, since triggers are ordered and contiguous;
 - the default fitness is cycle-aware (tokens + repeated n-gram tokens), which rewards partial loops and gives
   selection a slope where pure length is flat.
 """
@@ -130,6 +131,14 @@ def mutate(ids: Ids, rate: float, vocab: Sequence[int], rng: random.Random) -> I
     return tuple(out)
 
 
+def swap(ids: Ids, rng: random.Random) -> Ids:
+    """Exchange two positions: moves a useful token next to another without losing either."""
+    i, j = rng.sample(range(len(ids)), 2)
+    out = list(ids)
+    out[i], out[j] = out[j], out[i]
+    return tuple(out)
+
+
 class Search:
     """GA (``method="ga"``) or random search (``method="random"``) with one budget and one bookkeeping.
 
@@ -165,6 +174,8 @@ class Search:
             a, b = self.rng.choice(parents), self.rng.choice(parents)
             child = mutate(crossover(a, b, self.cfg.crossover, self.rng), self.cfg.mutation_rate, self.vocab,
                            self.rng)
+            if self.rng.random() < self.cfg.swap_rate:
+                child = swap(child, self.rng)
             for _ in range(8):
                 if child not in known:
                     break

@@ -6,6 +6,10 @@ Two checks plug in the same way:
   over the last ``detection_length`` generated tokens, then the MLP);
 - :class:`CycleCheck` -- the token-id cycle detector, which needs no model and no training.
 
+In the guarded generator, :class:`LoopDetectorSpec` (``{kind: loop_detector, path: DIR}``) builds a guard
+``StopDetector``; register it with one line in ``forewarn.guard.detectors.STOP_KINDS``:
+``"loop_detector": "forewarn.recurrence.stopping:LoopDetectorSpec"``.
+
 With the HF backend::
 
     crit = LoopStoppingCriteria(DetectorCheck(LoopDetector.load(dir), gen.model), prompt_len, every=16)
@@ -16,10 +20,14 @@ With the HF backend::
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any, Literal
 
 import numpy as np
 import torch
+from pydantic import Field
 from transformers import StoppingCriteria
+
+from forewarn.config import Section
 
 from forewarn.recurrence.detect import find_cycle
 from forewarn.recurrence.detector import LoopDetector
@@ -90,3 +98,47 @@ def check_cost_ms(check: Check, token_ids: Sequence[int], repeats: int = 20) -> 
         check(token_ids)
         times.append((time.perf_counter() - t) * 1000)
     return float(np.median(times))
+
+
+# ------------------------------------------------------------------ the guard's stop-detector plug-in
+
+
+class LoopDetectorStop:
+    """The learned detector as a guard :class:`~forewarn.guard.detectors.StopDetector`: ``check(ids)`` returns
+    a ``StopReason`` (finish_reason ``recurrence``, with the probability) or None; it stays silent until
+    ``min_tokens`` have been generated."""
+
+    name = "loop_detector"
+
+    def __init__(self, detector: LoopDetector, model: torch.nn.Module, check_every: int, min_tokens: int):
+        self.check_fn = DetectorCheck(detector, model)
+        self.check_every, self.min_tokens = check_every, min_tokens
+
+    def check(self, token_ids: Sequence[int]) -> Any:
+        from forewarn.guard.detectors import StopReason
+
+        if len(token_ids) < self.min_tokens:
+            return None
+        p = self.check_fn.probability(token_ids)
+        if p < self.check_fn.detector.classifier.threshold:
+            return None
+        return StopReason(self.name, "recurrence", {"probability": round(p, 4)}, len(token_ids))
+
+
+class LoopDetectorSpec(Section):
+    """``{kind: loop_detector, path: runs/recurrence_detector/detector}`` in ``generator.stop_detectors``."""
+
+    kind: Literal["loop_detector"] = "loop_detector"
+    path: str = Field(description="a detector folder written by `forewarn recurrence detect` (OUTPUT_DIR/detector)")
+    check_every: int = Field(16, ge=1, description="check after every this many generated tokens")
+    min_tokens: int | None = Field(None, ge=2, description="first check at this length (default: the "
+                                   "detector's detection_length)")
+
+    def build(self, generator: Any) -> LoopDetectorStop:
+        """Needs the target's internals: ``generator.model`` of the HF backend."""
+        model = getattr(generator, "model", None)
+        if not isinstance(model, torch.nn.Module):
+            raise ValueError(f"stop detector loop_detector needs a generator with a torch model (the hf backend); "
+                             f"got {type(generator).__name__}; use {{kind: cycle}} for other backends")
+        det = LoopDetector.load(self.path)
+        return LoopDetectorStop(det, model, self.check_every, self.min_tokens or det.features.detection_length)

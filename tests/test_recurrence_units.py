@@ -1,0 +1,186 @@
+"""Recurrence mechanics without Ray: the cycle detector, the GA's operators and budget, features, the MLP."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from forewarn.config import ModelSpec
+from forewarn.errors import ConfigError
+from forewarn.recurrence.config import ClassifierSection, FeatureSection, SearchSection
+from forewarn.recurrence.detect import analyse, find_cycle, length_rule, repeated_ngrams
+from forewarn.recurrence.detector import LoopDetector, classify_stats, train_and_evaluate
+from forewarn.recurrence.features import features, mlp_activation_feature
+from forewarn.recurrence.search import Evaluation, Search, crossover, mutate
+from forewarn.recurrence.stopping import CycleCheck, LoopStoppingCriteria
+
+# ------------------------------------------------------------------ the cycle detector
+
+
+def test_cycle_found_with_period_start_and_smallest_period():
+    ids = [9, 8, 7] + [1, 2, 3, 4] * 6
+    c = find_cycle(ids)
+    assert (c.period, c.start, c.covered) == (4, 3, 24)
+    assert find_cycle([5, 5, 6, 5, 6, 5, 6, 5, 6]).period == 2  # not 4: ties go to the fundamental period
+
+
+def test_partial_last_copy_still_counts_and_no_cycle_in_distinct_tokens():
+    assert find_cycle([1, 2, 3] * 4 + [1, 2]).period == 3
+    assert find_cycle(list(range(100))) is None
+    assert find_cycle([1, 2, 3, 1, 2, 3]) is None  # two copies < min_repeats 3
+
+
+def test_length_rule_and_cycle_rule_disagree_where_the_original_is_weak():
+    long_answer = list(range(200))  # long, never repeats
+    looped_then_stopped = [1, 2, 3, 4, 5] * 10  # a loop that ended with EOS well before the cap
+    a = analyse(long_answer, max_new_tokens=200)
+    b = analyse(looped_then_stopped, max_new_tokens=200)
+    assert a.recurrent("length") and not a.recurrent("cycle") and not a.recurrent("both")
+    assert not b.recurrent("length") and b.recurrent("cycle") and b.period == 5 and b.cycle_start == 0
+    assert length_rule(1980, 2000) and not length_rule(1979, 2000)
+
+
+def test_repeated_ngrams_is_graded():
+    sentence = [10, 11, 12, 13, 14, 15]
+    assert repeated_ngrams(sentence) == 0
+    assert repeated_ngrams(sentence * 2) == 3  # 4-grams starting in the second copy, boundary ones are new
+    assert repeated_ngrams(sentence * 5) > repeated_ngrams(sentence * 2)
+
+
+# ------------------------------------------------------------------ the GA on a synthetic target
+
+TRIGGER = (101, 102, 103)
+
+
+def synthetic_evaluate(max_new: int = 60):
+    """A target that loops iff the three trigger tokens appear back to back; each trigger token present
+    anywhere earns a few repeated words (partial credit, like a weak partial trigger)."""
+    calls: list[int] = []
+
+    def evaluate(batch):
+        calls.append(len(batch))
+        out = []
+        for ids in batch:
+            s = " ".join(map(str, ids))
+            if " ".join(map(str, TRIGGER)) in s:
+                resp = [7, 8, 9] * (max_new // 3)
+            else:
+                k = sum(t in ids for t in TRIGGER)
+                resp = list(range(200, 210)) + [7, 8, 9] * (2 * k)
+            out.append(Evaluation(ids=tuple(ids), prompt=s, response="", response_ids=resp, finish_reason="stop",
+                                  seconds=0.0, recurrence=analyse(resp, max_new)))
+        return out
+
+    return evaluate, calls
+
+
+def test_operators_keep_length_and_use_vocab():
+    rng = random.Random(0)
+    a, b = (1, 2, 3, 4, 5, 6), (7, 8, 9, 10, 11, 12)
+    assert crossover(a, b, "half", rng) == (1, 2, 3, 10, 11, 12)
+    for kind in ("one_point", "two_point", "uniform"):
+        c = crossover(a, b, kind, rng)
+        assert len(c) == 6 and all(x in (p, q) for x, p, q in zip(c, a, b))
+    m = mutate(a, 0.1, [50, 51], rng)
+    assert sum(x != y for x, y in zip(a, m)) == 1 and set(m) - set(a) <= {50, 51}
+
+
+def test_ga_pool_is_filled_exactly_budget_respected_and_cache_saves_generations():
+    evaluate, calls = synthetic_evaluate()
+    cfg = SearchSection(pool_size=11, input_len=6, iterations=5, selection_rate=0.3, max_evaluations=40,
+                        terminate_if_found=False)
+    s = Search(cfg, list(range(100, 130)), evaluate, "ga", seed=0)
+    res = s.run()
+    assert res.total_evaluations <= 40 and sum(calls) == res.total_evaluations
+    assert all(n <= 11 for n in calls)  # an odd deficit never overshoots the pool
+    assert len({e.ids for _, _, e in res.evaluations}) == res.total_evaluations  # no sequence generated twice
+
+
+def test_ga_finds_a_conjunctive_trigger_far_faster_than_random_search():
+    vocab = list(range(100, 160))
+    cfg = SearchSection(pool_size=20, input_len=6, iterations=200, max_evaluations=3000, crossover="uniform",
+                        mutation_rate=0.2, swap_rate=0.5)
+    ga, rnd = [], []
+    for seed in range(5):
+        for method, out in (("ga", ga), ("random", rnd)):
+            res = Search(cfg, vocab, synthetic_evaluate()[0], method, seed).run()
+            out.append(res.first_hit_evaluations or cfg.max_evaluations)
+            if res.found:
+                assert " ".join(map(str, TRIGGER)) in res.triggers()[0].prompt
+    # partial credit gives the GA a slope; random search must draw 3 tokens in order (p ~ 4 x 60^-3)
+    assert np.median(rnd) >= 3 * np.median(ga), (ga, rnd)
+
+
+def test_config_errors_name_the_field():
+    with pytest.raises(ValueError, match="keeps no parent"):
+        SearchSection(pool_size=4, selection_rate=0.2)
+    with pytest.raises(ValueError, match="trigger"):
+        SearchSection(contexts=["no slot here"])
+    from forewarn.config import build_config
+    from forewarn.recurrence.config import RecurrenceSearchConfig
+
+    with pytest.raises(ConfigError, match="search.crossover"):
+        build_config(RecurrenceSearchConfig, {"search": {"crossover": "three_point"}})
+
+
+# ------------------------------------------------------------------ features and the classifier
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tiny_llama_dir):
+    from forewarn.models.hf import load_hf
+
+    torch.set_num_threads(1)
+    model, tok = load_hf(ModelSpec(path=str(tiny_llama_dir)))
+    return model, tok
+
+
+def test_features_rank_a_loop_above_a_non_loop(tiny_model):
+    model, tok = tiny_model
+    rng = random.Random(0)
+    loop = [30, 31, 32, 33, 34, 35] * 8
+    noise = rng.sample(range(20, len(tok)), 48)
+    for kind in ("mlp_activation", "hidden_state"):
+        fc = FeatureSection(kind=kind, detection_length=64)
+        x = features(model, [loop, noise, loop[:5]], fc)
+        assert x.shape == (3, 64)
+        assert x[0, :40].mean() > x[1, :40].mean()  # repeated positions agree with their earlier copies
+        assert x[0, 48:].sum() == 0 and x[2, 5:].sum() == 0  # zero padding past the response
+    f = mlp_activation_feature(model, loop, 64)
+    assert np.all(np.diff(f[:48]) <= 1e-6)  # sorted descending
+
+
+def test_stats_formulas():
+    s = classify_stats(np.array([1, 1, 0, 0, 0]), np.array([1, 0, 1, 0, 0]))
+    assert (s["tp"], s["fp"], s["fn"], s["tn"]) == (1, 1, 1, 2)
+    assert s["recall"] == 0.5 and s["precision"] == 0.5 and s["fpr"] == pytest.approx(1 / 3)
+    assert s["f1"] == 0.5 and s["accuracy"] == 0.6
+
+
+def test_detector_trains_saves_and_loads(tmp_path):
+    rng = np.random.default_rng(0)
+    x = np.concatenate([rng.normal(0.9, 0.05, (80, 16)), rng.normal(0.5, 0.1, (80, 16))]).astype(np.float32)
+    y = np.array([1] * 80 + [0] * 80)
+    fc = FeatureSection(kind="hidden_state", detection_length=16)
+    det, rep = train_and_evaluate(x, y, fc, ClassifierSection(epochs=60), seed=0)
+    assert rep["classify_stats"]["f1"] > 0.95 and rep["classify_stats"]["fpr"] == 0.0
+    assert set(rep["train_index"]).isdisjoint(rep["test_index"])
+    det.save(tmp_path / "det")
+    again = LoopDetector.load(tmp_path / "det")
+    assert np.allclose(again.probabilities(x), det.probabilities(x))
+    assert again.features == fc and again.info["classify_stats"]["f1"] == rep["classify_stats"]["f1"]
+    with pytest.raises(FileNotFoundError, match="recurrence detect"):
+        LoopDetector.load(tmp_path / "nothing")
+
+
+def test_cycle_stopping_criterion_cuts_a_loop(tiny_model):
+    model, tok = tiny_model
+    prompt = torch.tensor([[40, 41, 42]])
+    crit = LoopStoppingCriteria(CycleCheck(min_tokens=12), prompt_len=3, every=4)
+    loop = torch.tensor([[40, 41, 42] + [7, 8] * 8])
+    assert bool(crit(loop, None)[0]) and crit.stopped == {0}
+    fresh = LoopStoppingCriteria(CycleCheck(min_tokens=12), prompt_len=3, every=4)
+    assert not bool(fresh(torch.cat([prompt, torch.arange(100, 116)[None]], 1), None)[0]) and not fresh.stopped
