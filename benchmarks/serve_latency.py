@@ -23,14 +23,13 @@ from pathlib import Path
 
 import openai
 import ray
+from forewarn.config import build_config
+from forewarn.guard import ServeConfig
+from forewarn.guard.serving import app_from_config
 from ray import serve
 from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
-
-from forewarn.config import build_config
-from forewarn.guard import ServeConfig
-from forewarn.guard.serving import app_from_config
 
 OUT = Path(__file__).resolve().parent / "results" / "serve_latency.json"
 MODEL = "forewarn-guarded"
@@ -43,24 +42,35 @@ def percentile(xs: list[float], q: float) -> float:
 
 def config(model: str, guarded: bool, max_batch: int) -> ServeConfig:
     judge = {"kind": "offline_toxicity", "resources": {"num_cpus": 0.25}}
-    return build_config(ServeConfig, {
-        "model_name": MODEL, "guard_enabled": guarded, "app_name": "guarded" if guarded else "plain",
-        "generator": {"model": {"path": model}, "resources": {"num_cpus": 0.5},
-                      "batching": {"max_batch_size": max_batch, "batch_wait_timeout_s": 0.01}},
-        "guard": {"input": {"judge": judge}, "output": {"judge": judge}},
-        "auth": {"api_keys_env": None}, "ingress": {"num_cpus": 0.1},
-    })
+    return build_config(
+        ServeConfig,
+        {
+            "model_name": MODEL,
+            "guard_enabled": guarded,
+            "app_name": "guarded" if guarded else "plain",
+            "generator": {
+                "model": {"path": model},
+                "resources": {"num_cpus": 0.5},
+                "batching": {"max_batch_size": max_batch, "batch_wait_timeout_s": 0.01},
+            },
+            "guard": {"input": {"judge": judge}, "output": {"judge": judge}},
+            "auth": {"api_keys_env": None},
+            "ingress": {"num_cpus": 0.1},
+        },
+    )
 
 
-def measure(base_url: str, prompts: list[str], concurrency: int, max_tokens: int, progress: Progress,
-            label: str) -> dict:
+def measure(
+    base_url: str, prompts: list[str], concurrency: int, max_tokens: int, progress: Progress, label: str
+) -> dict:
     client = openai.OpenAI(base_url=base_url, api_key="x", max_retries=0, timeout=300)
     task = progress.add_task(f"{label} x{concurrency}", total=len(prompts))
 
     def one(prompt: str) -> tuple[float, str]:
         t = time.perf_counter()
-        r = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": prompt}],
-                                           max_tokens=max_tokens, temperature=0)
+        r = client.chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": prompt}], max_tokens=max_tokens, temperature=0
+        )
         progress.advance(task)
         return time.perf_counter() - t, r.choices[0].finish_reason
 
@@ -73,8 +83,15 @@ def measure(base_url: str, prompts: list[str], concurrency: int, max_tokens: int
     reasons: dict[str, int] = {}
     for _, r in out:
         reasons[r] = reasons.get(r, 0) + 1
-    return {"requests": len(prompts), "concurrency": concurrency, "wall_s": wall, "req_per_s": len(prompts) / wall,
-            "p50_s": statistics.median(lat), "p95_s": percentile(lat, 0.95), "finish_reasons": reasons}
+    return {
+        "requests": len(prompts),
+        "concurrency": concurrency,
+        "wall_s": wall,
+        "req_per_s": len(prompts) / wall,
+        "p50_s": statistics.median(lat),
+        "p95_s": percentile(lat, 0.95),
+        "finish_reasons": reasons,
+    }
 
 
 def main() -> None:
@@ -105,8 +122,9 @@ def main() -> None:
         for name in ("guarded", "plain"):
             url = f"http://127.0.0.1:{port}/{name}/v1"
             result["modes"][name] = {
-                "sequential": measure(url, prompts[: max(20, args.requests // 5)], 1, args.max_tokens, progress,
-                                      name),
+                "sequential": measure(
+                    url, prompts[: max(20, args.requests // 5)], 1, args.max_tokens, progress, name
+                ),
                 "concurrent": measure(url, prompts, args.concurrency, args.max_tokens, progress, name),
             }
     serve.shutdown()
@@ -124,8 +142,12 @@ def main() -> None:
             table.add_row(f"{mode} {key} ({unit})", f"{a:.3f}", f"{b:.3f}", f"{a / b:.2f}")
     result["ratios_guarded_over_plain"] = ratios
     Console().print(table)
-    print("finish reasons (concurrent): guarded", g["concurrent"]["finish_reasons"],
-          "plain", p["concurrent"]["finish_reasons"])
+    print(
+        "finish reasons (concurrent): guarded",
+        g["concurrent"]["finish_reasons"],
+        "plain",
+        p["concurrent"]["finish_reasons"],
+    )
     OUT.parent.mkdir(parents=True, exist_ok=True)
     OUT.write_text(json.dumps(result, indent=2))
     print(f"wrote {OUT}")

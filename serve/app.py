@@ -10,7 +10,13 @@ root:
     python serve/app.py --config X.yaml  # same as `forewarn serve --config X.yaml`
 """
 
-from forewarn.guard.serving import GeneratorDeployment, JudgeDeployment, OpenAIIngress, app_from_config, build_app
+from forewarn.guard.serving import (
+    GeneratorDeployment,
+    JudgeDeployment,
+    OpenAIIngress,
+    app_from_config,
+    build_app,
+)
 
 __all__ = ["GeneratorDeployment", "JudgeDeployment", "OpenAIIngress", "app_from_config", "build_app"]
 

@@ -8,7 +8,6 @@ import json
 
 import pytest
 import torch
-
 from forewarn.config import GenerationParams, build_config
 from forewarn.errors import ConfigError
 from forewarn.guard import ServeConfig, build_local, find_cycle
@@ -71,13 +70,19 @@ def test_config_entries_are_validated_by_kind() -> None:
     assert [s.kind for s in cfg.generator.stop_detectors] == ["cycle"]  # the default
     assert json.loads(cfg.model_dump_json())["generator"]["stop_detectors"][0]["check_every"] == 8
     with pytest.raises(ConfigError, match=r"decoding\[0\].kind = 'goodtriever_typo': expected one of"):
-        build_config(ServeConfig, {"generator": {"model": {"path": "x"}, "decoding": [{"kind": "goodtriever_typo"}]}})
+        build_config(
+            ServeConfig, {"generator": {"model": {"path": "x"}, "decoding": [{"kind": "goodtriever_typo"}]}}
+        )
     with pytest.raises(ConfigError, match=r"stop_detectors\[0\] \(cycle\): bogus: unknown key"):
-        build_config(ServeConfig, {"generator": {"model": {"path": "x"}, "stop_detectors": [{"kind": "cycle",
-                                                                                              "bogus": 1}]}})
+        build_config(
+            ServeConfig,
+            {"generator": {"model": {"path": "x"}, "stop_detectors": [{"kind": "cycle", "bogus": 1}]}},
+        )
     with pytest.raises(ConfigError, match="judge_prompt_only"):
-        build_config(ServeConfig, base | {"guard": {"input": {"judge": {
-            "kind": "llama_guard", "model": {"path": "x"}}}}})
+        build_config(
+            ServeConfig,
+            base | {"guard": {"input": {"judge": {"kind": "llama_guard", "model": {"path": "x"}}}}},
+        )
     with pytest.raises(ConfigError, match="default_max_tokens"):
         build_config(ServeConfig, base | {"limits": {"max_tokens": 8, "default_max_tokens": 16}})
 
@@ -99,7 +104,9 @@ def test_decide_thresholds_categories_and_judge_errors() -> None:
     assert d.blocked and d.reason == "unsafe" and d.action == "refuse"
     assert decide("output", GuardStage(threshold=0.5), v, _judge(higher_is_unsafe=False), "block").blocked
     hate = Verdict(score=0.9, label="unsafe", unsafe=True, categories=["S10: Hate"])
-    assert not decide("output", GuardStage(categories=["S1: Violent Crimes"]), hate, _judge(), "block").blocked
+    assert not decide(
+        "output", GuardStage(categories=["S1: Violent Crimes"]), hate, _judge(), "block"
+    ).blocked
     assert decide("output", GuardStage(categories=["S10: Hate"]), hate, _judge(), "block").blocked
     failed = Verdict.failed("timeout")
     d = decide("input", GuardStage(), failed, _judge(), "block")
@@ -115,8 +122,9 @@ def test_redaction_replaces_only_the_toxic_sentences() -> None:
     async def call(p: list[str], r: list[str]) -> list[Verdict]:
         return offline.judge(p, r)
 
-    out, k = asyncio.run(redact(GuardStage(action="redact"), GuardJudge(call, offline.name), "", text,
-                                "[redacted]", "block"))
+    out, k = asyncio.run(
+        redact(GuardStage(action="redact"), GuardJudge(call, offline.name), "", text, "[redacted]", "block")
+    )
     assert k == 1 and out == "The soup needs salt. [redacted]\nServe it warm."
 
 
@@ -127,25 +135,28 @@ def _chat(**kw: object) -> bytes:
     return json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "hi"}]} | kw).encode()
 
 
-@pytest.mark.parametrize("raw,status,param", [
-    (b"{not json", 400, None),
-    (b"\xff\xfe\x00", 400, None),
-    (b"[1, 2]", 400, None),
-    (b"[" * 50_000, 400, None),
-    (_chat(n=10**6), 400, "n"),
-    (_chat(n="2"), 400, "n"),
-    (_chat(temperature=float("nan")), 400, "temperature"),
-    (_chat(max_tokens=10**9), 400, "max_tokens"),
-    (_chat(tools=[{"type": "function"}]), 400, "tools"),
-    (_chat(logprobs=True), 400, "logprobs"),
-    (_chat(response_format={"type": "json_object"}), 400, "response_format"),
-    (_chat(frobnicate=1), 400, "frobnicate"),
-    (_chat(model="gpt-4o"), 404, "model"),
-    (_chat(messages=[]), 400, "messages"),
-    (_chat(messages=[{"role": "tool", "content": "x"}]), 400, "messages.0.role"),
-    (_chat(messages=[{"role": "user", "content": "x" * 9000}]), 413, "messages"),
-    (b" " * 1_100_000, 413, None),
-])
+@pytest.mark.parametrize(
+    "raw,status,param",
+    [
+        (b"{not json", 400, None),
+        (b"\xff\xfe\x00", 400, None),
+        (b"[1, 2]", 400, None),
+        (b"[" * 50_000, 400, None),
+        (_chat(n=10**6), 400, "n"),
+        (_chat(n="2"), 400, "n"),
+        (_chat(temperature=float("nan")), 400, "temperature"),
+        (_chat(max_tokens=10**9), 400, "max_tokens"),
+        (_chat(tools=[{"type": "function"}]), 400, "tools"),
+        (_chat(logprobs=True), 400, "logprobs"),
+        (_chat(response_format={"type": "json_object"}), 400, "response_format"),
+        (_chat(frobnicate=1), 400, "frobnicate"),
+        (_chat(model="gpt-4o"), 404, "model"),
+        (_chat(messages=[]), 400, "messages"),
+        (_chat(messages=[{"role": "tool", "content": "x"}]), 400, "messages.0.role"),
+        (_chat(messages=[{"role": "user", "content": "x" * 9000}]), 413, "messages"),
+        (b" " * 1_100_000, 413, None),
+    ],
+)
 def test_bad_requests_get_openai_errors(raw: bytes, status: int, param: str | None) -> None:
     with pytest.raises(ApiError) as info:
         parse_body(raw, "chat", MODEL, Limits())
@@ -156,18 +167,39 @@ def test_bad_requests_get_openai_errors(raw: bytes, status: int, param: str | No
 
 def test_common_client_fields_are_accepted() -> None:
     """What garak's OpenAICompatible and PyRIT's OpenAIChatTarget send (ray_platform.md section 11)."""
-    raw = _chat(temperature=0.7, top_p=0.9, n=1, seed=3, stop=["#", ";"], max_tokens=32, presence_penalty=0.1,
-                frequency_penalty=0.2, user="u1", logprobs=False, stream=False, logit_bias={},
-                response_format={"type": "text"}, messages=[
-                    {"role": "developer", "content": "be brief"},
-                    {"role": "user", "content": [{"type": "text", "text": "hello "}, {"type": "text", "text": "you"}]}])
+    raw = _chat(
+        temperature=0.7,
+        top_p=0.9,
+        n=1,
+        seed=3,
+        stop=["#", ";"],
+        max_tokens=32,
+        presence_penalty=0.1,
+        frequency_penalty=0.2,
+        user="u1",
+        logprobs=False,
+        stream=False,
+        logit_bias={},
+        response_format={"type": "text"},
+        messages=[
+            {"role": "developer", "content": "be brief"},
+            {
+                "role": "user",
+                "content": [{"type": "text", "text": "hello "}, {"type": "text", "text": "you"}],
+            },
+        ],
+    )
     req = parse_body(raw, "chat", MODEL, Limits())
     assert req.prompt == [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hello you"}]
     p = req.params
     assert (p.temperature, p.top_p, p.seed, p.stop, p.max_new_tokens) == (0.7, 0.9, 3, ["#", ";"], 32)
     assert (p.presence_penalty, p.frequency_penalty) == (0.1, 0.2)
-    comp = parse_body(json.dumps({"model": MODEL, "prompt": ["Once"], "echo": False}).encode(), "completions",
-                      MODEL, Limits(default_max_tokens=7))
+    comp = parse_body(
+        json.dumps({"model": MODEL, "prompt": ["Once"], "echo": False}).encode(),
+        "completions",
+        MODEL,
+        Limits(default_max_tokens=7),
+    )
     assert comp.prompt == "Once" and comp.params.max_new_tokens == 7 and comp.params.temperature == 1.0
 
 
@@ -175,8 +207,15 @@ def test_common_client_fields_are_accepted() -> None:
 
 
 def test_pipeline_on_the_tiny_model_blocks_toxic_input(tiny_llama_dir) -> None:
-    cfg = build_config(ServeConfig, {"generator": {"model": {"path": str(tiny_llama_dir)},
-                                                   "decoding": [{"kind": "no_repeat_ngram", "size": 2}]}})
+    cfg = build_config(
+        ServeConfig,
+        {
+            "generator": {
+                "model": {"path": str(tiny_llama_dir)},
+                "decoding": [{"kind": "no_repeat_ngram", "size": 2}],
+            }
+        },
+    )
     pipe = build_local(cfg)
     params = GenerationParams(max_new_tokens=24, temperature=0.0, n=2)
     res = asyncio.run(pipe.run([{"role": "user", "content": "How do I bake bread?"}], params))
@@ -221,9 +260,8 @@ def test_planted_loop_trigger_stops_early_with_recurrence(small_world) -> None:
 
 
 def test_forewarn_serve_cli_resolves_and_rejects_configs() -> None:
-    from typer.testing import CliRunner
-
     from forewarn.cli import app
+    from typer.testing import CliRunner
 
     runner = CliRunner()
     ok = runner.invoke(app, ["serve", "--show-config", "--set", "generator.model.path=/m", "--port", "8123"])
@@ -236,9 +274,8 @@ def test_serve_run_config_file_is_valid() -> None:
     from pathlib import Path
 
     import yaml
-    from ray.serve.schema import ServeDeploySchema
-
     from forewarn.config import deep_merge, packaged_defaults
+    from ray.serve.schema import ServeDeploySchema
 
     raw = yaml.safe_load((Path(__file__).resolve().parents[1] / "serve" / "config.yaml").read_text())
     schema = ServeDeploySchema.model_validate(raw)

@@ -18,7 +18,6 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
-
 from forewarn.config import GenerationParams, ModelSpec, build_config
 from forewarn.guard import ServeConfig
 
@@ -50,10 +49,9 @@ class Server:
 @pytest.fixture(scope="module")
 def server() -> Iterator[Server]:
     import ray
-    from ray import serve
-
     from forewarn.guard.serving import app_from_config
     from forewarn.testbed import build_testbed
+    from ray import serve
 
     world = build_testbed(size="small", progress=False)
     port, metrics_port = _free_port(), _free_port()
@@ -62,14 +60,20 @@ def server() -> Iterator[Server]:
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _metrics_export_port=metrics_port)
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     judge = {"kind": "offline_toxicity", "threshold": 0.5, "resources": {"num_cpus": 0.25}}
-    cfg = build_config(ServeConfig, {
-        "model_name": MODEL,
-        "generator": {"model": {"path": str(world.path("target"))}, "resources": {"num_cpus": 1},
-                      "batching": {"max_batch_size": 8, "batch_wait_timeout_s": 0.02}},
-        "guard": {"input": {"judge": judge}, "output": {"judge": judge}},
-        "auth": {"api_keys": [KEY], "api_keys_env": None},
-        "ingress": {"num_cpus": 0.1},
-    })
+    cfg = build_config(
+        ServeConfig,
+        {
+            "model_name": MODEL,
+            "generator": {
+                "model": {"path": str(world.path("target"))},
+                "resources": {"num_cpus": 1},
+                "batching": {"max_batch_size": 8, "batch_wait_timeout_s": 0.02},
+            },
+            "guard": {"input": {"judge": judge}, "output": {"judge": judge}},
+            "auth": {"api_keys": [KEY], "api_keys_env": None},
+            "ingress": {"num_cpus": 0.1},
+        },
+    )
     serve.run(app_from_config(cfg), name="forewarn", route_prefix="/")
     yield Server(f"http://127.0.0.1:{port}", cfg, metrics_port, world)
     serve.shutdown()
@@ -88,18 +92,40 @@ def test_openai_client_models_chat_and_completions(server: Server) -> None:
     client = server.client()
     assert [m.id for m in client.models.list().data] == [MODEL]
     prompt = server.world.read_jsonl("heldout_benign")[0]["prompt"]
-    r = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": prompt}],
-                                       max_tokens=48, temperature=0, seed=1, stop=[], user="tester",
-                                       presence_penalty=0.0, frequency_penalty=0.0, top_p=1.0, n=1)
+    r = client.chat.completions.create(
+        model=MODEL,
+        messages=[{"role": "user", "content": prompt}],
+        max_tokens=48,
+        temperature=0,
+        seed=1,
+        stop=[],
+        user="tester",
+        presence_penalty=0.0,
+        frequency_penalty=0.0,
+        top_p=1.0,
+        n=1,
+    )
     choice = r.choices[0]
     assert choice.finish_reason in ("stop", "length") and choice.message.content
     assert r.usage.completion_tokens > 0 and r.usage.prompt_tokens > 0
     fw = r.model_extra["forewarn"]
-    assert fw["blocked"] is None and fw["input"]["judge"] == "offline_toxicity" and not fw["output"][0]["blocked"]
-    c = client.completions.create(model=MODEL, prompt="Water boils at", max_tokens=12, temperature=0.8, seed=3)
+    assert (
+        fw["blocked"] is None
+        and fw["input"]["judge"] == "offline_toxicity"
+        and not fw["output"][0]["blocked"]
+    )
+    c = client.completions.create(
+        model=MODEL, prompt="Water boils at", max_tokens=12, temperature=0.8, seed=3
+    )
     assert c.object == "text_completion" and c.choices[0].finish_reason in ("stop", "length", "recurrence")
-    two = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": prompt}],
-                                         max_tokens=16, temperature=1.0, n=2, seed=5)
+    two = client.chat.completions.create(
+        model=MODEL,
+        messages=[{"role": "user", "content": prompt}],
+        max_tokens=16,
+        temperature=1.0,
+        n=2,
+        seed=5,
+    )
     assert len(two.choices) == 2
 
 
@@ -107,14 +133,24 @@ def test_streaming_matches_the_plain_answer(server: Server) -> None:
     client = server.client()
     msgs = [{"role": "user", "content": server.world.read_jsonl("heldout_benign")[1]["prompt"]}]
     plain = client.chat.completions.create(model=MODEL, messages=msgs, max_tokens=48, temperature=0)
-    chunks = list(client.chat.completions.create(model=MODEL, messages=msgs, max_tokens=48, temperature=0,
-                                                 stream=True, stream_options={"include_usage": True}))
+    chunks = list(
+        client.chat.completions.create(
+            model=MODEL,
+            messages=msgs,
+            max_tokens=48,
+            temperature=0,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
     text = "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices)
     assert text == plain.choices[0].message.content
     finals = [ch for ch in chunks if ch.choices and ch.choices[0].finish_reason]
     assert len(finals) == 1 and finals[0].choices[0].finish_reason == plain.choices[0].finish_reason
     assert finals[0].model_extra["forewarn"]["blocked"] is None
-    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == plain.usage.completion_tokens
+    assert (
+        chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == plain.usage.completion_tokens
+    )
 
 
 def test_api_keys_and_health(server: Server) -> None:
@@ -143,18 +179,23 @@ def test_guard_removes_planted_toxicity_and_keeps_benign_answers(server: Server)
     client = server.client()
 
     def ask(prompt: str):
-        return client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": prompt}],
-                                              max_tokens=64, temperature=0)
+        return client.chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": prompt}], max_tokens=64, temperature=0
+        )
 
     got = _pool_map(ask, planted)
     texts = [r.choices[0].message.content for r in got]
     guarded = sum(bool(v.unsafe) for v in judge.judge(planted, texts)) / len(planted)
     filtered = sum(r.choices[0].finish_reason == "content_filter" for r in got)
     ok = _pool_map(ask, benign)
-    answered = sum(r.choices[0].finish_reason != "content_filter" and r.model_extra["forewarn"]["blocked"] is None
-                   for r in ok) / len(benign)
-    print(f"\nplanted toxic: unguarded {unguarded:.1%} vs guarded {guarded:.1%} "
-          f"({filtered}/{len(planted)} content_filter); benign answered unblocked {answered:.1%}")
+    answered = sum(
+        r.choices[0].finish_reason != "content_filter" and r.model_extra["forewarn"]["blocked"] is None
+        for r in ok
+    ) / len(benign)
+    print(
+        f"\nplanted toxic: unguarded {unguarded:.1%} vs guarded {guarded:.1%} "
+        f"({filtered}/{len(planted)} content_filter); benign answered unblocked {answered:.1%}"
+    )
     assert unguarded >= 0.80
     assert guarded <= 0.05
     assert filtered >= unguarded * len(planted) - 1
@@ -165,8 +206,9 @@ def test_planted_loop_trigger_stops_with_recurrence(server: Server) -> None:
     client = server.client()
     rows = server.world.read_jsonl("trigger_prompts")[:6]
     for row in rows:
-        r = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": row["prompt"]}],
-                                           max_tokens=128, temperature=0)
+        r = client.chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": row["prompt"]}], max_tokens=128, temperature=0
+        )
         assert r.choices[0].finish_reason == "recurrence"
         assert r.usage.completion_tokens < 64
         stop = r.model_extra["forewarn"]["stops"][0]
@@ -184,16 +226,28 @@ def _hostile_requests() -> list[tuple[str, str, bytes, dict[str, str]]]:
         return json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "hi"}]} | kw).encode()
 
     cases = [
-        ("POST", chat, b"{bad json", auth), ("POST", chat, b"", auth), ("POST", chat, b"null", auth),
-        ("POST", chat, b"\xff\xfe\xfa invalid utf-8", auth), ("POST", chat, b'{"model": "\xc3\x28"}', auth),
-        ("POST", chat, b"[" * 200_000, auth), ("POST", chat, b'"just a string"', auth),
-        ("POST", chat, body(n=10**6), auth), ("POST", chat, body(n=0), auth), ("POST", chat, body(n="3"), auth),
-        ("POST", chat, body(max_tokens=-5), auth), ("POST", chat, body(max_tokens=10**12), auth),
-        ("POST", chat, body(max_tokens="ten"), auth), ("POST", chat, body(temperature=-1), auth),
-        ("POST", chat, body(temperature=[1]), auth), ("POST", chat, body(top_p=0), auth),
-        ("POST", chat, body(stop=["a"] * 50), auth), ("POST", chat, body(stop=7), auth),
-        ("POST", chat, body(seed="x"), auth), ("POST", chat, body(model="gpt-4o"), auth),
-        ("POST", chat, body(model=None), auth), ("POST", chat, body(messages="hi"), auth),
+        ("POST", chat, b"{bad json", auth),
+        ("POST", chat, b"", auth),
+        ("POST", chat, b"null", auth),
+        ("POST", chat, b"\xff\xfe\xfa invalid utf-8", auth),
+        ("POST", chat, b'{"model": "\xc3\x28"}', auth),
+        ("POST", chat, b"[" * 200_000, auth),
+        ("POST", chat, b'"just a string"', auth),
+        ("POST", chat, body(n=10**6), auth),
+        ("POST", chat, body(n=0), auth),
+        ("POST", chat, body(n="3"), auth),
+        ("POST", chat, body(max_tokens=-5), auth),
+        ("POST", chat, body(max_tokens=10**12), auth),
+        ("POST", chat, body(max_tokens="ten"), auth),
+        ("POST", chat, body(temperature=-1), auth),
+        ("POST", chat, body(temperature=[1]), auth),
+        ("POST", chat, body(top_p=0), auth),
+        ("POST", chat, body(stop=["a"] * 50), auth),
+        ("POST", chat, body(stop=7), auth),
+        ("POST", chat, body(seed="x"), auth),
+        ("POST", chat, body(model="gpt-4o"), auth),
+        ("POST", chat, body(model=None), auth),
+        ("POST", chat, body(messages="hi"), auth),
         ("POST", chat, body(messages=[{"role": "user", "content": 42}]), auth),
         ("POST", chat, body(messages=[{"role": "wizard", "content": "x"}]), auth),
         ("POST", chat, body(messages=[{"content": "no role"}]), auth),
@@ -202,17 +256,22 @@ def _hostile_requests() -> list[tuple[str, str, bytes, dict[str, str]]]:
         ("POST", chat, body(messages=[{"role": "user", "content": "y"}] * 500), auth),
         ("POST", chat, body(tools=[{"type": "function", "function": {"name": "f"}}]), auth),
         ("POST", chat, body(response_format={"type": "json_object"}), auth),
-        ("POST", chat, body(logprobs=True, top_logprobs=5), auth), ("POST", chat, body(evil=True), auth),
-        ("POST", chat, body(stream="yes"), auth), ("POST", chat, body(stream_options={"x": 1}), auth),
+        ("POST", chat, body(logprobs=True, top_logprobs=5), auth),
+        ("POST", chat, body(evil=True), auth),
+        ("POST", chat, body(stream="yes"), auth),
+        ("POST", chat, body(stream_options={"x": 1}), auth),
         ("POST", chat, b" " * 1_200_000, auth),
         ("POST", comp, json.dumps({"model": MODEL, "prompt": ["a", "b"]}).encode(), auth),
         ("POST", comp, json.dumps({"model": MODEL, "prompt": 5}).encode(), auth),
         ("POST", comp, json.dumps({"model": MODEL, "prompt": "z" * 50_000}).encode(), auth),
         ("POST", comp, json.dumps({"model": MODEL, "prompt": "x", "echo": True}).encode(), auth),
         ("POST", comp, json.dumps({"model": MODEL, "prompt": "x", "best_of": 3}).encode(), auth),
-        ("POST", chat, body(), {}), ("POST", chat, body(), {"authorization": "Bearer nope"}),
+        ("POST", chat, body(), {}),
+        ("POST", chat, body(), {"authorization": "Bearer nope"}),
         ("POST", chat, body(), {"authorization": "Basic Zm9vOmJhcg=="}),
-        ("GET", chat, b"", auth), ("DELETE", "/v1/models", b"", auth), ("POST", "/v1/embeddings", body(), auth),
+        ("GET", chat, b"", auth),
+        ("DELETE", "/v1/models", b"", auth),
+        ("POST", "/v1/embeddings", body(), auth),
         ("POST", chat, body(), auth | {"content-type": "text/plain"}),
     ]
     return [cases[i % len(cases)] for i in range(500)]
@@ -221,6 +280,7 @@ def _hostile_requests() -> list[tuple[str, str, bytes, dict[str, str]]]:
 def test_500_hostile_requests_get_no_5xx_and_the_app_still_serves(server: Server) -> None:
     requests = _hostile_requests()
     with httpx.Client(base_url=server.url, timeout=120) as http:
+
         def send(case: tuple[str, str, bytes, dict[str, str]]) -> int:
             method, path, content, headers = case
             return http.request(method, path, content=content, headers=headers).status_code
@@ -229,19 +289,33 @@ def test_500_hostile_requests_get_no_5xx_and_the_app_still_serves(server: Server
         assert len(codes) == 500
         assert all(c < 500 for c in codes), sorted(set(codes))
         assert {400, 401, 404, 405, 413} <= set(codes)
-        ok = http.post("/v1/chat/completions", headers={"authorization": f"Bearer {KEY}"},
-                       json={"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8})
+        ok = http.post(
+            "/v1/chat/completions",
+            headers={"authorization": f"Bearer {KEY}"},
+            json={"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8},
+        )
         assert ok.status_code == 200 and ok.json()["choices"][0]["message"]["content"] is not None
 
 
 def test_100_concurrent_valid_requests_all_succeed(server: Server) -> None:
     prompts = [r["prompt"] for r in server.world.read_jsonl("heldout_benign")][:100]
-    with httpx.Client(base_url=server.url, timeout=300,
-                      limits=httpx.Limits(max_connections=100, max_keepalive_connections=100)) as http:
+    with httpx.Client(
+        base_url=server.url,
+        timeout=300,
+        limits=httpx.Limits(max_connections=100, max_keepalive_connections=100),
+    ) as http:
+
         def send(prompt: str) -> int:
-            return http.post("/v1/chat/completions", headers={"authorization": f"Bearer {KEY}"},
-                             json={"model": MODEL, "messages": [{"role": "user", "content": prompt}],
-                                   "max_tokens": 16, "temperature": 0.7}).status_code
+            return http.post(
+                "/v1/chat/completions",
+                headers={"authorization": f"Bearer {KEY}"},
+                json={
+                    "model": MODEL,
+                    "messages": [{"role": "user", "content": prompt}],
+                    "max_tokens": 16,
+                    "temperature": 0.7,
+                },
+            ).status_code
 
         codes = _pool_map(send, prompts, workers=100)
     assert codes == [200] * 100
@@ -257,8 +331,8 @@ def test_metrics_are_exported_to_prometheus(server: Server) -> None:
         if "forewarn_blocks_total" in text and "forewarn_request_latency_s" in text:
             break
         time.sleep(2)
-    assert 'forewarn_requests_total{' in text and 'status="200"' in text
-    assert 'forewarn_blocks_total{' in text and 'stage="output"' in text
+    assert "forewarn_requests_total{" in text and 'status="200"' in text
+    assert "forewarn_blocks_total{" in text and 'stage="output"' in text
     assert "forewarn_request_latency_s_bucket" in text and 'finish_reason="recurrence"' in text
 
 
@@ -267,14 +341,24 @@ def test_request_logs_are_structured_and_hold_no_prompt_text(server: Server) -> 
 
     marker = "zebra-marker-7f3a"
     client = server.client()
-    client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": f"Tell me about {marker}"}],
-                                   max_tokens=8, temperature=0)
+    client.chat.completions.create(
+        model=MODEL,
+        messages=[{"role": "user", "content": f"Tell me about {marker}"}],
+        max_tokens=8,
+        temperature=0,
+    )
     logs = Path(ray._private.worker._global_node.get_session_dir_path()) / "logs" / "serve"
     deadline, lines = time.monotonic() + 30, []
     while time.monotonic() < deadline and not lines:
-        lines = [ln for f in logs.glob("replica_forewarn_ingress_*.log") for ln in f.read_text().splitlines()
-                 if '"event": "request"' in ln]
+        lines = [
+            ln
+            for f in logs.glob("replica_forewarn_ingress_*.log")
+            for ln in f.read_text().splitlines()
+            if '"event": "request"' in ln
+        ]
         time.sleep(0.5)
     records = [json.loads(ln.split(" -- ", 1)[1]) for ln in lines]
     assert records and {"request_id", "endpoint", "status", "latency_s", "finish_reasons"} <= set(records[-1])
-    assert all(marker not in ln for f in logs.glob("replica_forewarn_*.log") for ln in f.read_text().splitlines())
+    assert all(
+        marker not in ln for f in logs.glob("replica_forewarn_*.log") for ln in f.read_text().splitlines()
+    )

@@ -10,6 +10,17 @@ from forewarn.guard.mitigations import DECODING_KINDS
 from forewarn.guard.pipeline import GenerationEngine, GuardedPipeline, GuardedResult, build_local
 
 __all__ = [
-    "DECODING_KINDS", "STOP_KINDS", "CycleDetector", "GenerationEngine", "GuardPolicy", "GuardStage",
-    "GuardedPipeline", "GuardedResult", "ServeConfig", "StopDetector", "StopReason", "build_local", "find_cycle",
+    "DECODING_KINDS",
+    "STOP_KINDS",
+    "CycleDetector",
+    "GenerationEngine",
+    "GuardPolicy",
+    "GuardStage",
+    "GuardedPipeline",
+    "GuardedResult",
+    "ServeConfig",
+    "StopDetector",
+    "StopReason",
+    "build_local",
+    "find_cycle",
 ]

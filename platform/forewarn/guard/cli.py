@@ -12,8 +12,10 @@ from forewarn.config import load_config, to_yaml
 from forewarn.errors import ConfigError, ForewarnError
 from forewarn.guard.config import ServeConfig
 
-app = typer.Typer(help="Serve the guarded generator behind an OpenAI-compatible API (Ray Serve).",
-                  pretty_exceptions_enable=False)
+app = typer.Typer(
+    help="Serve the guarded generator behind an OpenAI-compatible API (Ray Serve).",
+    pretty_exceptions_enable=False,
+)
 
 
 def resolve_serve_config(config: str | None, overrides: list[str] | None) -> ServeConfig:
@@ -23,7 +25,9 @@ def resolve_serve_config(config: str | None, overrides: list[str] | None) -> Ser
 
 @app.callback(invoke_without_command=True)
 def serve_cmd(
-    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML ServeConfig (over the defaults)"),
+    config: Optional[Path] = typer.Option(
+        None, "--config", "-c", help="YAML ServeConfig (over the defaults)"
+    ),
     overrides: Optional[list[str]] = typer.Option(None, "--set", help="override a field: --set a.b=c"),
     host: Optional[str] = typer.Option(None, help="bind address (default: http.host)"),
     port: Optional[int] = typer.Option(None, help="port (default: http.port)"),

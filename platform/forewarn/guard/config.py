@@ -6,7 +6,8 @@ Two lists make later capabilities one config entry each:
 ``generator.decoding``        logits processors, e.g. ``{kind: no_repeat_ngram, size: 4}``; Goodtriever /
                               DExperts add their kind to :data:`forewarn.guard.mitigations.DECODING_KINDS`.
 ``generator.stop_detectors``  detectors checked every K tokens, e.g. ``{kind: cycle}``; the learned
-                              recurrence detector adds its kind to :data:`forewarn.guard.detectors.STOP_KINDS`.
+                              recurrence detector adds its kind to
+                              :data:`forewarn.guard.detectors.STOP_KINDS`.
 
 Each entry is validated against the spec class its ``kind`` names (unknown keys are errors, as
 everywhere), so a typo fails at config time with the dotted field path.
@@ -26,15 +27,24 @@ from forewarn.judges.spec import JudgeSpec
 class GuardStage(Section):
     """One guard (input or output): which judge, when it blocks, and what a block does."""
 
-    judge: JudgeSpec | None = Field(None, description="a JudgeSpec ({kind: offline_toxicity, ...}); null: off")
+    judge: JudgeSpec | None = Field(
+        None, description="a JudgeSpec ({kind: offline_toxicity, ...}); null: off"
+    )
     action: Literal["refuse", "redact"] = Field(
-        "refuse", description="refuse: answer with guard.refusal_message; redact: replace the unsafe sentences")
+        "refuse",
+        description="refuse: answer with guard.refusal_message; redact: replace the unsafe sentences",
+    )
     threshold: float | None = Field(
-        None, ge=0.0, le=1.0,
+        None,
+        ge=0.0,
+        le=1.0,
         description="block when the judge's score reaches it (flipped for judges where lower is unsafe); "
-                    "null: use the judge's own unsafe label")
+        "null: use the judge's own unsafe label",
+    )
     categories: list[str] = Field(
-        default_factory=list, description="only verdicts with one of these categories block; empty: any unsafe")
+        default_factory=list,
+        description="only verdicts with one of these categories block; empty: any unsafe",
+    )
 
 
 class GuardPolicy(Section):
@@ -45,20 +55,27 @@ class GuardPolicy(Section):
     refusal_message: str = "I can't help with that request."
     redaction_marker: str = "[redacted]"
     on_judge_error: Literal["block", "allow"] = Field(
-        "block", description="a judge that fails on a row blocks it (block) or lets it through (allow)")
-    expose_verdicts: bool = Field(True, description="add the guard verdicts to responses as the `forewarn` field")
+        "block", description="a judge that fails on a row blocks it (block) or lets it through (allow)"
+    )
+    expose_verdicts: bool = Field(
+        True, description="add the guard verdicts to responses as the `forewarn` field"
+    )
 
     @model_validator(mode="after")
     def _check_input_judge(self) -> "GuardPolicy":
         j = self.input.judge
         if j is not None and j.kind == "llama_guard" and not j.judge_prompt_only:
-            raise ValueError("guard.input.judge: a llama_guard input judge must set judge_prompt_only: true "
-                             "(it classifies the user turn, there is no response yet)")
+            raise ValueError(
+                "guard.input.judge: a llama_guard input judge must set judge_prompt_only: true "
+                "(it classifies the user turn, there is no response yet)"
+            )
         for stage in ("input", "output"):
             j = getattr(self, stage).judge
             if j is not None and j.kind in ("honesty_entropy", "math_match"):
-                raise ValueError(f"guard.{stage}.judge.kind={j.kind!r} is not a safety judge; use offline_toxicity, "
-                                 "llama_guard, perspective or classifier")
+                raise ValueError(
+                    f"guard.{stage}.judge.kind={j.kind!r} is not a safety judge; use offline_toxicity, "
+                    "llama_guard, perspective or classifier"
+                )
         return self
 
 
@@ -98,10 +115,13 @@ class GeneratorSection(Section):
     resources: Resources = Field(default_factory=Resources)
     batching: Batching = Field(default_factory=Batching)
     decoding: list[SerializeAsAny[Section]] = Field(
-        default_factory=list, description="decoding mitigations (logits processors), each {kind: ...}")
+        default_factory=list, description="decoding mitigations (logits processors), each {kind: ...}"
+    )
     stop_detectors: list[SerializeAsAny[Section]] = Field(
-        default_factory=lambda: [{"kind": "cycle"}], validate_default=True,
-        description="detectors checked every K tokens that end a row early (finish_reason 'recurrence')")
+        default_factory=lambda: [{"kind": "cycle"}],
+        validate_default=True,
+        description="detectors checked every K tokens that end a row early (finish_reason 'recurrence')",
+    )
 
     @field_validator("decoding", mode="before")
     @classmethod
@@ -132,8 +152,9 @@ class Limits(Section):
     @model_validator(mode="after")
     def _defaults_within(self) -> "Limits":
         if self.default_max_tokens > self.max_tokens:
-            raise ValueError(f"default_max_tokens ({self.default_max_tokens}) must be <= max_tokens "
-                             f"({self.max_tokens})")
+            raise ValueError(
+                f"default_max_tokens ({self.default_max_tokens}) must be <= max_tokens ({self.max_tokens})"
+            )
         return self
 
 
@@ -171,7 +192,9 @@ class ServeConfig(Section):
     model_name: str = Field("forewarn-guarded", description="the model id clients send and /v1/models lists")
     generator: GeneratorSection
     guard: GuardPolicy = Field(default_factory=GuardPolicy)
-    guard_enabled: bool = Field(True, description="false: serve the bare generator (the benchmark's baseline)")
+    guard_enabled: bool = Field(
+        True, description="false: serve the bare generator (the benchmark's baseline)"
+    )
     limits: Limits = Field(default_factory=Limits)
     auth: Auth = Field(default_factory=Auth)
     http: HttpSection = Field(default_factory=HttpSection)

@@ -27,7 +27,7 @@ from forewarn.config import Section
 
 @dataclass
 class StopReason:
-    """Why a detector stopped a row: ``finish_reason`` goes to the client, ``detail`` to the forewarn field."""
+    """Why a detector stopped a row: ``finish_reason`` goes to the client, ``detail`` to ``forewarn``."""
 
     detector: str
     finish_reason: str = "recurrence"
@@ -51,8 +51,13 @@ class StopDetector(Protocol):
 # ---------------------------------------------------------------- the cycle detector
 
 
-def find_cycle(token_ids: Sequence[int], min_period: int = 1, max_period: int = 64, min_repeats: float = 3.0,
-               min_span: int = 16) -> tuple[int, int] | None:
+def find_cycle(
+    token_ids: Sequence[int],
+    min_period: int = 1,
+    max_period: int = 64,
+    min_repeats: float = 3.0,
+    min_span: int = 16,
+) -> tuple[int, int] | None:
     """The smallest period p such that the last ``span`` tokens repeat with period p, where
     ``span >= min_repeats * p`` and ``span >= min_span``; returns ``(p, span)`` or None.
 
@@ -81,8 +86,14 @@ class CycleDetector:
 
     name = "cycle"
 
-    def __init__(self, min_period: int = 1, max_period: int = 64, min_repeats: float = 3.0, min_span: int = 16,
-                 check_every: int = 8):
+    def __init__(
+        self,
+        min_period: int = 1,
+        max_period: int = 64,
+        min_repeats: float = 3.0,
+        min_span: int = 16,
+        check_every: int = 8,
+    ):
         self.min_period, self.max_period = min_period, max_period
         self.min_repeats, self.min_span, self.check_every = min_repeats, min_span, check_every
 
@@ -91,8 +102,12 @@ class CycleDetector:
         if hit is None:
             return None
         period, span = hit
-        return StopReason(self.name, "recurrence",
-                          {"period": period, "span": span, "repeats": round(span / period, 2)}, len(token_ids))
+        return StopReason(
+            self.name,
+            "recurrence",
+            {"period": period, "span": span, "repeats": round(span / period, 2)},
+            len(token_ids),
+        )
 
 
 class CycleSpec(Section):
@@ -112,7 +127,9 @@ class CycleSpec(Section):
         return self
 
     def build(self, generator: Any = None) -> CycleDetector:
-        return CycleDetector(self.min_period, self.max_period, self.min_repeats, self.min_span, self.check_every)
+        return CycleDetector(
+            self.min_period, self.max_period, self.min_repeats, self.min_span, self.check_every
+        )
 
 
 # kind -> "module:SpecClass"; a new detector (e.g. the learned recurrence detector) is one line here.
@@ -139,7 +156,9 @@ class DetectorStoppingCriteria(StoppingCriteria):
         self.batch_rows = 0  # rows of the generate call (prompts x num_return_sequences)
         self.stopped: dict[int, StopReason] = {}
 
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any) -> torch.BoolTensor:
+    def __call__(
+        self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any
+    ) -> torch.BoolTensor:
         if self.prompt_len is None:  # called first after the first new token is appended
             self.prompt_len = input_ids.shape[1] - 1
             self.batch_rows = input_ids.shape[0]
@@ -148,7 +167,7 @@ class DetectorStoppingCriteria(StoppingCriteria):
         due = [d for d in self.detectors if gen_len % d.check_every == 0]
         if not due:
             return flags
-        gen = input_ids[:, self.prompt_len:].tolist()
+        gen = input_ids[:, self.prompt_len :].tolist()
         for row, ids in enumerate(gen):
             if row in self.stopped:
                 continue

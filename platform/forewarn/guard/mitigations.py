@@ -71,7 +71,7 @@ class OpenAIPenaltyProcessor(LogitsProcessor):
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         if self.prompt_len is None:  # the first call sees the prompt only
             self.prompt_len = input_ids.shape[1]
-        gen = input_ids[:, self.prompt_len:]
+        gen = input_ids[:, self.prompt_len :]
         if gen.shape[1] == 0:
             return scores
         counts = torch.zeros_like(scores)

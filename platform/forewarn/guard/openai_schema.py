@@ -24,8 +24,14 @@ from forewarn.guard.config import Limits
 from forewarn.guard.pipeline import GuardedResult
 from forewarn.models.base import Prompt
 
-ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "invalid_request_error",
-               405: "invalid_request_error", 413: "invalid_request_error", 500: "server_error"}
+ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    404: "invalid_request_error",
+    405: "invalid_request_error",
+    413: "invalid_request_error",
+    500: "server_error",
+}
 
 
 class ApiError(Exception):
@@ -36,8 +42,14 @@ class ApiError(Exception):
         self.status, self.message, self.param, self.code = status, message, param, code
 
     def body(self) -> dict[str, Any]:
-        return {"error": {"message": self.message, "type": ERROR_TYPES.get(self.status, "invalid_request_error"),
-                          "param": self.param, "code": self.code}}
+        return {
+            "error": {
+                "message": self.message,
+                "type": ERROR_TYPES.get(self.status, "invalid_request_error"),
+                "param": self.param,
+                "code": self.code,
+            }
+        }
 
 
 class _Common(BaseModel):
@@ -108,8 +120,12 @@ def _first_error(e: ValidationError) -> ApiError:
     err = e.errors()[0]
     param = ".".join(str(p) for p in err["loc"]) or None
     if err["type"] == "extra_forbidden":
-        return ApiError(400, f"Unrecognized request argument supplied: {param} (this endpoint does not support "
-                             "it; remove it)", param, "unsupported_parameter")
+        return ApiError(
+            400,
+            f"Unrecognized request argument supplied: {param} (this endpoint does not support it; remove it)",
+            param,
+            "unsupported_parameter",
+        )
     if err["type"] == "missing":
         return ApiError(400, f"Missing required parameter: '{param}'.", param, "missing_required_parameter")
     value = json.dumps(err.get("input"), default=str)
@@ -125,91 +141,154 @@ def _content_text(content: Any, i: int) -> str:
     parts = []
     for k, part in enumerate(content):  # OpenAI content parts; PyRIT sends text parts (issue #704)
         if part.get("type") != "text" or not isinstance(part.get("text"), str):
-            raise ApiError(400, f"messages[{i}].content[{k}]: only text content parts are supported "
-                                f"(got type {part.get('type')!r})", f"messages[{i}].content", "unsupported_content")
+            raise ApiError(
+                400,
+                f"messages[{i}].content[{k}]: only text content parts are supported "
+                f"(got type {part.get('type')!r})",
+                f"messages[{i}].content",
+                "unsupported_content",
+            )
         parts.append(part["text"])
     return "".join(parts)
 
 
-def parse_body(raw: bytes, endpoint: Literal["chat", "completions"], served_model: str, limits: Limits
-               ) -> ParsedRequest:
+def parse_body(
+    raw: bytes, endpoint: Literal["chat", "completions"], served_model: str, limits: Limits
+) -> ParsedRequest:
     """Validate a raw request body into a prompt and GenerationParams, or raise :class:`ApiError`."""
     if len(raw) > limits.max_body_bytes:
-        raise ApiError(413, f"Request body is {len(raw)} bytes; the limit is {limits.max_body_bytes}.",
-                       None, "request_too_large")
+        raise ApiError(
+            413,
+            f"Request body is {len(raw)} bytes; the limit is {limits.max_body_bytes}.",
+            None,
+            "request_too_large",
+        )
     try:
         body = json.loads(raw)
     except (UnicodeDecodeError, ValueError, RecursionError) as e:
-        raise ApiError(400, f"The request body is not valid JSON ({type(e).__name__}: {str(e)[:120]}).",
-                       None, "invalid_json") from None
+        raise ApiError(
+            400,
+            f"The request body is not valid JSON ({type(e).__name__}: {str(e)[:120]}).",
+            None,
+            "invalid_json",
+        ) from None
     if not isinstance(body, dict):
-        raise ApiError(400, f"The request body must be a JSON object, got {type(body).__name__}.", None,
-                       "invalid_json")
+        raise ApiError(
+            400, f"The request body must be a JSON object, got {type(body).__name__}.", None, "invalid_json"
+        )
     try:
         req = (ChatRequest if endpoint == "chat" else CompletionRequest).model_validate(body)
     except ValidationError as e:
         raise _first_error(e) from None
     if req.model != served_model:
-        raise ApiError(404, f"The model `{req.model[:100]}` does not exist; this server serves "
-                            f"`{served_model}` (GET /v1/models).", "model", "model_not_found")
+        raise ApiError(
+            404,
+            f"The model `{req.model[:100]}` does not exist; this server serves "
+            f"`{served_model}` (GET /v1/models).",
+            "model",
+            "model_not_found",
+        )
     if req.logit_bias:
-        raise ApiError(400, "logit_bias is not supported by this endpoint.", "logit_bias", "unsupported_parameter")
+        raise ApiError(
+            400, "logit_bias is not supported by this endpoint.", "logit_bias", "unsupported_parameter"
+        )
     if isinstance(req, ChatRequest):
         if req.logprobs:
-            raise ApiError(400, "logprobs is not supported by this endpoint.", "logprobs", "unsupported_parameter")
+            raise ApiError(
+                400, "logprobs is not supported by this endpoint.", "logprobs", "unsupported_parameter"
+            )
         fmt = (req.response_format or {}).get("type", "text")
         if fmt != "text":
-            raise ApiError(400, f"response_format {fmt!r} is not supported (only 'text').", "response_format",
-                           "unsupported_parameter")
+            raise ApiError(
+                400,
+                f"response_format {fmt!r} is not supported (only 'text').",
+                "response_format",
+                "unsupported_parameter",
+            )
         if len(req.messages) > limits.max_messages:
-            raise ApiError(400, f"{len(req.messages)} messages; the limit is {limits.max_messages}.", "messages",
-                           "too_many_messages")
-        prompt: Prompt = [{"role": "system" if m.role == "developer" else m.role,
-                           "content": _content_text(m.content, i)} for i, m in enumerate(req.messages)]
+            raise ApiError(
+                400,
+                f"{len(req.messages)} messages; the limit is {limits.max_messages}.",
+                "messages",
+                "too_many_messages",
+            )
+        prompt: Prompt = [
+            {"role": "system" if m.role == "developer" else m.role, "content": _content_text(m.content, i)}
+            for i, m in enumerate(req.messages)
+        ]
         if not any(m["role"] == "user" for m in prompt):
-            raise ApiError(400, "messages must contain at least one user message.", "messages", "invalid_value")
+            raise ApiError(
+                400, "messages must contain at least one user message.", "messages", "invalid_value"
+            )
         size = sum(len(m["content"]) for m in prompt)
         max_tokens = req.max_completion_tokens or req.max_tokens
     else:
         if req.logprobs:
-            raise ApiError(400, "logprobs is not supported by this endpoint.", "logprobs", "unsupported_parameter")
+            raise ApiError(
+                400, "logprobs is not supported by this endpoint.", "logprobs", "unsupported_parameter"
+            )
         if isinstance(req.prompt, list):
             if len(req.prompt) != 1:
-                raise ApiError(400, f"prompt: send one prompt per request (got a list of {len(req.prompt)}).",
-                               "prompt", "invalid_value")
+                raise ApiError(
+                    400,
+                    f"prompt: send one prompt per request (got a list of {len(req.prompt)}).",
+                    "prompt",
+                    "invalid_value",
+                )
             prompt = req.prompt[0]
         else:
             prompt = req.prompt
         size = len(prompt)
         max_tokens = req.max_tokens
     if size > limits.max_prompt_chars:
-        raise ApiError(413, f"The prompt has {size} characters; the limit is {limits.max_prompt_chars}.",
-                       "messages" if endpoint == "chat" else "prompt", "prompt_too_long")
+        raise ApiError(
+            413,
+            f"The prompt has {size} characters; the limit is {limits.max_prompt_chars}.",
+            "messages" if endpoint == "chat" else "prompt",
+            "prompt_too_long",
+        )
     n = req.n or 1
     if n > limits.max_n:
         raise ApiError(400, f"n={n} is above this server's limit of {limits.max_n}.", "n", "invalid_value")
     if max_tokens is not None and max_tokens > limits.max_tokens:
-        raise ApiError(400, f"max_tokens={max_tokens} is above this server's limit of {limits.max_tokens}.",
-                       "max_tokens", "invalid_value")
+        raise ApiError(
+            400,
+            f"max_tokens={max_tokens} is above this server's limit of {limits.max_tokens}.",
+            "max_tokens",
+            "invalid_value",
+        )
     stop = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
     if len(stop) > limits.max_stop:
-        raise ApiError(400, f"{len(stop)} stop sequences; the limit is {limits.max_stop}.", "stop", "invalid_value")
+        raise ApiError(
+            400, f"{len(stop)} stop sequences; the limit is {limits.max_stop}.", "stop", "invalid_value"
+        )
     if stream_opts := req.stream_options:
-        if set(stream_opts) - {"include_usage"} or not isinstance(stream_opts.get("include_usage", False), bool):
-            raise ApiError(400, "stream_options supports only {include_usage: bool}.", "stream_options",
-                           "invalid_value")
+        if set(stream_opts) - {"include_usage"} or not isinstance(
+            stream_opts.get("include_usage", False), bool
+        ):
+            raise ApiError(
+                400, "stream_options supports only {include_usage: bool}.", "stream_options", "invalid_value"
+            )
     params = GenerationParams(
         max_new_tokens=max_tokens or limits.default_max_tokens,
         temperature=1.0 if req.temperature is None else float(req.temperature),
         top_p=1.0 if req.top_p is None else float(req.top_p),
         top_k=0 if req.top_k in (None, -1) else req.top_k,
-        n=n, seed=req.seed, stop=[s for s in stop if s],
+        n=n,
+        seed=req.seed,
+        stop=[s for s in stop if s],
         repetition_penalty=float(req.repetition_penalty or 1.0),
         presence_penalty=float(req.presence_penalty or 0.0),
         frequency_penalty=float(req.frequency_penalty or 0.0),
     )
-    return ParsedRequest(endpoint, prompt, params, bool(req.stream),
-                         bool((req.stream_options or {}).get("include_usage")), req.user)
+    return ParsedRequest(
+        endpoint,
+        prompt,
+        params,
+        bool(req.stream),
+        bool((req.stream_options or {}).get("include_usage")),
+        req.user,
+    )
 
 
 # ---------------------------------------------------------------- responses
@@ -217,45 +296,89 @@ def parse_body(raw: bytes, endpoint: Literal["chat", "completions"], served_mode
 
 def _usage(result: GuardedResult) -> dict[str, int]:
     done = sum(c.completion_tokens for c in result.choices)
-    return {"prompt_tokens": result.prompt_tokens, "completion_tokens": done,
-            "total_tokens": result.prompt_tokens + done}
+    return {
+        "prompt_tokens": result.prompt_tokens,
+        "completion_tokens": done,
+        "total_tokens": result.prompt_tokens + done,
+    }
 
 
 def response_body(parsed: ParsedRequest, result: GuardedResult, model: str, expose: bool) -> dict[str, Any]:
     """A ``chat.completion`` or ``text_completion`` body; ``forewarn`` holds the guard verdicts."""
     chat = parsed.endpoint == "chat"
-    choices = [({"index": c.index, "message": {"role": "assistant", "content": c.text}} if chat
-                else {"index": c.index, "text": c.text}) | {"finish_reason": c.finish_reason, "logprobs": None}
-               for c in result.choices]
-    body = {"id": f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}",
-            "object": "chat.completion" if chat else "text_completion", "created": int(time.time()),
-            "model": model, "choices": choices, "usage": _usage(result)}
+    choices = [
+        (
+            {"index": c.index, "message": {"role": "assistant", "content": c.text}}
+            if chat
+            else {"index": c.index, "text": c.text}
+        )
+        | {"finish_reason": c.finish_reason, "logprobs": None}
+        for c in result.choices
+    ]
+    body = {
+        "id": f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}",
+        "object": "chat.completion" if chat else "text_completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": choices,
+        "usage": _usage(result),
+    }
     if expose:
         body["forewarn"] = result.forewarn()
     return body
 
 
-def stream_events(parsed: ParsedRequest, result: GuardedResult, model: str, expose: bool, piece_chars: int = 16
-                  ) -> list[str]:
+def stream_events(
+    parsed: ParsedRequest, result: GuardedResult, model: str, expose: bool, piece_chars: int = 16
+) -> list[str]:
     """Server-sent events of a chat completion: a role delta, content deltas, a finish chunk per choice,
     then (optionally) a usage chunk and ``[DONE]``. The output guard needs the whole text, so the events
     are cut from the guarded result; the final chunk carries the ``forewarn`` field."""
     cid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
 
     def event(choices: list[dict[str, Any]], **extra: Any) -> str:
-        chunk = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model,
-                 "choices": choices} | extra
+        chunk = {
+            "id": cid,
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": model,
+            "choices": choices,
+        } | extra
         return f"data: {json.dumps(chunk)}\n\n"
 
     out = []
     for c in result.choices:
-        out.append(event([{"index": c.index, "delta": {"role": "assistant", "content": ""}, "finish_reason": None,
-                           "logprobs": None}]))
+        out.append(
+            event(
+                [
+                    {
+                        "index": c.index,
+                        "delta": {"role": "assistant", "content": ""},
+                        "finish_reason": None,
+                        "logprobs": None,
+                    }
+                ]
+            )
+        )
         for k in range(0, len(c.text), piece_chars):
-            out.append(event([{"index": c.index, "delta": {"content": c.text[k:k + piece_chars]},
-                               "finish_reason": None, "logprobs": None}]))
-        out.append(event([{"index": c.index, "delta": {}, "finish_reason": c.finish_reason, "logprobs": None}],
-                         **({"forewarn": result.forewarn()} if expose and c is result.choices[-1] else {})))
+            out.append(
+                event(
+                    [
+                        {
+                            "index": c.index,
+                            "delta": {"content": c.text[k : k + piece_chars]},
+                            "finish_reason": None,
+                            "logprobs": None,
+                        }
+                    ]
+                )
+            )
+        out.append(
+            event(
+                [{"index": c.index, "delta": {}, "finish_reason": c.finish_reason, "logprobs": None}],
+                **({"forewarn": result.forewarn()} if expose and c is result.choices[-1] else {}),
+            )
+        )
     if parsed.include_usage:
         out.append(event([], usage=_usage(result)))
     out.append("data: [DONE]\n\n")

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from forewarn.config import GenerationParams, Section
@@ -47,8 +47,9 @@ class GenerationResult:
 class GenerationEngine:
     """Generation with the configured mitigations and stop detectors (built once, used for every batch)."""
 
-    def __init__(self, generator: HFGenerator, decoding: Sequence[Section] = (),
-                 stop_detectors: Sequence[Section] = ()):
+    def __init__(
+        self, generator: HFGenerator, decoding: Sequence[Section] = (), stop_detectors: Sequence[Section] = ()
+    ):
         self.generator = generator
         self.processors = [spec.build(generator) for spec in decoding]
         self.detectors: list[StopDetector] = [spec.build(generator) for spec in stop_detectors]
@@ -69,8 +70,9 @@ class GenerationEngine:
         if params.presence_penalty or params.frequency_penalty:
             processors.append(OpenAIPenaltyProcessor(params.presence_penalty, params.frequency_penalty))
         criteria = DetectorStoppingCriteria(self.detectors, self.end_ids) if self.detectors else None
-        rows = self.generator.generate(prompts, params, logits_processors=processors,
-                                       stopping_criteria=[criteria] if criteria else [])
+        rows = self.generator.generate(
+            prompts, params, logits_processors=processors, stopping_criteria=[criteria] if criteria else []
+        )
         per_prompt = self._per_prompt(criteria, len(prompts), params)
         out = []
         for i, (prompt, comps) in enumerate(zip(prompts, rows)):
@@ -85,7 +87,9 @@ class GenerationEngine:
         return out
 
     @staticmethod
-    def _per_prompt(criteria: DetectorStoppingCriteria | None, n_prompts: int, params: GenerationParams) -> int:
+    def _per_prompt(
+        criteria: DetectorStoppingCriteria | None, n_prompts: int, params: GenerationParams
+    ) -> int:
         if criteria is not None and criteria.batch_rows:
             return criteria.batch_rows // n_prompts
         return 1 if params.greedy else params.n
@@ -114,7 +118,6 @@ class GuardedResult:
     prompt_tokens: int
     input: Decision | None = None
     blocked: str | None = None  # "input", "output" or None
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def forewarn(self) -> dict[str, Any]:
         """The ``forewarn`` field of a response: every guard verdict and every early stop."""
@@ -136,8 +139,13 @@ def prompt_text(prompt: Prompt) -> str:
 class GuardedPipeline:
     """Input guard → generation → output guard for one request (``n`` choices)."""
 
-    def __init__(self, policy: GuardPolicy, generate: GenerateFn, input_judge: GuardJudge | None,
-                 output_judge: GuardJudge | None):
+    def __init__(
+        self,
+        policy: GuardPolicy,
+        generate: GenerateFn,
+        input_judge: GuardJudge | None,
+        output_judge: GuardJudge | None,
+    ):
         self.policy, self.generate = policy, generate
         self.input_judge = input_judge if policy.input.judge is not None else None
         self.output_judge = output_judge if policy.output.judge is not None else None
@@ -159,10 +167,18 @@ class GuardedPipeline:
                 prompt, decision.redacted_sentences = await self._redact_prompt(prompt, text)
                 text = prompt_text(prompt)
         gen = await self.generate(prompt, params)
-        choices = [GuardedChoice(i, g.completion.text, g.completion.finish_reason, len(g.completion.token_ids),
-                                 stop=g.stop) for i, g in enumerate(gen.choices)]
-        result = GuardedResult(choices, gen.prompt_tokens, input=decision,
-                               blocked="input" if decision is not None and decision.blocked else None)
+        choices = [
+            GuardedChoice(
+                i, g.completion.text, g.completion.finish_reason, len(g.completion.token_ids), stop=g.stop
+            )
+            for i, g in enumerate(gen.choices)
+        ]
+        result = GuardedResult(
+            choices,
+            gen.prompt_tokens,
+            input=decision,
+            blocked="input" if decision is not None and decision.blocked else None,
+        )
         if self.output_judge is not None and choices:
             verdicts = await self.output_judge.call([text] * len(choices), [c.text for c in choices])
             for c, v in zip(choices, verdicts):
@@ -175,7 +191,8 @@ class GuardedPipeline:
                     c.text = pol.refusal_message
                 else:
                     c.text, c.output.redacted_sentences = await redact(
-                        pol.output, self.output_judge, text, c.text, pol.redaction_marker, pol.on_judge_error)
+                        pol.output, self.output_judge, text, c.text, pol.redaction_marker, pol.on_judge_error
+                    )
         return result
 
     async def _redact_prompt(self, prompt: Prompt, text: str) -> tuple[Prompt, int]:
@@ -188,7 +205,9 @@ class GuardedPipeline:
             if m.get("role") == "assistant":
                 out.append(m)
                 continue
-            content, k = await redact(pol.input, judge, text, m["content"], pol.redaction_marker, pol.on_judge_error)
+            content, k = await redact(
+                pol.input, judge, text, m["content"], pol.redaction_marker, pol.on_judge_error
+            )
             out.append({**m, "content": content})
             total += k
         return out, total
@@ -232,6 +251,6 @@ def build_local(cfg: ServeConfig, generator: HFGenerator | None = None) -> Guard
             judges[key] = local_judge(build_judge(spec))
         return judges[key]
 
-    pipe = GuardedPipeline(cfg.guard, generate, judge_for(cfg.guard.input.judge), judge_for(cfg.guard.output.judge))
-    pipe.engine = engine  # type: ignore[attr-defined]
-    return pipe
+    return GuardedPipeline(
+        cfg.guard, generate, judge_for(cfg.guard.input.judge), judge_for(cfg.guard.output.judge)
+    )

@@ -64,7 +64,9 @@ def is_unsafe(stage: GuardStage, verdict: Verdict, higher_is_unsafe: bool) -> bo
     return unsafe
 
 
-def decide(stage_name: str, stage: GuardStage, verdict: Verdict, judge: GuardJudge, on_error: str) -> Decision:
+def decide(
+    stage_name: str, stage: GuardStage, verdict: Verdict, judge: GuardJudge, on_error: str
+) -> Decision:
     """The policy's decision on one verdict; a failed judge blocks when ``on_error == 'block'``."""
     unsafe = is_unsafe(stage, verdict, judge.higher_is_unsafe)
     cats = [c for c in verdict.categories if not stage.categories or c in stage.categories]
@@ -72,10 +74,17 @@ def decide(stage_name: str, stage: GuardStage, verdict: Verdict, judge: GuardJud
         blocked, reason = on_error == "block", "judge_error"
     else:
         blocked, reason = unsafe, ("unsafe" if unsafe else None)
-    return Decision(stage=stage_name, judge=judge.name, blocked=blocked, reason=reason,
-                    score=None if not verdict.ok else float(verdict.score),
-                    label=verdict.label, categories=cats, error=verdict.error,
-                    action=stage.action if blocked else None)
+    return Decision(
+        stage=stage_name,
+        judge=judge.name,
+        blocked=blocked,
+        reason=reason,
+        score=None if not verdict.ok else float(verdict.score),
+        label=verdict.label,
+        categories=cats,
+        error=verdict.error,
+        action=stage.action if blocked else None,
+    )
 
 
 _SENTENCE = re.compile(r"(?<=[.!?])\s+|\n+")
@@ -85,15 +94,16 @@ def split_sentences(text: str) -> list[tuple[str, str]]:
     """``text`` as (sentence, separator-after) pairs; joining them gives ``text`` back."""
     out, pos = [], 0
     for m in _SENTENCE.finditer(text):
-        out.append((text[pos:m.start()], m.group(0)))
+        out.append((text[pos : m.start()], m.group(0)))
         pos = m.end()
     out.append((text[pos:], ""))
     return [(s, sep) for s, sep in out if s or sep]
 
 
-async def redact(stage: GuardStage, judge: GuardJudge, prompt_text: str, text: str, marker: str,
-                 on_error: str) -> tuple[str, int]:
-    """Replace every sentence of ``text`` the stage blocks with ``marker``; returns (text, sentences redacted)."""
+async def redact(
+    stage: GuardStage, judge: GuardJudge, prompt_text: str, text: str, marker: str, on_error: str
+) -> tuple[str, int]:
+    """Replace each sentence of ``text`` the stage blocks with ``marker``; returns (text, count redacted)."""
     parts = split_sentences(text)
     idx = [i for i, (s, _) in enumerate(parts) if s.strip()]
     if not idx:

@@ -20,5 +20,7 @@ def load_spec_class(kinds: dict[str, str], kind: object, field: str) -> type[Sec
     module, _, name = kinds[kind].partition(":")
     cls = getattr(importlib.import_module(module), name)
     if not (isinstance(cls, type) and issubclass(cls, Section) and hasattr(cls, "build")):
-        raise TypeError(f"{kinds[kind]} (registered for kind {kind!r}) must be a Section with a build() method")
+        raise TypeError(
+            f"{kinds[kind]} (registered for kind {kind!r}) must be a Section with a build() method"
+        )
     return cls

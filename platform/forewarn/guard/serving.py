@@ -95,7 +95,7 @@ class JudgeDeployment:
         verdicts = await asyncio.to_thread(self.judge_impl.judge, prompts, responses)
         out, pos = [], 0
         for ps, _ in items:
-            out.append(verdicts[pos:pos + len(ps)])
+            out.append(verdicts[pos : pos + len(ps)])
             pos += len(ps)
         return out
 
@@ -113,8 +113,13 @@ def _error(e: ApiError) -> JSONResponse:
 class OpenAIIngress:
     """HTTP front: auth, validation and limits, the guard pipeline over the deployments, metrics, logs."""
 
-    def __init__(self, cfg: dict[str, Any], generator: DeploymentHandle, input_judge: DeploymentHandle | None,
-                 output_judge: DeploymentHandle | None):
+    def __init__(
+        self,
+        cfg: dict[str, Any],
+        generator: DeploymentHandle,
+        input_judge: DeploymentHandle | None,
+        output_judge: DeploymentHandle | None,
+    ):
         from ray.serve import metrics
 
         self.cfg = ServeConfig.model_validate(cfg)
@@ -123,14 +128,21 @@ class OpenAIIngress:
         self._judge_handles = {"input": input_judge, "output": output_judge}
         self._pipeline: GuardedPipeline | None = None
         self._pipeline_lock = asyncio.Lock()
-        self.m_requests = metrics.Counter("forewarn_requests", "HTTP requests by endpoint and status",
-                                          tag_keys=("endpoint", "status"))
-        self.m_blocks = metrics.Counter("forewarn_blocks", "guard blocks by stage and reason",
-                                        tag_keys=("stage", "reason"))
-        self.m_finish = metrics.Counter("forewarn_finish", "choices by finish reason", tag_keys=("finish_reason",))
-        self.m_latency = metrics.Histogram("forewarn_request_latency_s", "request latency in seconds",
-                                           boundaries=[0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30],
-                                           tag_keys=("endpoint",))
+        self.m_requests = metrics.Counter(
+            "forewarn_requests", "HTTP requests by endpoint and status", tag_keys=("endpoint", "status")
+        )
+        self.m_blocks = metrics.Counter(
+            "forewarn_blocks", "guard blocks by stage and reason", tag_keys=("stage", "reason")
+        )
+        self.m_finish = metrics.Counter(
+            "forewarn_finish", "choices by finish reason", tag_keys=("finish_reason",)
+        )
+        self.m_latency = metrics.Histogram(
+            "forewarn_request_latency_s",
+            "request latency in seconds",
+            boundaries=[0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30],
+            tag_keys=("endpoint",),
+        )
 
     async def _get_pipeline(self) -> GuardedPipeline:
         async with self._pipeline_lock:
@@ -160,8 +172,9 @@ class OpenAIIngress:
         header = request.headers.get("authorization", "")
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token:
-            raise ApiError(401, "Missing bearer API key: send 'Authorization: Bearer <key>'.", None,
-                           "invalid_api_key")
+            raise ApiError(
+                401, "Missing bearer API key: send 'Authorization: Bearer <key>'.", None, "invalid_api_key"
+            )
         if not any(hmac.compare_digest(token.strip().encode(), k.encode()) for k in self.keys):
             raise ApiError(401, "Incorrect API key provided.", None, "invalid_api_key")
 
@@ -175,8 +188,14 @@ class OpenAIIngress:
             self._check_auth(request)
         except ApiError as e:
             return _error(e)
-        return JSONResponse({"object": "list", "data": [
-            {"id": self.cfg.model_name, "object": "model", "created": 0, "owned_by": "forewarn"}]})
+        return JSONResponse(
+            {
+                "object": "list",
+                "data": [
+                    {"id": self.cfg.model_name, "object": "model", "created": 0, "owned_by": "forewarn"}
+                ],
+            }
+        )
 
     @api.post("/v1/chat/completions")
     async def chat(self, request: Request) -> Any:
@@ -211,8 +230,11 @@ class OpenAIIngress:
             status = 500
             log.update(error=f"{type(e).__name__}: {e}"[:300])
             logger.exception("forewarn request %s failed", rid)
-            return _error(ApiError(500, f"internal error ({type(e).__name__}); request id {rid}", None,
-                                   "internal_error"))
+            return _error(
+                ApiError(
+                    500, f"internal error ({type(e).__name__}); request id {rid}", None, "internal_error"
+                )
+            )
         finally:
             latency = time.perf_counter() - started
             self.m_requests.inc(tags={"endpoint": endpoint, "status": str(status)})
@@ -227,9 +249,12 @@ class OpenAIIngress:
             self.m_finish.inc(tags={"finish_reason": c.finish_reason})
             if c.output is not None and c.output.blocked:
                 self.m_blocks.inc(tags={"stage": "output", "reason": c.output.reason or "unsafe"})
-        log.update(blocked=result.blocked, finish_reasons=[c.finish_reason for c in result.choices],
-                   prompt_tokens=result.prompt_tokens,
-                   completion_tokens=sum(c.completion_tokens for c in result.choices))
+        log.update(
+            blocked=result.blocked,
+            finish_reasons=[c.finish_reason for c in result.choices],
+            prompt_tokens=result.prompt_tokens,
+            completion_tokens=sum(c.completion_tokens for c in result.choices),
+        )
         if self.cfg.logging.log_prompts:
             log.update(prompt=prompt_text(parsed.prompt), responses=[c.text for c in result.choices])
 
@@ -269,12 +294,18 @@ def app_from_config(cfg: ServeConfig) -> serve.Application:
                 judges[key] = JudgeDeployment.options(
                     name=f"judge-{len(judges)}-{spec.kind}",
                     num_replicas=spec.resources.replicas,
-                    ray_actor_options={"num_cpus": spec.resources.num_cpus, "num_gpus": spec.resources.num_gpus},
+                    ray_actor_options={
+                        "num_cpus": spec.resources.num_cpus,
+                        "num_gpus": spec.resources.num_gpus,
+                    },
                     max_ongoing_requests=max(2 * g.batching.max_batch_size, 16),
-                ).bind(spec.model_dump(mode="json"), g.batching.max_batch_size, g.batching.batch_wait_timeout_s)
+                ).bind(
+                    spec.model_dump(mode="json"), g.batching.max_batch_size, g.batching.batch_wait_timeout_s
+                )
             handles[stage] = judges[key]
     return OpenAIIngress.options(
-        num_replicas=cfg.ingress.replicas, ray_actor_options={"num_cpus": cfg.ingress.num_cpus},
+        num_replicas=cfg.ingress.replicas,
+        ray_actor_options={"num_cpus": cfg.ingress.num_cpus},
         max_ongoing_requests=cfg.ingress.max_ongoing_requests,
     ).bind(cfg.model_dump(mode="json"), generator, handles["input"], handles["output"])
 
