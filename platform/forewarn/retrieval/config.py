@@ -93,6 +93,10 @@ class KnnLMSpec(Section):
             raise ValueError("ensemble_order must be ('subtract', 'add') or ('add', 'subtract')")
         return self
 
+    def build(self, generator: Any) -> Any:
+        """The guard's plug-in hook: a ``KnnLMProcessor`` on ``generator.model`` (see ``build_processor``)."""
+        return _build(self, generator)
+
 
 class DExpertsSpec(Section):
     """DExperts: ``log_softmax(filter_p(log_softmax(z)) + alpha * (z_expert - z_anti_expert))``.
@@ -106,6 +110,17 @@ class DExpertsSpec(Section):
     anti_expert: ModelSpec = Field(description="the anti-expert (toxic) LM")
     alpha: float = 2.0
     filter_p: float = Field(0.9, ge=0.0, le=1.0, description="top-p filter of the base LM (0 or 1 disables)")
+
+    def build(self, generator: Any) -> Any:
+        """The guard's plug-in hook: a ``DExpertsProcessor`` for ``generator`` (experts loaded once, here)."""
+        return _build(self, generator)
+
+
+def _build(spec: Any, generator: Any) -> Any:
+    """Resolve ``testbed:`` names (the spec comes straight from a user config) and build the processor."""
+    from forewarn.retrieval.processors import build_processor
+
+    return build_processor(resolve_mitigation_names(spec), generator.model, generator.tokenizer)
 
 
 MitigationSpec = Annotated[Union[KnnLMSpec, DExpertsSpec], Field(discriminator="kind")]

@@ -15,6 +15,7 @@ store only the response tokens (and its end token), which is what the model pred
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from pathlib import Path
@@ -206,9 +207,9 @@ def build_datastores(specs: dict[str, DatastoreSpec], dirs: dict[str, Path],
         out = Path(dirs[name])
         out.mkdir(parents=True, exist_ok=True)
         meta = _read_json(out / META)
-        if meta.get("build_hash") == config_hash(spec) and (out / INDEX).is_file():
+        if meta.get("build_hash") == build_hash(spec) and (out / INDEX).is_file():
             metas[name] = meta
-        elif _read_json(out / KEYS_DONE).get("build_hash") != config_hash(spec):
+        elif _read_json(out / KEYS_DONE).get("build_hash") != build_hash(spec):
             todo[name] = spec
     groups: dict[str, list[str]] = {}
     for name, spec in todo.items():
@@ -219,7 +220,7 @@ def build_datastores(specs: dict[str, DatastoreSpec], dirs: dict[str, Path],
         t0 = time.perf_counter()
         counts = _extract_keys({n: todo[n] for n in names}, {n: Path(dirs[n]) for n in names}, show_progress, ray)
         for n, (n_keys, n_docs, dim) in counts.items():
-            _write_json(Path(dirs[n]) / KEYS_DONE, {"build_hash": config_hash(todo[n]), "n": n_keys,
+            _write_json(Path(dirs[n]) / KEYS_DONE, {"build_hash": build_hash(todo[n]), "n": n_keys,
                                                     "n_docs": n_docs, "dim": dim,
                                                     "seconds": round(time.perf_counter() - t0, 3)})
     for name, spec in specs.items():
@@ -243,13 +244,26 @@ def _index_store(spec: DatastoreSpec, out: Path, show_progress: bool) -> dict[st
     with Progress(disable=not show_progress, transient=True) as bar:
         task = bar.add_task(f"faiss {spec.index.kind} index", total=n)
         index_info = build_index(keys, spec.index, out / INDEX, progress=lambda k: bar.advance(task, k))
-    meta = {"build_hash": config_hash(spec), "n": n, "dim": dim, "n_docs": info["n_docs"],
+    meta = {"build_hash": build_hash(spec), "n": n, "dim": dim, "n_docs": info["n_docs"],
             "key_type": spec.key_type, "model": spec.model.path, "fingerprint": _model_config(spec),
             "corpus": spec.corpus, "text_field": spec.text_field, "prompt_field": spec.prompt_field,
             "block_size": spec.block_size, "stride": spec.stride, "index": index_info,
             "key_seconds": info["seconds"], "spec": spec.model_dump(mode="json")}
     _write_json(out / META, meta)
     return meta
+
+
+def build_hash(spec: DatastoreSpec) -> str:
+    """Hash of the spec and of the model folder's files (name, size, mtime), so a retrained model at the
+    same path (e.g. a rebuilt testbed) invalidates its datastores."""
+    stamp = []
+    folder = Path(spec.model.path)
+    if folder.is_dir():
+        stamp = sorted((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in folder.iterdir() if f.is_file())
+    corpus = Path(spec.corpus)
+    if corpus.is_file():
+        stamp.append((str(corpus), corpus.stat().st_size, corpus.stat().st_mtime_ns))
+    return hashlib.sha256(json.dumps([config_hash(spec), stamp]).encode()).hexdigest()[:16]
 
 
 def _read_json(path: Path) -> dict[str, Any]:
