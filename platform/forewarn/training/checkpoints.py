@@ -84,7 +84,8 @@ def save_checkpoint(engine: Any, step: int, metrics: dict[str, float], export: C
         if rank == 0:
             export(tmp / "hf", state)
         dist.barrier()
-        ray.train.report({**metrics, "step": step}, checkpoint=ray.train.Checkpoint.from_directory(str(tmp)))
+        ray.train.report({**metrics, "step": step}, checkpoint=ray.train.Checkpoint.from_directory(str(tmp)),
+                         checkpoint_dir_name=f"checkpoint_{step:07d}")  # one name on every worker
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -1,0 +1,199 @@
+"""The training runner end to end on tiny models: DPO under ZeRO 0 / 2 / 3 on 2 CPU workers, kill-and-resume,
+SFT with LoRA. Ray Train runs are few on purpose (each costs tens of seconds): every run feeds several checks.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+import ray
+
+from forewarn.config import GenerationParams, ModelSpec
+from forewarn.models.hf import HFGenerator
+from forewarn.models.tiny import build_tiny_model, train_tokenizer
+from forewarn.tracking import NullTracker
+from forewarn.training.api import compute_reference_logps, train_dpo, train_sft
+from forewarn.training.config import DPOConfig, TrainConfig
+from forewarn.training.runner import lr_factor, read_metrics
+
+ANIMALS = ["cat", "dog", "cow", "owl", "fox", "bee", "ant", "elk"]
+
+
+def toy_pairs(n: int, seed: int) -> list[dict]:
+    """Prompts about an animal; the chosen answer is kind, the rejected one rude (a learnable preference)."""
+    r = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        a = r.choice(ANIMALS)
+        rows.append({"prompt": f"Tell me about the {a} number {r.randint(0, 99)}.",
+                     "chosen": f"The {a} is kind and calm.", "rejected": f"The {a} is rude and loud."})
+    return rows
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    ray.init(num_cpus=2, include_dashboard=False)
+    yield ray.get_runtime_context().gcs_address
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory) -> dict[str, Path]:
+    """A policy and a different reference (so step-1 DPO losses are not trivially log 2)."""
+    root = tmp_path_factory.mktemp("models")
+    corpus = [f"{p['prompt']} {p['chosen']} {p['rejected']}" for p in toy_pairs(200, 5)]
+    tok = train_tokenizer(corpus, vocab_size=400)
+    return {"policy": build_tiny_model(root / "policy", tokenizer=tok, seed=0),
+            "reference": build_tiny_model(root / "reference", tokenizer=tok, seed=1)}
+
+
+@pytest.fixture(scope="module")
+def dpo_data(ray_cluster, models) -> dict[str, pa.Table]:
+    """Pairs with reference log-probs from ONE Ray Data pass; train_dpo passes such columns through."""
+    cfg = dpo_config(0)
+    train = compute_reference_logps(pa.Table.from_pylist(toy_pairs(128, 1)), models["reference"], cfg)
+    evals = compute_reference_logps(pa.Table.from_pylist(toy_pairs(32, 2)), models["reference"], cfg)
+    return {"train": train, "eval": evals}
+
+
+def dpo_config(stage: int, **kw) -> DPOConfig:
+    base = dict(num_workers=2, lr=3e-3, micro_batch_size=4, max_steps=12, epochs=3, beta=0.1, max_length=64,
+                max_prompt_length=32, deepspeed={"zero_stage": stage})
+    return DPOConfig(**{**base, **kw})
+
+
+def step_losses(out: Path) -> dict[int, float]:
+    return {r["step"]: r["loss"] for r in read_metrics(out / "metrics.jsonl") if "loss" in r}
+
+
+def eval_rows(out: Path) -> list[dict]:
+    return [r for r in read_metrics(out / "metrics.jsonl") if "eval/loss" in r]
+
+
+@pytest.fixture(scope="module")
+def zero_runs(tmp_path_factory, models, dpo_data) -> dict[int, Path]:
+    runs = {}
+    for stage in (0, 3):
+        out = tmp_path_factory.mktemp(f"dpo-zero{stage}")
+        train_dpo(dpo_config(stage), dpo_data["train"], models["reference"], out, NullTracker(),
+                  policy_model_path=models["policy"], eval_pairs=dpo_data["eval"])
+        runs[stage] = out
+    return runs
+
+
+def test_dpo_raises_margin_and_accuracy(zero_runs) -> None:
+    evals = eval_rows(zero_runs[0])
+    first, last = evals[0], evals[-1]
+    assert first["step"] == 0 and last["step"] == 12
+    assert last["eval/logps/margin"] > first["eval/logps/margin"] + 5.0
+    assert last["eval/rewards/accuracy"] >= 0.9
+    assert last["eval/rewards/margin"] > 0
+    assert step_losses(zero_runs[0])[12] < step_losses(zero_runs[0])[1]
+
+
+def test_zero0_and_zero3_match(zero_runs) -> None:
+    l0, l3 = step_losses(zero_runs[0]), step_losses(zero_runs[3])
+    assert abs(l0[1] - 0.6931) > 1e-3  # policy != reference: the check is not trivially log 2
+    assert l3[1] == pytest.approx(l0[1], abs=1e-5)
+    for step in (2, 3):  # after real optimizer steps through the sharded optimizer
+        assert l3[step] == pytest.approx(l0[step], rel=1e-3)
+
+
+def test_checkpoint_is_a_hf_folder(zero_runs) -> None:
+    model_dir = zero_runs[3] / "model"
+    assert (model_dir / "config.json").is_file() and (model_dir / "tokenizer.json").is_file()
+    gen = HFGenerator(ModelSpec(path=str(model_dir), device="cpu"))
+    out = gen.generate(["Tell me about the owl number 7."], GenerationParams(max_new_tokens=8))
+    assert out[0][0].token_ids
+
+
+KILLED_RUN = textwrap.dedent("""
+    import sys, pyarrow.parquet as pq, ray
+    from forewarn.tracking import NullTracker
+    from forewarn.training.api import train_dpo
+    from forewarn.training.config import DPOConfig
+    ray.init(address=sys.argv[1])
+    cfg = DPOConfig.model_validate_json(open(sys.argv[2]).read())
+    train_dpo(cfg, pq.read_table(sys.argv[3]), sys.argv[4], sys.argv[5], NullTracker(),
+              policy_model_path=sys.argv[6])
+""")
+
+
+def test_kill_after_checkpoint_then_resume_zero2(tmp_path, ray_cluster, models, dpo_data, zero_runs) -> None:
+    """A ZeRO-2 run is SIGKILLed after its first checkpoint; the rerun resumes from that checkpoint."""
+    import pyarrow.parquet as pq
+
+    cfg = dpo_config(2, max_steps=40, checkpoint_every=4)
+    out = tmp_path / "dpo-zero2"
+    (tmp_path / "cfg.json").write_text(cfg.model_dump_json())
+    pq.write_table(dpo_data["train"], tmp_path / "train.parquet")
+    (tmp_path / "run.py").write_text(KILLED_RUN)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    with open(tmp_path / "killed.log", "w") as log:
+        proc = subprocess.Popen([sys.executable, str(tmp_path / "run.py"), ray_cluster, str(tmp_path / "cfg.json"),
+                                 str(tmp_path / "train.parquet"), str(models["reference"]), str(out),
+                                 str(models["policy"])], stdout=log, stderr=subprocess.STDOUT, env=env)
+        deadline = time.time() + 300
+        while time.time() < deadline and proc.poll() is None:
+            if (out / "ray" / "dpo" / "checkpoint_manager_snapshot.json").is_file():  # a registered checkpoint
+                break
+            time.sleep(0.5)
+        assert proc.poll() is None, f"the run ended before it could be killed:\n{(tmp_path / 'killed.log').read_text()}"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    first = step_losses(out)
+    assert 4 <= max(first) < 40, "killed after the first checkpoint, before the end"
+    # ZeRO-2 gives the ZeRO-0 losses too
+    assert first[1] == pytest.approx(step_losses(zero_runs[0])[1], abs=1e-5)
+    assert first[2] == pytest.approx(step_losses(zero_runs[0])[2], rel=1e-3)
+
+    train_dpo(cfg, dpo_data["train"], models["reference"], out, NullTracker(), policy_model_path=models["policy"])
+    rows = read_metrics(out / "metrics.jsonl")
+    starts = [i for i, r in enumerate(rows) if r.get("event") == "start"]
+    assert len(starts) == 2 and rows[starts[0]]["resumed_from_step"] == 0
+    resumed = int(rows[starts[1]]["resumed_from_step"])
+    assert resumed >= 4 and resumed % 4 == 0
+    after = [r["step"] for r in rows[starts[1]:] if "loss" in r]
+    assert after[0] == resumed + 1 and after[-1] == 40  # continued from the checkpoint, not from step 1
+    # the resumed run's first step repeats the killed run's step exactly (same weights, optimizer, data)
+    killed = {r["step"]: r["loss"] for r in rows[: starts[1]] if "loss" in r}
+    if resumed + 1 in killed:
+        first_resumed = next(r for r in rows[starts[1]:] if "loss" in r)
+        assert first_resumed["loss"] == pytest.approx(killed[resumed + 1], rel=1e-4)
+    assert (out / "model" / "config.json").is_file()
+
+
+PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+def test_lr_schedule() -> None:
+    cfg = TrainConfig(warmup_steps=3, schedule="cosine", min_lr_ratio=0.1)
+    assert [lr_factor(s, cfg, 13) for s in range(3)] == pytest.approx([0.25, 0.5, 0.75])
+    assert lr_factor(3, cfg, 13) == pytest.approx(1.0) and lr_factor(13, cfg, 13) == pytest.approx(0.1)
+    assert lr_factor(8, cfg, 13) == pytest.approx(0.55)  # half-way down the cosine
+    assert lr_factor(50, TrainConfig(), 13) == 1.0
+
+
+def test_sft_with_lora_lowers_heldout_loss(tmp_path, ray_cluster, models) -> None:
+    rows = [{"prompt": p["prompt"], "target": p["chosen"]} for p in toy_pairs(128, 3)]
+    held = [{"prompt": p["prompt"], "target": p["chosen"]} for p in toy_pairs(32, 4)]
+    cfg = TrainConfig(num_workers=2, lr=1e-2, micro_batch_size=8, max_steps=12, epochs=2, max_length=64,
+                      max_prompt_length=32, deepspeed={"zero_stage": 2},
+                      lora={"enabled": True, "r": 8, "alpha": 16, "target_modules": PROJECTIONS})
+    model_dir = train_sft(cfg, rows, tmp_path, NullTracker(), model_path=models["policy"], eval_pairs=held)
+    evals = eval_rows(tmp_path)
+    assert evals[0]["step"] == 0 and evals[-1]["step"] == 12
+    assert evals[-1]["eval/loss"] < 0.8 * evals[0]["eval/loss"]
+    # merged: a plain HF folder with no adapter files, loadable by the hf backend
+    assert not (model_dir / "adapter_config.json").exists()
+    gen = HFGenerator(ModelSpec(path=str(model_dir), device="cpu"))
+    assert gen.generate(["Tell me about the cat number 3."], GenerationParams(max_new_tokens=6))[0][0].token_ids
