@@ -39,6 +39,8 @@ class SearchSection(Section):
     crossover: Literal["half", "one_point", "two_point", "uniform"] = Field(
         "half", description="half: first half of a + second half of b (the original); uniform: per position")
     mutation_rate: float = Field(0.1, ge=0.0, le=1.0, description="ceil(input_len x rate) positions redrawn")
+    immigrant_rate: float = Field(0.0, ge=0.0, lt=1.0, description="share of each new pool drawn fresh at "
+                                  "random (random immigrants: keeps a converged pool exploring)")
     swap_rate: float = Field(0.0, ge=0.0, le=1.0, description="chance a child also swaps two positions: "
                              "reorders tokens it already has (not in the original, which only redraws)")
     fitness: Literal["tokens", "cycle"] = Field(
@@ -62,6 +64,8 @@ class SearchSection(Section):
         if int(self.pool_size * self.selection_rate) < 1:
             raise ValueError(f"pool_size x selection_rate = {self.pool_size} x {self.selection_rate} keeps no "
                              "parent; raise one of them so at least one individual survives")
+        if int(self.pool_size * self.selection_rate) + int(self.pool_size * self.immigrant_rate) >= self.pool_size:
+            raise ValueError("selection_rate + immigrant_rate leave no room for children; lower one of them")
         bad = [c for c in self.contexts if "{trigger}" not in c]
         if bad:
             raise ValueError(f"search.contexts: {bad[0]!r} has no '{{trigger}}' slot; write where the searched "

@@ -10,6 +10,7 @@ Differences from the original GA (``src/optimizer/ga.py``), each on purpose:
   answer cannot change, and the budget is counted in target generations;
 - a child identical to an evaluated sequence is mutated again (a few tries), so the budget buys new points;
 - an optional swap mutation (``swap_rate``) reorders tokens, since triggers are ordered and contiguous;
+- optional random immigrants (``immigrant_rate``) keep a converged pool exploring (seen stuck on the testbed);
 - the default fitness is cycle-aware (tokens + repeated n-gram tokens), which rewards partial loops and gives
   selection a slope where pure length is flat.
 """
@@ -238,6 +239,7 @@ class Search:
                 pool = [self.random_individual() for _ in range(cfg.pool_size)]
             else:
                 parents = [e.ids for e in scored[:keep]]
-                pool = parents + self.offspring(parents, cfg.pool_size - len(parents))
+                fresh = [self.random_individual() for _ in range(int(cfg.immigrant_rate * cfg.pool_size))]
+                pool = parents + fresh + self.offspring(parents, cfg.pool_size - len(parents) - len(fresh))
         res.seconds = time.perf_counter() - started
         return res

@@ -1,4 +1,4 @@
-"""A Ray Tune sweep over the trigger search's hyper-parameters; each trial is one GA run on its own actor.
+"""A Ray Tune sweep over the trigger search's hyper-parameters; each trial is one GA run in its own actor.
 
 Search space: population size, sequence length, mutation rate, crossover and fitness (``tune`` section).
 
@@ -55,22 +55,26 @@ def trial_search(base: SearchSection, params: dict[str, Any]) -> SearchSection:
 
 
 def make_trainable(cfg: RecurrenceSweepConfig, tokenizer_path: str) -> Any:
-    """A Tune function trainable: start a 1-actor target pool in the trial's placement group, run one GA."""
+    """A Tune function trainable: the trial's own Ray actor (``trial_cpus`` CPUs) loads the target once and runs
+    one GA. Generating in the trial actor, not in a second actor, halves the process and model start-ups that
+    dominate short trials on a laptop."""
 
     def trainable(params: dict[str, Any]) -> None:
         from ray import tune
         from transformers import AutoTokenizer
 
-        from forewarn.recurrence.pool import TargetPool, make_evaluator, search_vocab
+        from forewarn.recurrence.pool import TargetWorker, make_evaluator, search_vocab
 
         search = trial_search(cfg.search, params)
         budget = search.max_evaluations or search.iterations * search.pool_size * max(1, len(search.contexts))
         tok = AutoTokenizer.from_pretrained(tokenizer_path)
-        role = cfg.target.model_copy(deep=True)
-        role.resources.replicas = 1
-        role.resources.num_cpus = cfg.tune.trial_cpus
-        pool = TargetPool(role, cfg.params)  # scheduled inside this trial's placement group
-        evaluate = make_evaluator(pool.generate, tok, cfg.params, cfg.detect, search.contexts)
+        worker = TargetWorker(cfg.target.model, cfg.params, cfg.tune.trial_cpus)  # torch threads = trial CPUs
+        batch = cfg.target.resources.batch_size
+
+        def generate(prompts: list[str]) -> list[tuple[str, list[int], str, float]]:
+            return [row for i in range(0, len(prompts), batch) for row in worker.generate(prompts[i:i + batch])]
+
+        evaluate = make_evaluator(generate, tok, cfg.params, cfg.detect, search.contexts)
 
         def metrics(log: IterationLog, res: SearchResult) -> dict[str, Any]:
             return {METRIC: progress_score(res, budget, cfg.params.max_new_tokens),
@@ -81,11 +85,8 @@ def make_trainable(cfg: RecurrenceSweepConfig, tokenizer_path: str) -> Any:
         def report(log: IterationLog, res: SearchResult) -> None:
             tune.report(metrics(log, res))
 
-        try:
-            res = Search(search, search_vocab(tok, search.exclude_special_tokens), evaluate, method="ga",
-                         seed=cfg.seed, on_iteration=report).run()
-        finally:
-            pool.close()
+        res = Search(search, search_vocab(tok, search.exclude_special_tokens), evaluate, method="ga",
+                     seed=cfg.seed, on_iteration=report).run()
         if res.iterations:  # a last report carries the triggers (a string: MLflow keeps only the numbers)
             triggers = [{"prompt": e.prompt, "token_ids": list(e.ids), "hit_rate": e.hit_rate}
                         for e in res.triggers()[:10]]
@@ -119,7 +120,7 @@ def run_sweep(cfg: RecurrenceSweepConfig, storage: str | Path, tracking_uri: str
                                reduction_factor=2)
                  if t.scheduler == "asha" else FIFOScheduler())
     trainable = tune.with_resources(make_trainable(cfg, cfg.search.tokenizer or cfg.target.model.path),
-                                    tune.PlacementGroupFactory([{"CPU": 0}, {"CPU": t.trial_cpus}]))
+                                    tune.PlacementGroupFactory([{"CPU": t.trial_cpus}]))
     tuner = tune.Tuner(
         trainable,
         param_space=search_space(cfg),
