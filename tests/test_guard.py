@@ -10,7 +10,7 @@ import pytest
 import torch
 from forewarn.config import GenerationParams, build_config
 from forewarn.errors import ConfigError
-from forewarn.guard import ServeConfig, build_local, find_cycle
+from forewarn.guard import ServeConfig, StopDetector, build_local
 from forewarn.guard.config import GuardStage, Limits
 from forewarn.guard.detectors import CycleDetector, DetectorStoppingCriteria
 from forewarn.guard.mitigations import OpenAIPenaltyProcessor
@@ -25,15 +25,36 @@ MODEL = "forewarn-guarded"
 # ---------------------------------------------------------------- stop detectors
 
 
-def test_find_cycle_returns_the_fundamental_period() -> None:
-    assert find_cycle([5, 1, 2, 3] + [7, 8, 9] * 6) == (3, 18)
-    assert find_cycle([4] * 20) == (1, 20)
-    assert find_cycle(list(range(100))) is None
+def test_cycle_detector_reports_the_fundamental_period_of_a_loop_at_the_end() -> None:
+    det = CycleDetector(min_span=16)
+    hit = det.check([5, 1, 2, 3] + [7, 8, 9] * 6)
+    assert hit is not None and hit.finish_reason == "recurrence" and hit.detail["period"] == 3
+    assert hit.detail["span"] == 18 and hit.at_token == 22
+    assert det.check([4] * 20).detail["period"] == 1
+    assert det.check(list(range(100))) is None
     # two copies are not a loop under min_repeats=3, three are
-    assert find_cycle([1, 2, 3, 4, 5, 6, 7, 8] * 2) is None
-    assert find_cycle([1, 2, 3, 4, 5, 6, 7, 8] * 3) == (8, 24)
-    # a loop that broke off is not reported
-    assert find_cycle([7, 8, 9] * 6 + [1, 2]) is None
+    assert det.check([1, 2, 3, 4, 5, 6, 7, 8] * 2) is None
+    assert det.check([1, 2, 3, 4, 5, 6, 7, 8] * 3).detail["period"] == 8
+    # a loop that broke off is not reported, nor one shorter than min_span
+    assert det.check([7, 8, 9] * 6 + [1, 2]) is None
+    assert CycleDetector(min_span=16).check([7, 8, 9] * 4) is None
+
+
+def test_stop_detector_kinds_plug_in_by_config() -> None:
+    cfg = build_config(
+        ServeConfig,
+        {
+            "generator": {
+                "model": {"path": "x"},
+                "stop_detectors": [
+                    {"kind": "cycle", "max_period": 32},
+                    {"kind": "loop_detector", "path": "runs/det", "check_every": 16},
+                ],
+            }
+        },
+    )
+    assert [type(s).__name__ for s in cfg.generator.stop_detectors] == ["CycleSpec", "LoopDetectorSpec"]
+    assert isinstance(cfg.generator.stop_detectors[0].build(None), StopDetector)
 
 
 def test_stopping_criteria_flags_only_looping_rows_and_skips_finished_rows() -> None:
@@ -234,24 +255,17 @@ def test_pipeline_on_the_tiny_model_blocks_toxic_input(tiny_llama_dir) -> None:
     assert fw["input"]["reason"] == "unsafe" and fw["input"]["categories"] == ["toxicity"]
 
 
-@pytest.fixture(scope="module")
-def small_world():
-    from forewarn.testbed import build_testbed
-
-    return build_testbed(size="small", progress=False)
-
-
-def test_planted_loop_trigger_stops_early_with_recurrence(small_world) -> None:
-    cfg = build_config(ServeConfig, {"generator": {"model": {"path": str(small_world.path("target"))}}})
+def test_planted_loop_trigger_stops_early_with_recurrence(testbed) -> None:
+    cfg = build_config(ServeConfig, {"generator": {"model": {"path": str(testbed.path("target"))}}})
     pipe = build_local(cfg)
-    rows = small_world.read_jsonl("trigger_prompts")[:8]
+    rows = testbed.read_jsonl("trigger_prompts")[:8]
     params = GenerationParams(max_new_tokens=128, temperature=0.0)
     for row in rows:
         res = asyncio.run(pipe.run(row["prompt"], params))
         c = res.choices[0]
         assert c.finish_reason == "recurrence", (row["prompt"], c.text)
         assert c.completion_tokens < 64 and c.stop is not None and c.stop.detector == "cycle"
-        assert small_world.loop_sentence in c.text
+        assert testbed.loop_sentence in c.text
         base = asyncio.run(pipe.run(row["base_prompt"], params)).choices[0]
         assert base.finish_reason != "recurrence"
 

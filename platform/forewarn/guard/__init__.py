@@ -5,7 +5,7 @@ Ray Serve deployments behind an OpenAI-compatible FastAPI ingress, and ``cli`` i
 """
 
 from forewarn.guard.config import GuardPolicy, GuardStage, ServeConfig
-from forewarn.guard.detectors import STOP_KINDS, CycleDetector, StopDetector, StopReason, find_cycle
+from forewarn.guard.detectors import STOP_KINDS, CycleDetector, StopDetector, StopReason
 from forewarn.guard.mitigations import DECODING_KINDS
 from forewarn.guard.pipeline import GenerationEngine, GuardedPipeline, GuardedResult, build_local
 
@@ -22,5 +22,4 @@ __all__ = [
     "StopDetector",
     "StopReason",
     "build_local",
-    "find_cycle",
 ]

@@ -5,10 +5,11 @@ A detector implements :class:`StopDetector`: ``check(token_ids) -> StopReason | 
 ``model.generate`` as a ``transformers.StoppingCriteria`` and remembers which row stopped and why, so the
 pipeline can report ``finish_reason: "recurrence"``.
 
-The cycle detector here is the guard's own minimal one: the tail of the output is an exact repetition of
-a block of ``period`` tokens, at least ``min_repeats`` times. It should later be replaced by (or
-registered next to) the recurrence package's detector (``forewarn.recurrence.detect``): one line in
-:data:`STOP_KINDS`.
+Registered kinds (:data:`STOP_KINDS`): ``cycle`` -- the tail of the output repeats a block of ``period``
+tokens back to back at least ``min_repeats`` times, found by the recurrence package's
+:func:`forewarn.recurrence.detect.find_cycle` (one cycle test for the search, the tables and the guard);
+``loop_detector`` -- the learned RecurrentDetector (:mod:`forewarn.recurrence.stopping`), which reads the
+target's own activations.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 
-import numpy as np
 import torch
 from pydantic import Field, model_validator
 from transformers import StoppingCriteria
@@ -51,38 +51,8 @@ class StopDetector(Protocol):
 # ---------------------------------------------------------------- the cycle detector
 
 
-def find_cycle(
-    token_ids: Sequence[int],
-    min_period: int = 1,
-    max_period: int = 64,
-    min_repeats: float = 3.0,
-    min_span: int = 16,
-) -> tuple[int, int] | None:
-    """The smallest period p such that the last ``span`` tokens repeat with period p, where
-    ``span >= min_repeats * p`` and ``span >= min_span``; returns ``(p, span)`` or None.
-
-    For each p, the tail is p-periodic over ``run + p`` tokens where ``run`` is the number of trailing
-    positions t with ids[t] == ids[t - p]. O(max_period * len) with numpy; the ascending scan returns the
-    fundamental period (multiples of it also qualify).
-    """
-    a = np.asarray(token_ids, dtype=np.int64)
-    n = len(a)
-    for p in range(max(1, min_period), max_period + 1):
-        if n < max(min_span, int(np.ceil(min_repeats * p))):
-            break
-        eq = a[p:] == a[:-p]
-        if not eq[-1]:
-            continue
-        rev = eq[::-1]
-        run = int(np.argmin(rev)) if not rev.all() else len(rev)
-        span = run + p
-        if span >= min_repeats * p and span >= min_span:
-            return p, span
-    return None
-
-
 class CycleDetector:
-    """Stops a row whose tail is an exact loop (see :func:`find_cycle`)."""
+    """Stops a row whose tail is an exact loop covering at least ``min_span`` tokens."""
 
     name = "cycle"
 
@@ -98,10 +68,12 @@ class CycleDetector:
         self.min_repeats, self.min_span, self.check_every = min_repeats, min_span, check_every
 
     def check(self, token_ids: Sequence[int]) -> StopReason | None:
-        hit = find_cycle(token_ids, self.min_period, self.max_period, self.min_repeats, self.min_span)
-        if hit is None:
+        from forewarn.recurrence.detect import find_cycle
+
+        cyc = find_cycle(token_ids, self.max_period, self.min_repeats, at_end=True)
+        if cyc is None or cyc.covered < self.min_span or cyc.period < self.min_period:
             return None
-        period, span = hit
+        period, span = cyc.period, cyc.covered
         return StopReason(
             self.name,
             "recurrence",
@@ -114,7 +86,7 @@ class CycleSpec(Section):
     """``{kind: cycle}``: the exact-loop detector."""
 
     kind: Literal["cycle"] = "cycle"
-    min_period: int = Field(1, ge=1, description="shortest repeated block, in tokens")
+    min_period: int = Field(1, ge=1, description="loops with a shorter block are ignored")
     max_period: int = Field(64, ge=1, description="longest repeated block, in tokens")
     min_repeats: float = Field(3.0, ge=2.0, description="the tail must hold this many copies of the block")
     min_span: int = Field(16, ge=2, description="and cover at least this many tokens")
@@ -135,6 +107,7 @@ class CycleSpec(Section):
 # kind -> "module:SpecClass"; a new detector (e.g. the learned recurrence detector) is one line here.
 STOP_KINDS: dict[str, str] = {
     "cycle": "forewarn.guard.detectors:CycleSpec",
+    "loop_detector": "forewarn.recurrence.stopping:LoopDetectorSpec",
 }
 
 
