@@ -16,11 +16,12 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 import ray
+from mlflow.tracking import MlflowClient
 
-from forewarn.config import GenerationParams, ModelSpec
+from forewarn.config import GenerationParams, ModelSpec, TrackingConfig
 from forewarn.models.hf import HFGenerator
 from forewarn.models.tiny import build_tiny_model, train_tokenizer
-from forewarn.tracking import NullTracker
+from forewarn.tracking import NullTracker, make_tracker
 from forewarn.training.api import compute_reference_logps, train_dpo, train_sft
 from forewarn.training.config import DPOConfig, TrainConfig
 from forewarn.training.runner import lr_factor, read_metrics
@@ -189,7 +190,12 @@ def test_sft_with_lora_lowers_heldout_loss(tmp_path, ray_cluster, models) -> Non
     cfg = TrainConfig(num_workers=2, lr=1e-2, micro_batch_size=8, max_steps=12, epochs=2, max_length=64,
                       max_prompt_length=32, deepspeed={"zero_stage": 2},
                       lora={"enabled": True, "r": 8, "alpha": 16, "target_modules": PROJECTIONS})
-    model_dir = train_sft(cfg, rows, tmp_path, NullTracker(), model_path=models["policy"], eval_pairs=held)
+    tracking = TrackingConfig(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", experiment="test-sft")
+    with make_tracker(tracking, "train") as tracker:
+        model_dir = train_sft(cfg, rows, tmp_path, tracker, model_path=models["policy"], eval_pairs=held)
+    # rank 0 logged every step to the job's MLflow run
+    history = MlflowClient(tracker.tracking_uri).get_metric_history(tracker.run_id, "sft/loss")
+    assert [m.step for m in history] == list(range(1, 13))
     evals = eval_rows(tmp_path)
     assert evals[0]["step"] == 0 and evals[-1]["step"] == 12
     assert evals[-1]["eval/loss"] < 0.8 * evals[0]["eval/loss"]
