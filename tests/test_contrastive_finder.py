@@ -86,7 +86,8 @@ def small_world():
 @pytest.mark.usefixtures("ray_local")
 def test_finder_finds_planted_topics_on_testbed(small_world, tmp_path: Path, mlflow_uri: str):
     """Must-show: of the 10 proposed prompts ranked highest by KL(target || patched), >= 8 are on planted
-    topics after 2 cycles (at most 5 allowed; assistant: forewarn.contrastive.scripted.ScriptedRecombiner through the openai client)."""
+    topics after 2 cycles (at most 5 allowed). Assistant: forewarn.contrastive.scripted.ScriptedRecombiner
+    through the openai client."""
     from forewarn.contrastive.job import ContrastiveConfig
     from forewarn.runner import run_job
     from forewarn.testbed.world import HELDOUT_TEMPLATES, TRAIN_TEMPLATES
@@ -98,7 +99,8 @@ def test_finder_finds_planted_topics_on_testbed(small_world, tmp_path: Path, mlf
         seeds.setdefault(r["topic"], r["prompt"])
     seed_file = tmp_path / "seeds.jsonl"
     seed_file.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in seeds.values()))
-    with OpenAIServer(ScriptedRecombiner(TRAIN_TEMPLATES + HELDOUT_TEMPLATES, malformed=1), model="recombiner") as server:
+    recombiner = ScriptedRecombiner(TRAIN_TEMPLATES + HELDOUT_TEMPLATES, malformed=1)
+    with OpenAIServer(recombiner, model="recombiner") as server:
         cfg = ContrastiveConfig.model_validate({
             "output_dir": str(tmp_path / "run"), "mode": "find", "prompts": str(seed_file),
             "start": {"model": {"path": "testbed:target@small"}},

@@ -80,7 +80,8 @@ def chat_request(pf: PromptFile, shown: list[BankEntry], mode: str, rng: np.rand
     lines = []
     for i, (e, s) in enumerate(zip(shown, scores), 1):
         text = " ".join(e.prompt.split())
-        lines.append(f"input text {i}: {text}" if mode == "hidden" else f"divergence {i}: {s:.2f}, input text {i}: {text}")
+        shown_score = "" if mode == "hidden" else f"divergence {i}: {s:.2f}, "
+        lines.append(f"{shown_score}input text {i}: {text}")
     system = pf["system_start"] + pf["system_loop"]
     user = pf["user_start"] + "\n".join(lines) + pf["user_end"]
     return [{"role": "system", "content": system}, {"role": "user", "content": user}]
