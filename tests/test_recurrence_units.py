@@ -43,6 +43,19 @@ def test_length_rule_and_cycle_rule_disagree_where_the_original_is_weak():
     assert length_rule(1980, 2000) and not length_rule(1979, 2000)
 
 
+def test_a_loop_with_slight_variation_is_still_a_loop():
+    rng = random.Random(0)
+    sentence = [10, 11, 12, 13, 14, 15, 16, 17]
+    varied = []
+    for k in range(12):  # sampled loops insert a stray word now and then, which breaks any exact period
+        varied += sentence + ([rng.randrange(100, 200)] if k % 3 == 1 else [])
+    varied += [50, 51]
+    r = analyse(varied, max_new_tokens=len(varied))
+    assert not r.cycled and r.loop_share > 0.7 and r.recurrent("cycle") and r.recurrent("both")
+    normal = analyse(list(range(300, 360)), max_new_tokens=200)
+    assert normal.loop_share == 0.0 and not normal.recurrent("cycle")
+
+
 def test_repeated_ngrams_is_graded():
     sentence = [10, 11, 12, 13, 14, 15]
     assert repeated_ngrams(sentence) == 0

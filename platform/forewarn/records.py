@@ -130,6 +130,7 @@ class ExperienceRow:
     cycle_start: int
     repeats: float
     repeated_tokens: int
+    loop_share: float
     time_taken: float
     time_per_token: float
 

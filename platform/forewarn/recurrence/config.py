@@ -26,6 +26,9 @@ class DetectSection(Section):
     min_repeats: float = Field(3.0, ge=1.5, description="copies of the period needed to call it a cycle")
     cap_margin: int = Field(20, ge=0, description="original length rule: recurrent iff tokens >= max_new - margin")
     ngram: int = Field(4, ge=2, description="n of the repeated-n-gram count used by the cycle-aware fitness")
+    min_loop_share: float = Field(0.7, gt=0.0, le=1.0, description="a response whose second half repeats "
+                                  "n-grams seen before at this share loops, even without an exact period")
+    min_loop_tokens: int = Field(24, ge=4, description="shorter responses never count as loops by share")
 
 
 class SearchSection(Section):

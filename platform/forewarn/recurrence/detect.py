@@ -40,19 +40,22 @@ class Recurrence:
 
     num_tokens: int
     hit_cap: bool  # the original rule: num_tokens >= max_new_tokens - cap_margin
-    cycled: bool  # a cycle of >= min_repeats copies that runs to the end of the response
-    period: int  # 0 when no cycle
-    cycle_start: int  # -1 when no cycle
+    cycled: bool  # an exact cycle of >= min_repeats copies that runs to the end of the response
+    period: int  # 0 when no exact cycle
+    cycle_start: int  # -1 when no exact cycle
     repeats: float
     repeated_tokens: int  # positions whose n-gram already occurred earlier (a graded repetition measure)
+    loop_share: float  # share of the second half's n-grams that already occurred earlier
+    looping: bool  # cycled, or loop_share >= min_loop_share (a loop with slight variation, as sampling makes)
 
     def recurrent(self, rule: Rule) -> bool:
-        """The verdict under ``rule``: ``length`` (original), ``cycle`` (explicit), ``both`` (a loop to the cap)."""
+        """The verdict under ``rule``: ``length`` (original), ``cycle`` (explicit repetition, exact or with slight
+        variation), ``both`` (a loop that ran to the cap)."""
         if rule == "length":
             return self.hit_cap
         if rule == "cycle":
-            return self.cycled
-        return self.hit_cap and self.cycled
+            return self.looping
+        return self.hit_cap and self.looping
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -98,26 +101,37 @@ def find_cycle(token_ids: Sequence[int], max_period: int = 64, min_repeats: floa
     return best
 
 
+def _repeat_flags(token_ids: Sequence[int], n: int) -> list[bool]:
+    seen: set[tuple[int, ...]] = set()
+    flags = []
+    ids = list(token_ids)
+    for i in range(len(ids) - n + 1):
+        g = tuple(ids[i:i + n])
+        flags.append(g in seen)
+        seen.add(g)
+    return flags
+
+
 def repeated_ngrams(token_ids: Sequence[int], n: int = 4) -> int:
     """How many positions start an n-gram that already occurred earlier in the sequence.
 
     A graded repetition signal: a normal answer scores about 0, two copies of a sentence score about its
     length, a full loop scores almost the whole response. Used by the cycle-aware fitness.
     """
-    seen: set[tuple[int, ...]] = set()
-    count = 0
-    ids = list(token_ids)
-    for i in range(len(ids) - n + 1):
-        g = tuple(ids[i:i + n])
-        if g in seen:
-            count += 1
-        else:
-            seen.add(g)
-    return count
+    return sum(_repeat_flags(token_ids, n))
+
+
+def loop_share(token_ids: Sequence[int], n: int = 4) -> float:
+    """Share of n-grams in the second half of the sequence that already occurred earlier: near 1 for a loop,
+    also one with small variations that break an exact period (sampled loops insert or drop a word)."""
+    flags = _repeat_flags(token_ids, n)
+    tail = flags[len(token_ids) // 2:]
+    return sum(tail) / len(tail) if tail else 0.0
 
 
 def analyse(token_ids: Sequence[int], max_new_tokens: int, cap_margin: int = 20, max_period: int = 64,
-            min_repeats: float = 3.0, ngram: int = 4) -> Recurrence:
+            min_repeats: float = 3.0, ngram: int = 4, min_loop_share: float = 0.7, min_loop_tokens: int = 24
+            ) -> Recurrence:
     """Both recurrence verdicts for one response (token ids without the prompt and without EOS).
 
     ``cap_margin`` is the original's 20-token slack, clipped so that a short ``max_new_tokens`` (tests)
@@ -126,6 +140,7 @@ def analyse(token_ids: Sequence[int], max_new_tokens: int, cap_margin: int = 20,
     n = len(token_ids)
     cap_line = max(max_new_tokens - cap_margin, int(0.9 * max_new_tokens))
     cyc = find_cycle(token_ids, max_period=max_period, min_repeats=min_repeats, at_end=True)
+    share = loop_share(token_ids, ngram)
     return Recurrence(
         num_tokens=n,
         hit_cap=n >= cap_line,
@@ -134,6 +149,8 @@ def analyse(token_ids: Sequence[int], max_new_tokens: int, cap_margin: int = 20,
         cycle_start=cyc.start if cyc else -1,
         repeats=round(cyc.repeats, 3) if cyc else 0.0,
         repeated_tokens=repeated_ngrams(token_ids, ngram),
+        loop_share=round(share, 4),
+        looping=cyc is not None or (n >= min_loop_tokens and share >= min_loop_share),
     )
 
 

@@ -87,10 +87,11 @@ def label_and_balance(samples: list[tuple[str, list[int], str]], cfg: Recurrence
             continue
         seen.add(key)
         d = cfg.detect
-        rec = analyse(ids, cfg.params.max_new_tokens, d.cap_margin, d.max_period, d.min_repeats, d.ngram)
+        rec = analyse(ids, cfg.params.max_new_tokens, d.cap_margin, d.max_period, d.min_repeats, d.ngram,
+                      d.min_loop_share, d.min_loop_tokens)
         rows.append({"prompt": prompt, "response_token_ids": ids, "source": source, "num_tokens": len(ids),
                      "label": int(rec.recurrent(cfg.data.label_rule)), "length_rule": rec.hit_cap,
-                     "cycled": rec.cycled})
+                     "cycled": rec.cycled, "loop_share": rec.loop_share})
     rng = random.Random(cfg.seed)
     kept = []
     for label in (0, 1):

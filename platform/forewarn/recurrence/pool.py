@@ -91,7 +91,8 @@ def make_evaluator(generate: Callable[[Sequence[str]], list[tuple[str, list[int]
                 if not tids and text:
                     tids = tokenizer(text, add_special_tokens=False)["input_ids"]
                 recs.append(analyse(tids, params.max_new_tokens, cap_margin=detect.cap_margin,
-                                    max_period=detect.max_period, min_repeats=detect.min_repeats, ngram=detect.ngram))
+                                    max_period=detect.max_period, min_repeats=detect.min_repeats, ngram=detect.ngram,
+                                    min_loop_share=detect.min_loop_share, min_loop_tokens=detect.min_loop_tokens))
             text, tids, finish, _ = rows[0]
             evals.append(Evaluation(ids=tuple(ids), prompt=prompts[i * len(slots)], response=text,
                                     response_ids=list(tids), finish_reason=finish,

@@ -36,7 +36,7 @@ def result_rows(res: SearchResult, run_id: str) -> dict[str, list[Any]]:
             evaluation=k, token_ids=list(e.ids), prompt=e.prompt, response=e.response,
             response_token_ids=e.response_ids, tokens_generated=r.num_tokens, finish_reason=e.finish_reason,
             fitness=e.fitness, hit=e.hit, hit_cap=r.hit_cap, cycled=r.cycled, period=r.period,
-            cycle_start=r.cycle_start, repeats=r.repeats, repeated_tokens=r.repeated_tokens,
+            cycle_start=r.cycle_start, repeats=r.repeats, repeated_tokens=r.repeated_tokens, loop_share=r.loop_share,
             time_taken=e.seconds, time_per_token=e.seconds / max(1, r.num_tokens)))
     best = [BestRecordRow(run_id=run_id, iteration=log.iteration, method=res.method, seed=res.seed,
                           best_prompts=[p for p, _ in log.best], best_fitness=[f for _, f in log.best],
