@@ -67,6 +67,9 @@ class Resources(Section):
     replicas: int = Field(1, ge=1, description="actor-pool size (Ray Data) or Serve replicas")
     batch_size: int = Field(16, ge=1)
     colocate_with: str | None = Field(None, description="name of a role whose GPUs this role shares")
+    placement_group: str | None = Field(
+        None, exclude=True, description="run-time only (never dumped or hashed): the named Ray placement group "
+        "whose bundles this role's actors use; forewarn.placement sets it for colocated roles")
 
 
 class GenerationParams(Section):

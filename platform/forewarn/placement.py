@@ -143,7 +143,7 @@ class Plan:
         console.print(roles)
         console.print(table)
         for w in self.warnings:
-            console.print(f"warning: {w}")
+            console.print(f"note: {w}")
         return out.getvalue()
 
 
@@ -354,6 +354,11 @@ STEPS: dict[str, list[list[str]]] = {
     "reversegen": [["proposer"], ["embedder"], ["target", "judge", "reference"]],  # propose, dedup, respond+judge
     "goodtriever": [["datastores.*"], ["target", "judge", "perplexity"]],  # build stores, then generate+score
 }
+# Roles whose ``resources`` a job does not ask Ray for, with the reason the plan prints.
+UNPLACED: dict[str, dict[str, str]] = {
+    "contrastive": {"start": "loaded inside the scoring actors", "comparison": "loaded inside the scoring actors",
+                    "assistant": "loaded in the driver process"},
+}
 
 
 def steps(demands: Sequence[RoleDemand], job: str | None) -> list[list[str]]:
@@ -377,6 +382,10 @@ def plan(cfg: BaseModel, nodes: Sequence[Node], job: str | None = None) -> Plan:
     """
     nodes = list(nodes)
     demands, warnings = role_demands(cfg)
+    skip = UNPLACED.get(job or "", {})
+    warnings += [f"{d.name}: not placed ({skip[d.name]}); its resources are not asked for"
+                 for d in demands if d.name in skip]
+    demands = [d for d in demands if d.name not in skip]
     groups = colocation_groups(demands)
     by_name = {d.name: d for d in demands}
     grouped = {m: g for g in groups for m in g.members}
@@ -392,18 +401,16 @@ def plan(cfg: BaseModel, nodes: Sequence[Node], job: str | None = None) -> Plan:
     step_of: dict[str, int] = {}
     for i, step in enumerate(steps(demands, job)):
         items = []
+        mine = [by_name[n] for n in step if n not in grouped]
+        fix = "lower " + "; ".join(
+            f"{d.field}.num_workers or cpus_per_worker" if d.kind == "train"
+            else f"{d.field}.replicas or {d.name}.model.tensor_parallel_size" if d.kind == "vllm"
+            else f"{d.field}.replicas or num_gpus / num_cpus" for d in mine)
         for name in step:
             step_of[name] = i + 1
-            d = by_name[name]
-            if name in grouped:
-                continue
-            if d.kind == "train":
-                fix = f"lower {d.field}.num_workers or {d.field}.cpus_per_worker"
-                items += [(name, f"{name} worker {r + 1}/{d.replicas}", d.per_replica, fix) for r in range(d.replicas)]
-                continue
-            fix = (f"lower {d.field}.replicas" + (f" or {name}.model.tensor_parallel_size" if d.kind == "vllm"
-                                                  else f" or {d.field}.num_gpus / num_cpus"))
-            items += [(name, f"{name} replica {r + 1}/{d.replicas}", d.per_replica, fix) for r in range(d.replicas)]
+        for d in mine:
+            unit = "worker" if d.kind == "train" else "replica"
+            items += [(d.name, f"{d.name} {unit} {r + 1}/{d.replicas}", d.per_replica, fix) for r in range(d.replicas)]
         if not items:
             continue
         what = (f"training section {step[0]!r}" if by_name[step[0]].kind == "train"

@@ -70,7 +70,9 @@ def run_job(job: str, cfg: JobConfig, quiet: bool = False) -> dict[str, Any]:
     rundir = RunDir(cfg.output_dir)
     rundir.write_config(cfg)
     init_ray(cfg.ray)
-    with make_tracker(cfg.tracking, job, cfg) as tracker:
+    from forewarn.placement import reserved  # colocation groups live as long as the run
+
+    with reserved(cfg, job, echo=not quiet) as cfg, make_tracker(cfg.tracking, job, cfg) as tracker:
         summary = module.run(cfg, rundir, tracker)
         if tracker.run_id:
             summary.setdefault("mlflow_run_id", tracker.run_id)

@@ -27,8 +27,10 @@ def set_torch_threads(num_cpus: float) -> None:
 def _actor_kwargs(res: Resources) -> dict[str, Any]:
     from ray.data import ActorPoolStrategy
 
+    from forewarn.placement import remote_args  # a colocated role's placement group, if it has one
+
     return dict(compute=ActorPoolStrategy(size=res.replicas), num_cpus=res.num_cpus, num_gpus=res.num_gpus,
-                batch_size=res.batch_size, batch_format="pandas")
+                batch_size=res.batch_size, batch_format="pandas", **remote_args(res))
 
 
 class GenerateUDF:
