@@ -48,8 +48,9 @@ def _metric_columns(runs: list[Any], patterns: list[str] | None) -> list[str]:
     for r in runs:
         present += [m for m in sorted(r.data.metrics) if m not in present]
     if patterns is None:
-        jobs = {r.data.tags.get("forewarn.job") for r in runs}
-        patterns = [p for j in sorted(j for j in jobs if j) for p in HEADLINE.get(j, [])]
+        jobs = [r.data.tags.get("forewarn.job") for r in runs]
+        by_count = sorted({j for j in jobs if j}, key=lambda j: (-jobs.count(j), j))  # the main job's first
+        patterns = [p for j in by_count for p in HEADLINE.get(j, [])]
         if not patterns or not any(fnmatch.fnmatchcase(m, p) for m in present for p in patterns):
             return present[:MAX_METRIC_COLUMNS]
     return [m for p in patterns for m in present if fnmatch.fnmatchcase(m, p)]
@@ -77,7 +78,7 @@ def compare(experiment: str, tracking_uri: str | None = None, max_runs: int = 10
         tags = r.data.tags
         row: dict[str, Any] = {
             "run_id": r.info.run_id, "run_name": r.info.run_name, "status": r.info.status,
-            "start": pd.Timestamp(r.info.start_time, unit="ms").strftime("%Y-%m-%d %H:%M"),
+            "start": pd.Timestamp(r.info.start_time, unit="ms").strftime("%Y-%m-%d %H:%M UTC"),
         }
         row.update({col: tags.get(tag) for col, tag in TAG_COLUMNS.items()})
         row["git_commit"] = (row["git_commit"] or "")[:10] or None
@@ -94,25 +95,31 @@ def _short(path: str) -> str:
     return "/".join(parts[-2:]) if len(parts) > 2 else str(path)
 
 
-def render(df: pd.DataFrame, title: str, width: int = 160) -> str:
-    """The comparison as a text table (rich); metrics with 4 significant digits, runs newest first."""
+def render(df: pd.DataFrame, title: str) -> str:
+    """The comparison as a text table (rich), as wide as its cells: metrics with 4 significant digits."""
     from io import StringIO
 
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=title, title_justify="left")
-    shown = [c for c in df.columns if c not in ("run_id",)]
-    table.add_column("run")
-    for c in shown:
-        table.add_column(c, overflow="fold", justify="right" if pd.api.types.is_float_dtype(df[c]) else "left")
+    shown = [c for c in df.columns if c != "run_id"]
+    rows = []
     for _, row in df.iterrows():
         cells = [str(row["run_id"])[:8]]
         for c in shown:
             v = row[c]
             cells.append("-" if v is None or (isinstance(v, float) and pd.isna(v))
                          else f"{v:.4g}" if isinstance(v, float) else str(v))
+        rows.append(cells)
+    headers = ["run", *shown]
+    widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(headers)]
+    table = Table(title=title, title_justify="left")
+    for h in headers:
+        table.add_column(h, no_wrap=True, justify="right" if h in shown and pd.api.types.is_float_dtype(df[h])
+                         else "left")
+    for cells in rows:
         table.add_row(*cells)
     out = StringIO()
-    Console(file=out, width=width, force_terminal=False, color_system=None).print(table)
+    Console(file=out, width=sum(widths) + 3 * len(widths) + 1, force_terminal=False,
+            color_system=None).print(table)
     return out.getvalue()
