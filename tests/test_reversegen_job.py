@@ -85,6 +85,7 @@ def test_submitted_job_succeeds_and_reports(submitted_run: Path) -> None:
     assert run.data.tags["forewarn.job"] == "reversegen"
     assert run.data.tags["forewarn.model.target"].endswith("target")
     assert "forewarn.testbed" in run.data.tags and "forewarn.git_commit" in run.data.tags
+    assert len(run.data.tags["forewarn.config_hash"]) == 12 and run.data.tags["forewarn.model.proposer"]
     history = mlflow.MlflowClient(tracking_uri=uri).get_metric_history(run.info.run_id, "asr")
     assert [h.step for h in history] == [0, 1, 2]
 
