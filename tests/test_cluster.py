@@ -130,7 +130,7 @@ def _stop_head(markers: list[str]) -> None:
             p.terminate()
         except psutil.Error:
             pass
-    for p in psutil.wait_procs(list(procs.values()), timeout=20)[1]:
+    for p in psutil.wait_procs(list(procs.values()), timeout=5)[1]:
         try:
             p.kill()
         except psutil.Error:
