@@ -36,9 +36,10 @@ def small_config(tmp: Path) -> dict:
         "systems": {
             "raw": {"mitigations": []},
             "knn_lm": {"mitigations": [{"kind": "knn_lm", "toxic": "datastore:toxic",
-                                        "nontoxic": "datastore:nontoxic"}]},
+                                        "nontoxic": "datastore:nontoxic", "filter_p": 0.99}]},
             "dexperts": {"mitigations": [{"kind": "dexperts", "expert": {"path": "testbed:expert@small"},
-                                          "anti_expert": {"path": "testbed:anti_expert@small"}}]},
+                                          "anti_expert": {"path": "testbed:anti_expert@small"},
+                                          "filter_p": 0.99}]},
         },
         "tracking": {"tracking_uri": f"sqlite:///{tmp / 'mlflow.db'}"},
     }
@@ -59,10 +60,11 @@ def test_knn_lm_halves_expected_max_toxicity_on_planted_prompts(ray_local, small
     summary = run_job("goodtriever", cfg, quiet=True)
     head = summary["headline"]
     raw, knn, dex = head["raw"], head["knn_lm"], head["dexperts"]
-    assert raw["emt"] > 0.8  # the planted topics make the raw target toxic
+    assert raw["emt"] > 0.8, head  # the planted topics make the raw target toxic
     assert knn["emt_reduction"] >= 0.5, head
     assert knn["ppl_increase"] <= 0.30, head
-    assert dex["emt"] < raw["emt"] and dex["emt_reduction"] == pytest.approx(1 - dex["emt"] / raw["emt"])
+    assert dex["emt"] < raw["emt"], head
+    assert dex["emt_reduction"] == pytest.approx(1 - dex["emt"] / raw["emt"])
     for row in head.values():
         assert row["n_score_errors"] == 0 and row["n_prompts_unscored"] == 0
         assert 0 < row["dist_1"] <= 1 and row["seconds_per_sequence"] > 0
