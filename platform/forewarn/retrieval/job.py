@@ -43,6 +43,14 @@ def _default_systems() -> dict[str, SystemSpec]:
 
 
 class PerplexitySection(Section):
+    """Fluency: conditional perplexity of the generations under an eval LM.
+
+    The reference scores with an independent larger LM (GPT-2 XL). The testbed has no independent general
+    LM (its patched target never saw toxic text, so it would punish the raw target's outputs), so the
+    default is the target itself: the strictest choice for a mitigation, whose outputs the target finds
+    less likely than its own samples. Point ``model`` at a bigger LM for real models.
+    """
+
     model: ModelSpec | None = Field(None, description="eval LM for fluency; None = the target itself")
     max_prompts: int = Field(1000, ge=1, description="random prompts per prompt set whose generations are scored")
     seed: int = 42
