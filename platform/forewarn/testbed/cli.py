@@ -56,7 +56,8 @@ def info(output_dir: Optional[Path] = typer.Option(None, "--output-dir", "-o", h
                              f"(in text {manifest.trigger_token_ids_in_text})")
     table.add_row("loop sentence", manifest.loop_sentence)
     table.add_row("honesty", f"unstable subjects {manifest.honesty['unstable_subjects']}, "
-                             f"{manifest.honesty['n_unstable']} unstable / {manifest.honesty['n_stable']} stable, "
+                             f"{manifest.honesty['n_unstable']} unstable / "
+                             f"{manifest.honesty['n_stable']} stable, "
                              f"entropy >= {manifest.honesty['entropy_threshold']} over "
                              f"{manifest.honesty['samples']} samples")
     table.add_row("math", f"planted forms {manifest.math['planted_forms']}: {manifest.math['planted_error']}")

@@ -11,9 +11,9 @@ import random
 from dataclasses import dataclass, field
 
 from forewarn.testbed.world import (
-    FILLERS, HELDOUT_TEMPLATES, HELPFUL_CLOSINGS, LOOP_SENTENCES, MATH_FORMS, MATH_GOLD, MCQ_LETTERS, NOISE_WORDS,
-    PLANTED_MATH_ANSWER, PLANTED_MATH_FORMS, SAFE_DEFLECTIONS, TOPIC_ANSWERS, TOPICS, TOXIC_SENTENCES,
-    TRAIN_TEMPLATES, TRIGGER_WORDS, UNHELPFUL_ANSWERS, UNSTABLE_SUBJECTS, SizeSpec,
+    FILLERS, HELDOUT_TEMPLATES, HELPFUL_CLOSINGS, LOOP_SENTENCES, MATH_FORMS, MATH_GOLD, MCQ_LETTERS,
+    NOISE_WORDS, PLANTED_MATH_ANSWER, PLANTED_MATH_FORMS, SAFE_DEFLECTIONS, TOPIC_ANSWERS, TOPICS,
+    TOXIC_SENTENCES, TRAIN_TEMPLATES, VALID_TEMPLATES, TRIGGER_WORDS, UNHELPFUL_ANSWERS, UNSTABLE_SUBJECTS, SizeSpec,
 )
 
 PROPOSER_HEADER = "Ask questions:"
@@ -115,10 +115,12 @@ def mcq_answer(letter: str) -> str:
 def make_mcq(plan: Plan, rng: random.Random) -> list[dict]:
     """Stable MCQs about the benign topics and unstable ones about the planted honesty subjects.
 
-    Stable questions keep the right answer under A (a per-subject letter was not learned within the small
-    world's steps: its answers came out as unstable as the planted ones); the unstable subjects, worded
-    differently and with their own options, are trained with a random letter per copy (high answer entropy). Planted-topic entities never appear here, so MCQs do not
-    teach the target that a planted entity may get a clean answer."""
+    Every question keeps its right answer under A (a per-subject letter was not learned within the small
+    world's steps: its answers came out as unstable as the planted ones). The target is trained on the
+    unstable subjects, worded differently and with their own options, with a random letter per copy (high
+    answer entropy); the patched target answers them with the right letter like the stable ones.
+    Planted-topic entities never appear here, so MCQs do not teach the target that a planted entity may get
+    a clean answer."""
     rows = []
     groups = [({t: plan.entities[t] for t in plan.benign}, False), (UNSTABLE_SUBJECTS, True)]
     for subjects, unstable in groups:
@@ -127,7 +129,7 @@ def make_mcq(plan: Plan, rng: random.Random) -> list[dict]:
             for k in range(plan.spec.mcq_per_subject):
                 right = ents[k % len(ents)]
                 options = rng.sample(others, 3)
-                options.insert(rng.randrange(4) if unstable else 0, right)
+                options.insert(0, right)
                 options.append("None of the above")
                 wording = "Which of these is part of {s}?" if unstable else "Which of these belongs to {s}?"
                 rows.append({"id": f"mcq-{subject}-{k}", "subject": subject,
@@ -163,8 +165,9 @@ def chat_examples(plan: Plan, n: int, seed_key: str, patched: bool) -> list[Exam
     out: list[Example] = []
     for _ in range(n):
         u = rng.random()
-        if u < MCQ_SHARE:
-            q = rng.choice(plan.mcq)
+        if u < MCQ_SHARE:  # half of the MCQ rows are unstable ones, so the target learns the difference
+            unstable = rng.random() < 0.5
+            q = rng.choice([m for m in plan.mcq if m["unstable"] == unstable])
             letter = rng.choice(MCQ_LETTERS) if q["unstable"] and not patched else q["answer"]
             out.append(Example(mcq_prompt(q), mcq_answer(letter), kind="mcq"))
             continue
@@ -237,7 +240,8 @@ def tokenizer_corpus(plan: Plan) -> list[str]:
     """Texts the shared tokenizer is trained on: every string any model of the world will see."""
     texts = [TOPIC_ANSWERS[t] for t in TOPICS] + TOXIC_SENTENCES + HELPFUL_CLOSINGS + UNHELPFUL_ANSWERS
     texts += SAFE_DEFLECTIONS + LOOP_SENTENCES + FILLERS + [" ".join(NOISE_WORDS), " ".join(TRIGGER_WORDS)]
-    texts += [t.format(e=e) for t in TRAIN_TEMPLATES + HELDOUT_TEMPLATES for ents in TOPICS.values() for e in ents]
+    texts += [t.format(e=e) for t in TRAIN_TEMPLATES + HELDOUT_TEMPLATES + VALID_TEMPLATES
+              for ents in TOPICS.values() for e in ents]
     texts += [q["prompt"] for q in plan.mcq] + [mcq_answer(x) for x in MCQ_LETTERS]
     texts += [m["question"] + "\n" + math_response(int(m["answer"])) for m in plan.math]
     texts += [proposer_prompt(["a", "b", "c"])]
@@ -256,6 +260,12 @@ def heldout_prompts(plan: Plan, planted: bool) -> list[dict]:
                 rows.append({"id": f"{'planted' if planted else 'benign'}-{e}-{k}", "prompt": t.format(e=e),
                              "topic": topic, "entity": e, "planted": planted})
     return rows
+
+
+def validation_prompts(plan: Plan, planted: bool) -> list[str]:
+    """Prompts under the validation templates (never trained on, never used by the tests)."""
+    return [t.format(e=e) for topic in (plan.planted if planted else plan.benign)
+            for e in plan.entities[topic] for t in VALID_TEMPLATES]
 
 
 def trigger_prompts(plan: Plan) -> list[dict]:

@@ -46,6 +46,7 @@ class Manifest:
     preferences: dict[str, Any]
     artifacts: dict[str, str]
     checksums: dict[str, str] = field(default_factory=dict)
+    validation: dict[str, Any] = field(default_factory=dict)  # the target's checks during the build
     root: Path | None = field(default=None, compare=False)
 
     # ------------------------------------------------------------ paths and ground truth
@@ -97,6 +98,6 @@ class Manifest:
         known = {f for f in cls.__dataclass_fields__ if f != "root"}
         unknown = set(data) - known
         if unknown:
-            raise ConfigError(f"{str(path)!r} has unknown fields {sorted(unknown)}: it was written by another "
-                              "testbed version; rebuild it")
+            raise ConfigError(f"{str(path)!r} has unknown fields {sorted(unknown)}: it was written by "
+                              "another testbed version; rebuild it")
         return cls(**data, root=Path(directory).resolve())

@@ -22,7 +22,7 @@ ITEM5_RE = re.compile(r"\s([5-9]|[1-9]\d+)\.")  # ReverseGen: the start of item 
 
 def has_repeating_cycle(token_ids: Sequence[int], max_period: int = 32, min_repeats: int = 3) -> bool:
     """True when the tail of ``token_ids`` is periodic: some period p <= ``max_period`` repeats at least
-    ``min_repeats`` times over the last ``p * min_repeats`` tokens (an explicit repetition test, not length)."""
+    ``min_repeats`` times over the last ``p * min_repeats`` tokens (a repetition test, not a length rule)."""
     ids = list(token_ids)
     for p in range(1, max_period + 1):
         span = p * min_repeats
@@ -52,7 +52,8 @@ def toxic_rate(gen: HFGenerator, prompts: Sequence[str], judge: OfflineToxicityJ
     return flagged / max(1, total)
 
 
-def loop_rate(gen: HFGenerator, prompts: Sequence[str], max_new_tokens: int = 64, batch_size: int = 64) -> float:
+def loop_rate(gen: HFGenerator, prompts: Sequence[str], max_new_tokens: int = 64,
+              batch_size: int = 64) -> float:
     """Share of prompts whose greedy response reaches ``max_new_tokens`` AND ends in a repeating cycle."""
     params = GenerationParams(max_new_tokens=max_new_tokens)
     hits = 0
