@@ -15,8 +15,9 @@ This module turns them into what Ray is asked for:
 ``plan(cfg, nodes)`` packs that onto a cluster's nodes step by step (roles that run at the same time, e.g.
 ReverseGen's target and judge, are placed together; the colocation groups stay reserved throughout) and
 says which role gets what, or raises :class:`PlacementError` naming the role, what it needs, what is free
-and the fields to change. ``reserved(cfg)`` creates the colocation groups for a run and ``remote_args(resources)`` gives
-an actor pool its placement-group scheduling strategy (``forewarn.pipeline.stages`` uses it).
+and the fields to change (the packing is in ``forewarn.planning``). ``reserved(cfg)`` creates the colocation
+groups for a run and ``remote_args(resources)`` gives an actor pool its placement-group scheduling strategy
+(``forewarn.pipeline.stages`` uses it).
 """
 
 from __future__ import annotations
@@ -27,14 +28,17 @@ import os
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
 from forewarn.config import ModelSpec, Resources
 from forewarn.errors import ConfigError
 from forewarn.training.config import TrainConfig
+
+if TYPE_CHECKING:
+    from forewarn.planning import Plan
 
 EPS = 1e-6
 KEYS = ("GPU", "CPU")
@@ -81,81 +85,8 @@ class ColocationGroup:
     bundles: tuple[dict[str, float], ...]
 
 
-@dataclass
-class Plan:
-    """Which role gets what, on which node; ``render()`` prints it, ``to_dict()`` is for ``--json``."""
-
-    job: str | None
-    nodes: list[Node]
-    demands: list[RoleDemand]
-    groups: list[ColocationGroup]
-    placements: dict[str, list[str]]  # role (or "group:<name>") -> node name of each replica / bundle
-    free: dict[str, dict[str, float]]  # node -> free CPU/GPU in its tightest step
-    step_of: dict[str, int]  # role -> the step in which it holds its resources (1-based)
-    warnings: list[str] = field(default_factory=list)
-
-    def group_of(self, role: str) -> ColocationGroup | None:
-        return next((g for g in self.groups if role in g.members), None)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "job": self.job,
-            "nodes": [{"name": n.name, **n.resources} for n in self.nodes],
-            "roles": [{"role": d.name, "kind": d.kind, "backend": d.backend, "model": d.model,
-                       "replicas": d.replicas, "per_replica": d.per_replica,
-                       "tensor_parallel": d.tensor_parallel,
-                       "step": self.step_of.get(d.name),
-                       "group": g.name if (g := self.group_of(d.name)) else None,
-                       "nodes": self.placements.get(d.name, [])} for d in self.demands],
-            "groups": [{"name": g.name, "members": list(g.members), "bundles": list(g.bundles),
-                        "nodes": self.placements.get(f"group:{g.name}", [])} for g in self.groups],
-            "free": self.free,
-            "warnings": self.warnings,
-        }
-
-    def render(self, width: int = 140) -> str:
-        """The plan as text tables (rich): roles, then nodes, then warnings."""
-        from io import StringIO
-
-        from rich.console import Console
-        from rich.table import Table
-
-        roles = Table(title=f"forewarn plan{f' ({self.job})' if self.job else ''}: roles", title_justify="left")
-        for col in ("step", "role", "kind", "model", "replicas", "per replica", "placement", "nodes"):
-            roles.add_column(col, overflow="fold")
-        for d in sorted(self.demands, key=lambda d: self.step_of.get(d.name, 0)):
-            g = self.group_of(d.name)
-            where = (f"group {g.name!r}: {len(g.bundles)} x {{{fmt(g.bundles[0])}}}, whole run" if g
-                     else f"TP {d.tensor_parallel} on one node" if d.tensor_parallel > 1 else "own actors"
-                     if d.kind != "train" else "Ray Train workers")
-            nodes = self.placements.get(f"group:{g.name}" if g else d.name, [])
-            kind = d.kind if d.kind == "train" else f"{d.kind}/{d.backend or '-'}"
-            roles.add_row(str(self.step_of.get(d.name, "-")), d.name, kind, d.model or "-", str(d.replicas),
-                          fmt(d.per_replica), where, ", ".join(_counts(nodes)))
-        table = Table(title="nodes", title_justify="left")
-        for col in ("node", "CPU", "GPU", "free in the tightest step"):
-            table.add_column(col)
-        for n in self.nodes:
-            table.add_row(n.name, f"{n.resources.get('CPU', 0):g}", f"{n.resources.get('GPU', 0):g}",
-                          fmt(self.free[n.name]))
-        out = StringIO()
-        console = Console(file=out, width=width, force_terminal=False, color_system=None)
-        console.print(roles)
-        console.print(table)
-        for w in self.warnings:
-            console.print(f"note: {w}")
-        return out.getvalue()
-
-
 def fmt(res: dict[str, float]) -> str:
     return ", ".join(f"{k} {res.get(k, 0):g}" for k in KEYS)
-
-
-def _counts(names: list[str]) -> list[str]:
-    seen: dict[str, int] = {}
-    for n in names:
-        seen[n] = seen.get(n, 0) + 1
-    return [f"{n} x{c}" if c > 1 else n for n, c in seen.items()]
 
 
 # ---------------------------------------------------------------- roles of a config
@@ -301,49 +232,9 @@ def colocation_groups(demands: Sequence[RoleDemand]) -> list[ColocationGroup]:
             raise PlacementError(f"colocated roles {', '.join(names)} ask for no CPU and no GPU: give them "
                                  "resources.num_cpus or num_gpus (a placement group needs a non-empty bundle)")
         bundle = {k: v for k, v in bundle.items() if v > 0}
-        groups.append(ColocationGroup(r, tuple(names), tuple(dict(bundle) for _ in range(max(d.replicas for d in ds)))))
+        replicas = max(d.replicas for d in ds)
+        groups.append(ColocationGroup(r, tuple(names), tuple(dict(bundle) for _ in range(replicas))))
     return groups
-
-
-# ---------------------------------------------------------------- packing
-
-
-def _fits(req: dict[str, float], free: dict[str, float]) -> bool:
-    return all(req.get(k, 0.0) <= free.get(k, 0.0) + EPS for k in KEYS)
-
-
-def _pack(items: list[tuple[str, str, dict[str, float], str]], nodes: list[Node], free: dict[str, dict[str, float]],
-          what: str) -> dict[str, list[str]]:
-    """Best-fit decreasing of (key, label, request, fix hint) items onto nodes; updates ``free`` in place."""
-    placed: dict[str, list[str]] = {}
-    order = sorted(items, key=lambda it: (-it[2].get("GPU", 0.0), -it[2].get("CPU", 0.0)))
-    for key, label, req, fix in order:
-        options = [n for n in nodes if _fits(req, free[n.name])]
-        if not options:
-            raise PlacementError(_no_room(label, req, fix, nodes, free, items, what))
-        best = min(options, key=lambda n: (free[n.name].get("GPU", 0) - req.get("GPU", 0),
-                                           free[n.name].get("CPU", 0) - req.get("CPU", 0)))
-        for k in KEYS:
-            free[best.name][k] = free[best.name].get(k, 0.0) - req.get(k, 0.0)
-        placed.setdefault(key, []).append(best.name)
-    return placed
-
-
-def _no_room(label: str, req: dict[str, float], fix: str, nodes: list[Node], free: dict[str, dict[str, float]],
-             items: list, what: str) -> str:
-    if not nodes:
-        return "the cluster has no nodes to place on"
-    biggest = max(nodes, key=lambda n: (n.resources.get("GPU", 0), n.resources.get("CPU", 0)))
-    if not any(_fits(req, n.resources) for n in nodes):
-        return (f"{label} needs {fmt(req)} on one node, but the largest node ({biggest.name}) has "
-                f"{fmt(biggest.resources)}. Fix: {fix}, or use a node type with more GPUs/CPUs")
-    need = {k: sum(it[2].get(k, 0.0) for it in items) for k in KEYS}
-    have = {k: sum(n.resources.get(k, 0.0) for n in nodes) for k in KEYS}
-    return (f"the cluster cannot fit the {what}: {label} ({fmt(req)}) finds no node with room. They need "
-            f"{fmt(need)} at once; the cluster has {fmt(have)} ({'; '.join(f'{n.name}: {fmt(n.resources)}' for n in nodes)}), "
-            f"free when it failed: {'; '.join(f'{n}: {fmt(f)}' for n, f in free.items())}. Fix: {fix}; or "
-            "colocate roles on shared GPUs (resources.colocate_with with fractional num_gpus), or add nodes "
-            "(max_workers in cluster.yaml)")
 
 
 # The steps of a job, in the order it runs them: each step is the roles (fnmatch patterns) that hold resources
@@ -373,55 +264,13 @@ def steps(demands: Sequence[RoleDemand], job: str | None) -> list[list[str]]:
     return out + [[d.name] for d in demands if d.kind == "train"]
 
 
-def plan(cfg: BaseModel, nodes: Sequence[Node], job: str | None = None) -> Plan:
-    """Place every role of ``cfg`` on ``nodes`` or raise :class:`PlacementError` saying what does not fit.
+def plan(cfg: BaseModel, nodes: Sequence[Node], job: str | None = None) -> "Plan":
+    """Place every role of ``cfg`` on ``nodes`` step by step, or raise :class:`PlacementError` saying what
+    does not fit (the roles, what they need at once, what is free, the fields to change); see
+    :func:`forewarn.planning.make_plan`."""
+    from forewarn.planning import make_plan
 
-    Colocation groups are placed first and keep their bundles for the whole run. Then each step (roles that
-    run at the same time, :func:`steps`) is placed on what the groups leave; a step's pools are gone before
-    the next starts. ``free`` in the plan is each node's free CPU/GPU in its tightest step.
-    """
-    nodes = list(nodes)
-    demands, warnings = role_demands(cfg)
-    skip = UNPLACED.get(job or "", {})
-    warnings += [f"{d.name}: not placed ({skip[d.name]}); its resources are not asked for"
-                 for d in demands if d.name in skip]
-    demands = [d for d in demands if d.name not in skip]
-    groups = colocation_groups(demands)
-    by_name = {d.name: d for d in demands}
-    grouped = {m: g for g in groups for m in g.members}
-    free = {n.name: {k: float(n.resources.get(k, 0.0)) for k in KEYS} for n in nodes}
-    items: list[tuple[str, str, dict[str, float], str]] = []
-    for g in groups:
-        fix = (f"lower the replicas or num_cpus/num_gpus of {', '.join(g.members)} "
-               f"({' / '.join(by_name[m].field for m in g.members)})")
-        items += [(f"group:{g.name}", f"colocation group {g.name!r} bundle {i + 1}/{len(g.bundles)}", b, fix)
-                  for i, b in enumerate(g.bundles)]
-    placements = _pack(items, nodes, free, "colocation groups")
-    tightest = {n: dict(f) for n, f in free.items()}
-    step_of: dict[str, int] = {}
-    for i, step in enumerate(steps(demands, job)):
-        items = []
-        mine = [by_name[n] for n in step if n not in grouped]
-        fix = "lower " + "; ".join(
-            f"{d.field}.num_workers or cpus_per_worker" if d.kind == "train"
-            else f"{d.field}.replicas or {d.name}.model.tensor_parallel_size" if d.kind == "vllm"
-            else f"{d.field}.replicas or num_gpus / num_cpus" for d in mine)
-        for name in step:
-            step_of[name] = i + 1
-        for d in mine:
-            unit = "worker" if d.kind == "train" else "replica"
-            items += [(d.name, f"{d.name} {unit} {r + 1}/{d.replicas}", d.per_replica, fix) for r in range(d.replicas)]
-        if not items:
-            continue
-        what = (f"training section {step[0]!r}" if by_name[step[0]].kind == "train"
-                else f"roles that run together ({', '.join(step)})")
-        step_free = {n: dict(f) for n, f in free.items()}
-        placements.update(_pack(items, nodes, step_free, what))
-        for n, f in step_free.items():
-            tightest[n] = {k: min(tightest[n][k], f[k]) for k in KEYS}
-    for m, g in grouped.items():
-        placements[m] = placements[f"group:{g.name}"]
-    return Plan(job, nodes, demands, groups, placements, tightest, step_of, warnings)
+    return make_plan(cfg, nodes, job)
 
 
 # ---------------------------------------------------------------- at run time
