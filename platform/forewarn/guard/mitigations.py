@@ -53,10 +53,12 @@ class BannedWordsSpec(Section):
         return NoBadWordsLogitsProcessor(seqs, eos_token_id=tok.eos_token_id)
 
 
-# kind -> "module:SpecClass"; Goodtriever / DExperts add one line each.
+# kind -> "module:SpecClass"; each decoding-time mitigation is one line here.
 DECODING_KINDS: dict[str, str] = {
     "no_repeat_ngram": "forewarn.guard.mitigations:NoRepeatNGramSpec",
     "banned_words": "forewarn.guard.mitigations:BannedWordsSpec",
+    "knn_lm": "forewarn.retrieval.config:KnnLMSpec",
+    "dexperts": "forewarn.retrieval.config:DExpertsSpec",
 }
 
 
