@@ -190,6 +190,9 @@ def test_plan_against_the_live_head(head) -> None:
 @pytest.fixture(scope="module")
 def placed_run(head, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     """A short ReverseGen run as a driver on the head (what `ray job submit` does: RAY_ADDRESS is set)."""
+    from forewarn.testbed import build_testbed
+
+    build_testbed(size="small")  # cached after the first build; built here rather than inside the timed job
     gcs, _, env = head
     out = tmp_path_factory.mktemp("rg-placed") / "run"
     uri = f"sqlite:///{tmp_path_factory.mktemp('mlflow-placed') / 'mlflow.db'}"
