@@ -6,13 +6,8 @@ Ray's state API, with the models on CPU; the run lands in MLflow with its tags."
 from __future__ import annotations
 
 import json
-import os
-import re
-import shutil
-import socket
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -25,6 +20,7 @@ from forewarn.cli import app
 from forewarn.cluster import cluster_yaml_nodes, validate_cluster_yaml
 from forewarn.cluster_cli import config_job
 from forewarn.errors import ConfigError
+from forewarn.testing.ray_head import local_head
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -103,59 +99,12 @@ def test_example_config_validates_and_plans_onto_cluster_yaml(path: Path) -> Non
 # ---------------------------------------------------------------- a real local head with declared GPUs
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _stop_head(markers: list[str]) -> None:
-    """End the processes of the head this module started (matched by its own temp dir and port, plus their
-    children) and nothing else: `ray stop` would kill every Ray instance on the machine."""
-    import psutil
-
-    me = {os.getpid()} | {p.pid for p in psutil.Process().parents()}
-    procs: dict[int, psutil.Process] = {}
-    for p in psutil.process_iter(["pid", "cmdline"]):
-        cmd = " ".join(p.info["cmdline"] or [])
-        if p.info["pid"] not in me and any(re.search(m, cmd) for m in markers):
-            procs[p.pid] = p
-    for p in list(procs.values()):
-        try:
-            procs.update({c.pid: c for c in p.children(recursive=True)})
-        except psutil.Error:
-            pass
-    for p in procs.values():
-        try:
-            p.terminate()
-        except psutil.Error:
-            pass
-    for p in psutil.wait_procs(list(procs.values()), timeout=5)[1]:
-        try:
-            p.kill()
-        except psutil.Error:
-            pass
-
-
 @pytest.fixture(scope="module")
 def head():
     """`ray start --head --num-gpus=4` on a machine without GPUs: scheduling sees 4 GPUs, models stay on CPU.
     Yields (GCS address, dashboard URL, env with RAY_AUTH_MODE=token for clients of this token-auth head)."""
-    tmp = tempfile.mkdtemp(prefix="fw-gpu-head-", dir="/tmp")  # short: Ray's socket paths have a length limit
-    port, dash = _free_port(), _free_port()
-    env = {**os.environ, "RAY_TMPDIR": tmp, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    markers = [re.escape(tmp), rf":{port}\b"]
-    proc = subprocess.run([str(BIN / "ray"), "start", "--head", f"--port={port}", "--num-cpus=4", "--num-gpus=4",
-                           "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--include-dashboard=true",
-                           "--disable-usage-stats"], env=env, capture_output=True, text=True, timeout=180)
-    if proc.returncode != 0:
-        _stop_head(markers)
-        pytest.fail(f"ray start failed: {proc.stdout[-2000:]} {proc.stderr[-2000:]}")
-    try:
-        yield f"127.0.0.1:{port}", f"http://127.0.0.1:{dash}", {**env, "RAY_AUTH_MODE": "token"}
-    finally:
-        _stop_head(markers)
-        shutil.rmtree(tmp, ignore_errors=True)
+    with local_head(num_cpus=4, num_gpus=4) as h:
+        yield h.address, h.dashboard, h.env
 
 
 def _forewarn(args: list[str], env: dict, timeout: int = 300) -> subprocess.CompletedProcess:

@@ -6,15 +6,17 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import mlflow
 import pyarrow.parquet as pq
 import pytest
+
+from forewarn.testing.ray_head import LocalHead, local_head
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = [
@@ -28,43 +30,29 @@ def _sets(extra: list[str] = ()) -> list[str]:
     return [a for s in [*SMALL, *extra] for a in ("--set", s)]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _tables(out: Path) -> dict[str, int]:
     return {str(p.relative_to(out)): pq.read_metadata(p).num_rows for p in sorted(out.glob("iter*/*.parquet"))}
 
 
 @pytest.fixture(scope="module")
-def head(tmp_path_factory: pytest.TempPathFactory):
-    """A real local Ray head started with `ray start`, as a user would, and its dashboard address."""
-    tmp = tmp_path_factory.mktemp("ray-head")
-    ray = str(Path(sys.executable).parent / "ray")
-    port, dash = _free_port(), _free_port()
-    env = {**os.environ, "RAY_TMPDIR": str(tmp)}
-    subprocess.run([ray, "start", "--head", f"--port={port}", "--num-cpus=2", "--dashboard-host=127.0.0.1",
-                    f"--dashboard-port={dash}", "--include-dashboard=true", "--disable-usage-stats"],
-                   check=True, env=env, capture_output=True, timeout=180)
-    yield f"http://127.0.0.1:{dash}"
-    subprocess.run([ray, "stop", "--force"], env=env, capture_output=True, timeout=120)
+def head() -> Iterator[LocalHead]:
+    """A real local Ray head started with `ray start`, as a user would."""
+    with local_head(num_cpus=2) as h:
+        yield h
 
 
 @pytest.fixture(scope="module")
-def submitted_run(head: str, testbed, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def submitted_run(head: LocalHead, testbed, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """`ray job submit --working-dir . -- python jobs/reversegen.py ...` to the local head; waits for the end."""
     out = tmp_path_factory.mktemp("rg-submitted") / "run"
     uri = f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
     runtime_env = {"env_vars": {"MLFLOW_TRACKING_URI": uri, "OMP_NUM_THREADS": "1"},
                    "excludes": [".git", "runs", "mlflow.db", "benchmarks/results"]}
-    cmd = [str(Path(sys.executable).parent / "ray"), "job", "submit", "--address", head, "--working-dir", ".",
-           "--runtime-env-json", json.dumps(runtime_env), "--",
+    cmd = [str(Path(sys.executable).parent / "ray"), "job", "submit", "--address", head.dashboard,
+           "--working-dir", ".", "--runtime-env-json", json.dumps(runtime_env), "--",
            sys.executable, "jobs/reversegen.py", "--output-dir", str(out), *_sets()]
-    # a head from `ray start` uses token auth: the client must run with RAY_AUTH_MODE=token
-    env = {**os.environ, "RAY_AUTH_MODE": "token"}
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1500)
+    # a head from `ray start` uses token auth: the client runs with RAY_AUTH_MODE=token (head.env has it)
+    proc = subprocess.run(cmd, cwd=ROOT, env=head.env, capture_output=True, text=True, timeout=1500)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "SUCCEEDED" in proc.stdout + proc.stderr
     out.joinpath(".mlflow_uri").write_text(uri)

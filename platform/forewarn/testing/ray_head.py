@@ -1,0 +1,82 @@
+"""A real local Ray head started with ``ray start``, as a user would, for tests and demos.
+
+Stopping it ends only the processes of this head (matched by its own temp dir and port, plus their
+children): ``ray stop`` would kill every Ray instance on the machine, other sessions' included.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+BIN = Path(sys.executable).parent
+
+
+@dataclass
+class LocalHead:
+    address: str  # GCS address, for RAY_ADDRESS / ray.init
+    dashboard: str  # http URL, for `ray job submit --address`
+    env: dict[str, str]  # environment for clients: RAY_AUTH_MODE=token (a `ray start` head uses token auth)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def stop_processes(markers: list[str]) -> None:
+    """Terminate (then kill) the processes whose command line matches a marker, and their children."""
+    import psutil
+
+    me = {os.getpid()} | {p.pid for p in psutil.Process().parents()}
+    procs: dict[int, psutil.Process] = {}
+    for p in psutil.process_iter(["pid", "cmdline"]):
+        cmd = " ".join(p.info["cmdline"] or [])
+        if p.info["pid"] not in me and any(re.search(m, cmd) for m in markers):
+            procs[p.pid] = p
+    for p in list(procs.values()):
+        try:
+            procs.update({c.pid: c for c in p.children(recursive=True)})
+        except psutil.Error:
+            pass
+    for p in procs.values():
+        try:
+            p.terminate()
+        except psutil.Error:
+            pass
+    for p in psutil.wait_procs(list(procs.values()), timeout=5)[1]:
+        try:
+            p.kill()
+        except psutil.Error:
+            pass
+
+
+@contextmanager
+def local_head(num_cpus: int = 2, num_gpus: int | None = None) -> Iterator[LocalHead]:
+    """``ray start --head`` with its own temp dir and ports; ``num_gpus`` may declare GPUs the machine lacks
+    (scheduling sees them, models stay on CPU)."""
+    tmp = tempfile.mkdtemp(prefix="fw-head-", dir="/tmp")  # short: Ray's socket paths have a length limit
+    port, dash = free_port(), free_port()
+    env = {**os.environ, "RAY_TMPDIR": tmp, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    markers = [re.escape(tmp), rf":{port}\b"]
+    cmd = [str(BIN / "ray"), "start", "--head", f"--port={port}", f"--num-cpus={num_cpus}",
+           "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--include-dashboard=true",
+           "--disable-usage-stats"] + ([f"--num-gpus={num_gpus}"] if num_gpus is not None else [])
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
+    try:
+        if proc.returncode != 0:
+            raise RuntimeError(f"ray start failed: {proc.stdout[-2000:]} {proc.stderr[-2000:]}")
+        yield LocalHead(f"127.0.0.1:{port}", f"http://127.0.0.1:{dash}", {**env, "RAY_AUTH_MODE": "token"})
+    finally:
+        stop_processes(markers)
+        shutil.rmtree(tmp, ignore_errors=True)
