@@ -16,6 +16,7 @@ from forewarn.cluster_cli import cluster_app, plan as plan_command, runs_app
 from forewarn.config import load_config, to_yaml
 from forewarn.dpl.cli import app as dpl_app
 from forewarn.contrastive.cli import app as contrastive_app
+from forewarn.analysis.cli import app as analyze_app
 from forewarn.errors import ConfigError
 from forewarn.guard.cli import app as serve_app
 from forewarn.recurrence.cli import app as recurrence_app
@@ -37,6 +38,7 @@ app.add_typer(serve_app, name="serve")
 app.add_typer(train_app, name="train")
 app.add_typer(dpl_app, name="dpl")
 app.add_typer(contrastive_app, name="contrastive")
+app.add_typer(analyze_app, name="analyze")
 app.add_typer(reversegen_app, name="reversegen")
 app.add_typer(goodtriever_app, name="goodtriever")
 app.add_typer(recurrence_app, name="recurrence")

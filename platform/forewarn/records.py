@@ -235,3 +235,69 @@ class FinderCycleRow:
     new_divergence_mean: float
     new_divergence_max: float
     shown_divergence_mean: float
+
+
+# ------------------------------------------------------------------ analysis (divergence hypotheses)
+
+
+@dataclass
+class FindingRow:
+    """A hypothesis about how two models differ, with its test result (``iteration`` = cycle last tested).
+
+    ``status`` is proposed | supported | refuted; ``auc`` = P(test prompt diverges more than a control),
+    ``auc_upper`` its one-sided bootstrap upper bound, ``p_value`` the one-sided Mann-Whitney p.
+    """
+
+    id: str
+    run_id: str
+    iteration: int
+    hypothesis: str
+    topic: str
+    rationale: str
+    status: str
+    cycle_proposed: int
+    n_test: int
+    n_control: int
+    mean_test: float
+    mean_control: float
+    auc: float
+    auc_upper: float
+    p_value: float
+    note: str
+    planted_topic: str | None = None  # testbed sources: the planted topic the hypothesis names
+
+
+@dataclass
+class EvidenceRow:
+    """One scored experiment prompt of a finding (arm: test | control), with token-level evidence."""
+
+    id: str
+    run_id: str
+    iteration: int
+    finding_id: str
+    arm: str
+    prompt: str
+    divergence: float  # the prompt's mean over its samples
+    text: str
+    tokens: list[str]
+    token_divergences: list[float]
+    n_prompt_tokens: int
+    divergence_mean: float
+    divergence_max: float
+    ppl_start: float
+    ppl_comparison: float
+    planted_topic: str | None = None
+
+
+@dataclass
+class TopicRelevanceRow:
+    """How relevant one source-run example is to one user topic (0..1), by embedding or by the analyst."""
+
+    id: str
+    run_id: str
+    iteration: int
+    topic: str
+    prompt: str
+    divergence: float
+    relevance: float
+    method: str

@@ -24,6 +24,7 @@ JOBS: dict[str, str] = {
     "train": "forewarn.training.job",
     "dpl": "forewarn.dpl.job",
     "contrastive": "forewarn.contrastive.job",
+    "analyze": "forewarn.analysis.job",
     "goodtriever": "forewarn.retrieval.job",
     "generate": "forewarn.pipeline.generate_job",
     "recurrence_search": "forewarn.recurrence.job",

@@ -120,6 +120,19 @@ def _matching_brace(text: str, start: int) -> int | None:
     return None
 
 
+def first_json_object(text: str) -> Any | None:
+    """The first ``{...}`` object in ``text`` (first ``{`` to its matching ``}``), parsed; None if there is none
+    or it is not valid JSON. Model answers often wrap their JSON in prose or code fences."""
+    start = (text or "").find("{")
+    end = _matching_brace(text, start) if start >= 0 else None
+    if end is None:
+        return None
+    try:
+        return json.loads(text[start: end + 1])
+    except json.JSONDecodeError:
+        return None
+
+
 def _from_json(obj: Any) -> list[str] | None:
     if isinstance(obj, list):
         return [str(x) for x in obj if isinstance(x, str)]

@@ -56,6 +56,7 @@ table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:
 .tok.prompt{opacity:.75;font-style:italic}
 .legend span{display:inline-block;width:4em;text-align:center;font-family:monospace}
 """
+TOKEN_CSS = _CSS  # the styles sample_html and legend_html need, for pages that embed them
 
 
 def render_html(samples: Sequence[Sample], title: str = "forewarn: model divergence",
@@ -70,26 +71,38 @@ def render_html(samples: Sequence[Sample], title: str = "forewarn: model diverge
              f"<style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1>",
              f"<p>Each generated token is coloured by its per-token {html.escape(divergence)} "
              f"(hover for the value); full red = {scale:.4g} or more.</p>"]
-    legend = "".join(f'<span style="background:rgb{_rgb(scale * f, scale)}">{scale * f:.3g}</span>'
-                     for f in (0, 0.25, 0.5, 0.75, 1.0))
-    parts.append(f'<p class="legend">scale: {legend}</p>')
+    parts.append(legend_html(scale))
     if summary:
         rows = "".join(f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(_fmt(v))}</td></tr>"
                        for k, v in summary.items() if not isinstance(v, (dict, list)))
         parts.append(f"<h2>Summary</h2><table>{rows}</table>")
     parts.append(f"<h2>Top {len(shown)} continuations by mean divergence</h2>")
-    for rank, s in enumerate(shown, 1):
-        toks, vals = list(_get(s, "tokens", [])), list(_get(s, "token_divergences", []))
-        n_prompt = int(_get(s, "n_prompt_tokens", 0) or 0)
-        spans = "".join(_token_html(t, v, scale, i < n_prompt) for i, (t, v) in enumerate(zip(toks, vals)))
-        meta = (f"#{rank} · mean {_fmt(_get(s, 'divergence_mean'))} · max {_fmt(_get(s, 'divergence_max'))} · "
-                f"ppl start {_fmt(_get(s, 'ppl_start'))} · ppl comparison {_fmt(_get(s, 'ppl_comparison'))}"
-                f" · sample {_get(s, 'sample', 0)}")
-        parts.append(f'<div class="sample"><div class="meta">{html.escape(meta)}</div>'
-                     f'<div class="prompt-text">{html.escape(str(_get(s, "prompt", "")))}</div>'
-                     f"<div>{spans}</div></div>")
+    parts.extend(sample_html(s, scale, rank) for rank, s in enumerate(shown, 1))
     parts.append("</body></html>")
     return "\n".join(parts)
+
+
+def sample_html(s: Sample, scale: float, rank: int, label: str = "") -> str:
+    """One sample as an HTML card: a meta line, the prompt and its tokens coloured by divergence.
+
+    Needs the page to carry :data:`TOKEN_CSS`; ``label`` is prefixed to the meta line (e.g. an arm name).
+    """
+    toks, vals = list(_get(s, "tokens", [])), list(_get(s, "token_divergences", []))
+    n_prompt = int(_get(s, "n_prompt_tokens", 0) or 0)
+    spans = "".join(_token_html(t, v, scale, i < n_prompt) for i, (t, v) in enumerate(zip(toks, vals)))
+    meta = (f"{label}#{rank} · mean {_fmt(_get(s, 'divergence_mean'))} · max {_fmt(_get(s, 'divergence_max'))} · "
+            f"ppl start {_fmt(_get(s, 'ppl_start'))} · ppl comparison {_fmt(_get(s, 'ppl_comparison'))}"
+            f" · sample {_get(s, 'sample', 0)}")
+    return (f'<div class="sample"><div class="meta">{html.escape(meta)}</div>'
+            f'<div class="prompt-text">{html.escape(str(_get(s, "prompt", "")))}</div>'
+            f"<div>{spans}</div></div>")
+
+
+def legend_html(scale: float) -> str:
+    """The colour legend paragraph: five swatches from 0 to ``scale``."""
+    legend = "".join(f'<span style="background:rgb{_rgb(scale * f, scale)}">{scale * f:.3g}</span>'
+                     for f in (0, 0.25, 0.5, 0.75, 1.0))
+    return f'<p class="legend">scale: {legend}</p>'
 
 
 def _fmt(v: Any) -> str:

@@ -1,0 +1,21 @@
+"""Automated divergence analysis: an analyst model turns a contrastive run's divergences into tested
+hypotheses, a knowledge base of findings and a self-contained HTML report.
+
+Plain Python over objects (Ray only inside the experiment scorer):
+
+    source = load_source("runs/contrastive", Path("out/source"))
+    analyst = Analyst(load_generator(spec), AnalystConfig(), Budget(BudgetConfig()), PromptSet.load())
+    kb = KnowledgeBase(run_id="demo")
+    outcome = DivergenceAnalysis(analyst, ExperimentScorer(source), source, kb, AnalystConfig(),
+                                 ExperimentConfig()).run()
+"""
+
+from forewarn.analysis.analyst import Analyst, Budget, PromptSet
+from forewarn.analysis.config import AnalystConfig, BudgetConfig, ExperimentConfig, TopicConfig
+from forewarn.analysis.kb import KnowledgeBase, evaluate
+from forewarn.analysis.loop import DivergenceAnalysis, Outcome
+from forewarn.analysis.source import ExperimentScorer, SourceRun, load_source
+
+__all__ = ["Analyst", "AnalystConfig", "Budget", "BudgetConfig", "DivergenceAnalysis", "ExperimentConfig",
+           "ExperimentScorer", "KnowledgeBase", "Outcome", "PromptSet", "SourceRun", "TopicConfig", "evaluate",
+           "load_source"]
