@@ -268,25 +268,14 @@ class FindingRow:
 
 
 @dataclass
-class EvidenceRow:
-    """One scored experiment prompt of a finding (arm: test | control), with token-level evidence."""
+class EvidenceRow(ContrastiveSampleRow):
+    """One scored experiment prompt of a finding: a decoded sample (token-level evidence) plus the finding,
+    the arm (test | control) and the prompt's divergence (its mean over its samples)."""
 
-    id: str
-    run_id: str
-    iteration: int
     finding_id: str
     arm: str
-    prompt: str
-    divergence: float  # the prompt's mean over its samples
-    text: str
-    tokens: list[str]
-    token_divergences: list[float]
-    n_prompt_tokens: int
-    divergence_mean: float
-    divergence_max: float
-    ppl_start: float
-    ppl_comparison: float
-    planted_topic: str | None = None
+    divergence: float
+    planted_topic: str | None = None  # testbed sources: the planted topic the prompt is about
 
 
 @dataclass

@@ -39,6 +39,12 @@ def analyze(ctx: typer.Context,
     if run is None:
         fail("forewarn analyze needs --run RUN_ID (the output dir or MLflow run id of a contrastive run), "
              "or the subcommand `show RUN_ID`")
+    from forewarn.analysis.source import check_ref
+
+    try:
+        check_ref(run, field="--run")  # before Ray starts
+    except ConfigError as e:
+        fail(str(e))
     summary = run_named_job("analyze", config, [*(overrides or []), f"source={run}"], output_dir)
     out = output_dir or "the output dir"
     typer.echo(f"{summary['stop_reason']}: {summary['message']}\n{summary['n_supported']} supported, "

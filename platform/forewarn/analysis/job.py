@@ -99,8 +99,7 @@ def _summary(cfg: AnalyzeConfig, kb: Any, outcome: Any, source: Any, analyst: An
         "analyst_calls": analyst.budget.calls, "analyst_tokens": analyst.budget.tokens,
         "n_malformed": len(analyst.malformed), "seconds": round(seconds, 3),
         "findings": [{"id": f.id, "hypothesis": f.hypothesis, "status": f.status,
-                      "auc": _num(f.result.auc) if f.result else None,
-                      "p_value": _num(f.result.p_value) if f.result else None,
+                      "auc": _num(f.auc), "p_value": _num(f.p_value),
                       "planted_topic": f.planted_topic} for f in kb.findings],
     }
     if any(f.planted_topic is not None for f in kb.findings) or source.summary.get("top10_planted") is not None:
@@ -123,6 +122,7 @@ def _write(cfg: AnalyzeConfig, rundir: RunDir, tracker: Any, kb: Any, outcome: A
            summary: dict) -> None:
     import matplotlib.pyplot as plt
 
+    from forewarn.analysis.kb import is_tested
     from forewarn.analysis.plots import arms_figure, auc_figure, topics_figure
     from forewarn.analysis.report import render_report
 
@@ -137,7 +137,7 @@ def _write(cfg: AnalyzeConfig, rundir: RunDir, tracker: Any, kb: Any, outcome: A
         rundir.write_table("topics", rows_to_table(TopicRelevanceRow, rows))
         tracker.log_artifact(rundir.path("topics.parquet"), "tables")
     figures: dict[str, tuple[str, Any]] = {}  # caption -> (MLflow name, figure)
-    if any(f.result for f in kb.findings):
+    if any(is_tested(f) for f in kb.findings):
         figures["hypotheses by effect size (AUC)"] = ("plots/hypotheses_auc.png",
                                                       auc_figure(kb, cfg.experiment.min_auc))
         figures["experiment divergences: test vs control"] = ("plots/arms.png",

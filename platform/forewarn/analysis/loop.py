@@ -37,11 +37,12 @@ from forewarn.analysis.analyst import (
     parse_summary,
 )
 from forewarn.analysis.config import AnalystConfig, ExperimentConfig, TopicConfig
-from forewarn.analysis.kb import Finding, KnowledgeBase
+from forewarn.analysis.kb import KnowledgeBase, is_tested
 from forewarn.analysis.source import Example, SourceRun
 from forewarn.analysis.topics import _one_line, rate_by_analyst, rate_by_embedding, summarise
 from forewarn.contrastive.bank import normalise
-from forewarn.records import EvidenceRow, stable_id
+from forewarn.contrastive.scoring import sample_to_dict
+from forewarn.records import EvidenceRow, FindingRow, stable_id
 from forewarn.tracking import NullTracker
 
 log = logging.getLogger(__name__)
@@ -69,13 +70,11 @@ def example_lines(examples: list[Example]) -> str:
     return "\n".join(lines) or "(none)"
 
 
-def finding_lines(findings: list[Finding]) -> str:
+def finding_lines(findings: list[FindingRow]) -> str:
     lines = []
     for f in findings:
-        r = f.result
-        stats = (f"AUC {r.auc:.2f}, p = {r.p_value:.2g}, test mean {r.mean_test:.3f} vs control "
-                 f"{r.mean_control:.3f}, {r.n_test}+{r.n_control} prompts" if r and math.isfinite(r.auc)
-                 else "not tested yet")
+        stats = (f"AUC {f.auc:.2f}, p = {f.p_value:.2g}, test mean {f.mean_test:.3f} vs control "
+                 f"{f.mean_control:.3f}, {f.n_test}+{f.n_control} prompts" if math.isfinite(f.auc) else f.note)
         lines.append(f"- [{f.status}] {f.hypothesis} ({stats})")
     return "\n".join(lines) or "(nothing yet: this is the first cycle)"
 
@@ -151,9 +150,9 @@ class DivergenceAnalysis:
             max_prompts=e.max_prompts)
         return self.analyst.ask(chat, lambda text: parse_hypotheses(text, c.hypotheses_per_cycle, e), "propose")
 
-    def _experiment(self, proposals: list[Proposal], cycle: int) -> list[Finding]:
+    def _experiment(self, proposals: list[Proposal], cycle: int) -> list[FindingRow]:
         """Score the new prompts of every proposal in one batch; add evidence; re-evaluate the findings."""
-        plan: list[tuple[Finding, str, str]] = []
+        plan: list[tuple[FindingRow, str, str]] = []
         for p in proposals:
             f = self.kb.add(p.hypothesis, p.topic, p.rationale, cycle)
             f.planted_topic = self.scorer.planted_topic(f"{f.hypothesis} {f.topic}")
@@ -164,18 +163,18 @@ class DivergenceAnalysis:
         scored = dict(zip(unique, self.scorer(unique))) if unique else {}
         for f, arm, q in plan:
             div, s = scored[q]
+            if s is None:
+                log.warning("no sample came back for %r; left out of the evidence", q)
+                continue
+            sample = {k: v for k, v in sample_to_dict(s).items() if k != "prompt_index"}
             self.kb.evidence.append(EvidenceRow(
-                id=stable_id(self.kb.run_id, f.id, arm, q), run_id=self.kb.run_id, iteration=cycle, finding_id=f.id,
-                arm=arm, prompt=q, divergence=div, text=s.text if s else "", tokens=list(s.tokens) if s else [],
-                token_divergences=list(s.token_divergences) if s else [],
-                n_prompt_tokens=s.n_prompt_tokens if s else 0,
-                divergence_mean=s.divergence_mean if s else math.nan,
-                divergence_max=s.divergence_max if s else math.nan, ppl_start=s.ppl_start if s else math.nan,
-                ppl_comparison=s.ppl_comparison if s else math.nan, planted_topic=self.scorer.planted_topic(q)))
+                **sample, id=stable_id(self.kb.run_id, f.id, arm, q), run_id=self.kb.run_id, iteration=cycle,
+                repeat=0, prompt_id=stable_id(self.kb.run_id, q), finding_id=f.id, arm=arm, divergence=div,
+                planted_topic=self.scorer.planted_topic(q)))
         touched = list({id(f): f for f, _, _ in plan}.values()) or [self.kb.find(p.hypothesis) for p in proposals]
         for f in touched:
             self.kb.retest(f, cycle, self.experiment)
-            log.info("cycle %d: [%s] %s (%s)", cycle, f.status, f.hypothesis, f.result.note if f.result else "")
+            log.info("cycle %d: [%s] %s (%s)", cycle, f.status, f.hypothesis, f.note)
         return touched
 
     def _topics(self, outcome: Outcome) -> None:
@@ -199,7 +198,7 @@ class DivergenceAnalysis:
         outcome.topic_relevance, outcome.topic_examples = relevance, examples
 
     def _conclude(self, outcome: Outcome) -> None:
-        if not self.cfg.summarize or not any(f.result for f in self.kb.findings):
+        if not self.cfg.summarize or not any(is_tested(f) for f in self.kb.findings):
             return
         if outcome.stop_reason != "completed":
             outcome.notes.append(f"closing summary skipped: the analysis stopped early ({outcome.stop_reason})")

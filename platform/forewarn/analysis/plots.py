@@ -11,7 +11,7 @@ import io
 import math
 from typing import Any
 
-from forewarn.analysis.kb import KnowledgeBase
+from forewarn.analysis.kb import KnowledgeBase, is_tested
 
 STATUS_COLOURS = {"supported": "#2e7d32", "refuted": "#c62828", "proposed": "#9e9e9e"}
 
@@ -32,12 +32,11 @@ def short(text: str, n: int = 48) -> str:
 def auc_figure(kb: KnowledgeBase, min_auc: float) -> Any:
     """A horizontal bar per tested hypothesis: its AUC, coloured by status, with the support threshold."""
     plt = _plt()
-    tested = [f for f in kb.findings if f.result and math.isfinite(f.result.auc)]
+    tested = [f for f in kb.findings if math.isfinite(f.auc)]
     fig, ax = plt.subplots(figsize=(8, 0.5 * max(2, len(tested)) + 1.4))
     y = list(range(len(tested)))
-    ax.barh(y, [f.result.auc for f in tested], color=[STATUS_COLOURS[f.status] for f in tested])
-    ax.errorbar([f.result.auc for f in tested], y,
-                xerr=[[0] * len(tested), [max(0.0, f.result.auc_upper - f.result.auc) for f in tested]],
+    ax.barh(y, [f.auc for f in tested], color=[STATUS_COLOURS[f.status] for f in tested])
+    ax.errorbar([f.auc for f in tested], y, xerr=[[0] * len(tested), [max(0.0, f.auc_upper - f.auc) for f in tested]],
                 fmt="none", ecolor="black", capsize=3, lw=1)
     ax.set_yticks(y, [f"H{i + 1}: {short(f.hypothesis)}" for i, f in enumerate(tested)], fontsize=7)
     ax.axvline(0.5, color="grey", ls=":", lw=1, label="no effect")
@@ -56,7 +55,7 @@ def arms_figure(kb: KnowledgeBase, divergence: str) -> Any:
     plt = _plt()
     import numpy as np
 
-    tested = [f for f in kb.findings if f.result]
+    tested = [f for f in kb.findings if is_tested(f)]
     fig, ax = plt.subplots(figsize=(max(5, 1.6 * len(tested) + 2), 4))
     rng = np.random.default_rng(0)
     for i, f in enumerate(tested):

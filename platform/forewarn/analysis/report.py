@@ -15,9 +15,10 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from forewarn.analysis.kb import Finding, KnowledgeBase
+from forewarn.analysis.kb import KnowledgeBase
 from forewarn.analysis.plots import png_data_uri
 from forewarn.contrastive.view import TOKEN_CSS, colour_scale, legend_html, sample_html
+from forewarn.records import FindingRow
 
 _CSS = TOKEN_CSS + """
 .badge{display:inline-block;padding:.1em .5em;border-radius:1em;color:#fff;font-size:.85em;font-weight:600}
@@ -115,12 +116,10 @@ def render_report(kb: KnowledgeBase, outcome: Any, source: Any, summary: Mapping
 def _hypotheses_table(kb: KnowledgeBase) -> str:
     rows = []
     for i, f in enumerate(kb.findings, 1):
-        r = f.result
         rows.append(f"<tr data-status='{f.status}'><td>H{i}</td><td><span class='badge {f.status}'>{f.status}</span>"
-                    f"</td><td>{_e(f.hypothesis)}</td><td>{_e(f.topic)}</td><td>{_f(r.auc if r else None, '.2f')}</td>"
-                    f"<td>{_f(r.p_value if r else None, '.2g')}</td><td>{_f(r.mean_test if r else None)}</td>"
-                    f"<td>{_f(r.mean_control if r else None)}</td><td>{r.n_test if r else 0}+{r.n_control if r else 0}"
-                    f"</td><td class='note'>{_e(r.note if r else 'not tested yet')}</td></tr>")
+                    f"</td><td>{_e(f.hypothesis)}</td><td>{_e(f.topic)}</td><td>{_f(f.auc, '.2f')}</td>"
+                    f"<td>{_f(f.p_value, '.2g')}</td><td>{_f(f.mean_test)}</td><td>{_f(f.mean_control)}</td>"
+                    f"<td>{f.n_test}+{f.n_control}</td><td class='note'>{_e(f.note)}</td></tr>")
     buttons = "".join(f"<button type='button' data-filter='{s}'>{s}</button>"
                       for s in ("all", "supported", "refuted", "proposed"))
     return (f"<h2>Hypotheses</h2><p class='filters'>show: {buttons}</p><table id='hypotheses'><tr><th>#</th>"
@@ -128,7 +127,7 @@ def _hypotheses_table(kb: KnowledgeBase) -> str:
             "<th>control mean</th><th>prompts</th><th>verdict</th></tr>" + "".join(rows) + "</table>")
 
 
-def _finding_card(kb: KnowledgeBase, f: Finding, i: int, scale: float, n: int) -> str:
+def _finding_card(kb: KnowledgeBase, f: FindingRow, i: int, scale: float, n: int) -> str:
     arms = []
     for arm in ("test", "control"):
         ev = sorted((e for e in kb.evidence if e.finding_id == f.id and e.arm == arm),

@@ -95,17 +95,26 @@ def locate(ref: str, dest: Path, tracking_uri: str | None = None, job: str = "co
            field: str = "source") -> tuple[Path, str | None]:
     """The local run dir of ``ref``: a directory holding ``required``, or the MLflow run id of a ``job`` run
     whose ``artifacts`` (MLflow path -> file name) are downloaded into ``dest``. Returns (dir, run id)."""
+    if check_ref(ref, job, required, field):
+        return Path(ref), None
+    return _download(ref, dest, tracking_uri, job, artifacts or MLFLOW_ARTIFACTS, required, field), ref
+
+
+def check_ref(ref: str, job: str = "contrastive", required: tuple[str, ...] = REQUIRED,
+              field: str = "source") -> bool:
+    """True for a run directory holding ``required``, False for an MLflow run id; anything else is a
+    ConfigError (checked before any Ray work or download)."""
     path = Path(ref)
     if path.is_dir():
         missing = [f for f in required if not (path / f).is_file()]
         if missing:
             raise ConfigError(f"{field}={ref!r}: the directory lacks {missing}; pass the output dir of a "
                               f"finished {job} run")
-        return path, None
+        return True
     if not _RUN_ID.match(ref):
         raise ConfigError(f"{field}={ref!r}: neither an existing directory nor an MLflow run id (32 hex digits); "
                           f"pass the output dir or the MLflow run id of a {job} run")
-    return _download(ref, dest, tracking_uri, job, artifacts or MLFLOW_ARTIFACTS, required, field), ref
+    return False
 
 
 def _download(run_id: str, dest: Path, tracking_uri: str | None, job: str, artifacts: dict[str, str],
