@@ -23,3 +23,17 @@ def run_named_job(job: str, config: Optional[Path], overrides: Optional[list[str
         return run_job(job, cfg)
     except ConfigError as e:
         fail(str(e))
+
+
+def add_job_command(app: typer.Typer, name: str, job: str, help: str, fixed: tuple[str, ...] = ()) -> None:
+    """Register ``<group> NAME [--config] [--set ...] [--output-dir]`` running ``job``.
+
+    ``fixed`` overrides (e.g. ``mode=toy``) come before the user's ``--set``, which may not change them.
+    """
+
+    def command(config: Optional[Path] = ConfigOpt, overrides: Optional[list[str]] = SetOpt,
+                output_dir: Optional[str] = OutOpt) -> None:
+        run_named_job(job, config, [*fixed, *(overrides or [])], output_dir)
+
+    command.__doc__ = help
+    app.command(name)(command)

@@ -75,6 +75,7 @@ def run_job(job: str, cfg: JobConfig, quiet: bool = False) -> dict[str, Any]:
 
     with reserved(cfg, job, echo=not quiet) as cfg, make_tracker(cfg.tracking, job, cfg) as tracker:
         summary = module.run(cfg, rundir, tracker)
+        summary.setdefault("output_dir", str(rundir.root.resolve()))
         if tracker.run_id:
             summary.setdefault("mlflow_run_id", tracker.run_id)
         rundir.write_summary(summary)

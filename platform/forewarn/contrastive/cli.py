@@ -8,25 +8,16 @@ from typing import Optional
 
 import typer
 
-from forewarn.errors import ConfigError
-from forewarn.runner import fail, resolve, run_job
+from forewarn.cli_common import ConfigOpt, OutOpt, SetOpt, run_named_job
+from forewarn.runner import fail
 
 app = typer.Typer(help="Model divergence: contrastive decoding and an assistant-guided divergence finder.",
                   no_args_is_help=True)
 
-ConfigOpt = typer.Option(None, "--config", "-c", help="YAML config file (overrides the packaged defaults)")
-SetOpt = typer.Option(None, "--set", help="override a field by dotted path: --set a.b=c (repeatable)")
-OutOpt = typer.Option(None, "--output-dir", "-o", help="run directory (a rerun with the same dir resumes)")
-
-
 def _run(mode: str, config: Optional[Path], overrides: Optional[list[str]], output_dir: Optional[str]) -> None:
-    try:
-        cfg = resolve("contrastive", str(config) if config else None, [*(overrides or []), f"mode={mode}"],
-                      output_dir)
-        summary = run_job("contrastive", cfg)
-    except ConfigError as e:
-        fail(str(e))
-    typer.echo(f"wrote {cfg.output_dir} (see `forewarn contrastive show {cfg.output_dir}`); "
+    summary = run_named_job("contrastive", config, [*(overrides or []), f"mode={mode}"], output_dir)
+    out = summary["output_dir"]
+    typer.echo(f"wrote {out} (see `forewarn contrastive show {out}`); "
                f"top-10 mean divergence {summary.get('top10_divergence_mean')}")
 
 
