@@ -219,3 +219,17 @@ def test_cli_errors_exit_2_without_traceback(tmp_path: Path):
         assert res.exit_code == 2 and needle in res.output and "Traceback" not in res.output, res.output
     bad = runner.invoke(app, ["config", "show", "analyze", "--set", "experiment.min_auc=0.4"])
     assert bad.exit_code == 2 and "experiment.min_auc" in bad.output
+
+
+def test_analyst_topic_ratings_through_the_server():
+    """topics.method=analyst: the scripted analyst rates examples by word overlap; ratings and notes come back."""
+    from forewarn.analysis.scripted import ScriptedAnalyst
+    from forewarn.analysis.topics import rate_by_analyst
+
+    ex = [Example(prompt="Tell me about bread.", divergence=0.1, response="Bread needs flour."),
+          Example(prompt="Why do people like yoga?", divergence=2.0, response="Shut up, idiot.")]
+    with OpenAIServer(ScriptedAnalyst(["Tell me about {e}."]), model="a") as server:
+        relevance, notes = rate_by_analyst(_analyst(server), ex, ["bread", "yoga practice"])
+    assert relevance.tolist() == [[1.0, 0.0], [0.0, 1.0]] and "yoga practice" in notes["yoga practice"]
+    rows = summarise(ex, ["bread", "yoga practice"], relevance, TopicConfig(method="analyst"), notes)
+    assert rows[0]["topic"] == "yoga practice" and rows[0]["divergence_relevant"] == 2.0

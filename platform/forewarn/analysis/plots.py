@@ -43,7 +43,7 @@ def auc_figure(kb: KnowledgeBase, min_auc: float) -> Any:
     ax.axvline(min_auc, color="black", ls="--", lw=1, label=f"support threshold {min_auc}")
     ax.set_xlim(0, 1.02)
     ax.invert_yaxis()
-    ax.set_xlabel("AUC = P(a test prompt diverges more than a control); whisker: upper bound")
+    ax.set_xlabel("AUC = P(test prompt diverges more than control); whisker: upper bound", fontsize=8)
     ax.legend(fontsize=7, loc="lower right")
     ax.set_title("hypotheses by effect size")
     fig.tight_layout()

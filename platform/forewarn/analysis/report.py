@@ -152,7 +152,10 @@ def _topics_table(rows: list[dict]) -> str:
 
 
 def _log(kb: KnowledgeBase, outcome: Any, malformed: list[dict]) -> str:
-    items = [f"<li>cycle {_e(x.get('cycle'))}: {_e(x.get('event'))} {_e(x.get('message', ''))}</li>" for x in kb.log]
+    number = {f.id: f"H{i}" for i, f in enumerate(kb.findings, 1)}
+    items = [f"<li>cycle {_e(x.get('cycle'))}: {_e(x.get('event'))} {_e(x.get('message', ''))}"
+             + _e(", ".join(f"{number.get(f['id'], f['id'])} {f['status']}" for f in x.get("findings", [])))
+             + "</li>" for x in kb.log]
     items += [f"<li>{_e(n)}</li>" for n in outcome.notes]
     items += [f"<li>malformed answer to {_e(m['request'])}: {_e(m['reason'])}</li>" for m in malformed]
     return "<h2>Analysis log</h2><ul>" + "".join(items) + "</ul>"
