@@ -147,6 +147,12 @@ def run(cfg: ReverseGenConfig, rundir: RunDir, tracker: Any) -> dict[str, Any]:
               f"instructions={metrics['n_instructions']} failures={metrics['n_failures']} "
               f"pairs={metrics['n_pairs']}", flush=True)
         rundir.write_summary(summary)  # partial summaries survive a crash
+        if metrics["n_instructions"] == 0:
+            stop_reason = (f"iteration {k}: none of the {metrics['n_proposals']} proposals was a well-formed "
+                           f"{cfg.task} item, so nothing was judged; the loop stops here. Warm the proposer up "
+                           f"on the task's format (warmup.enabled=true, more warmup.examples or epochs).")
+            print(f"[reversegen] {stop_reason}", flush=True)
+            break
         if k == cfg.iterations - 1 and not cfg.train_last:
             break
         if len(pairs) == 0:

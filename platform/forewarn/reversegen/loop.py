@@ -105,11 +105,14 @@ def respond_and_judge(ctx: IterationContext, instructions: pd.DataFrame) -> pd.D
     from forewarn.pipeline.stages import generate_stage, judge_stage
 
     cfg = ctx.cfg
-    base = instructions[["id", "prompt_id", "prompt", "instruction", "iteration", "run_id"]].copy()
-    subjects = instructions["subject"] if "subject" in instructions else [""] * len(base)
+    if instructions.empty:  # nothing well-formed to ask: an empty table, and the job stops with a message
+        return pd.DataFrame(columns=["id", "prompt_id", "prompt", "subject", "instruction", "question",
+                                     "response_text",
+                                     "judge_score", "judge_label", "judge_categories", "judge_error", "failure"])
+    base = instructions[["id", "prompt_id", "prompt", "subject", "instruction", "iteration", "run_id"]].copy()
     base["question"] = [cfg.respond.prompt_template.format(question=strip_answer(q) if cfg.task == "honesty"
                                                            else q, subject=s)
-                        for q, s in zip(base["instruction"], subjects)]
+                        for q, s in zip(base["instruction"], base["subject"])]
     rows = base.to_dict("records")
     if cfg.task == "safety":
         ds = generate_stage(ray.data.from_items(rows), cfg.target, cfg.respond.params,
@@ -158,7 +161,7 @@ def pairs(ctx: IterationContext, judged: pd.DataFrame) -> pd.DataFrame:
 def iteration_metrics(ctx: IterationContext, proposals: pd.DataFrame, kept: pd.DataFrame,
                       judged: pd.DataFrame, n_pairs: int) -> dict[str, Any]:
     """The per-iteration headline figures that land in summary.json and MLflow."""
-    failures = judged[judged["failure"].map(lambda x: x is True or x == True)]  # noqa: E712 - nullable bools
+    failures = judged[judged["failure"].map(lambda x: x is True or x == True).astype(bool)]  # noqa: E712
     texts = list(kept["instruction"])
     cats = Counter(c for cs in failures["judge_categories"] for c in (cs if cs is not None else []))
     m: dict[str, Any] = {
