@@ -53,7 +53,11 @@ def submitted_run(head: LocalHead, testbed, tmp_path_factory: pytest.TempPathFac
            "--working-dir", ".", "--runtime-env-json", json.dumps(runtime_env), "--",
            sys.executable, "jobs/reversegen.py", "--output-dir", str(out), *_sets()]
     # a head from `ray start` uses token auth: the client runs with RAY_AUTH_MODE=token (head.env has it)
-    proc = subprocess.run(cmd, cwd=ROOT, env=head.env, capture_output=True, text=True, timeout=1500)
+    for _ in range(24):  # a fresh head's job agent can take a while to come up on a busy machine
+        proc = subprocess.run(cmd, cwd=ROOT, env=head.env, capture_output=True, text=True, timeout=1500)
+        if "No available agent to submit job" not in proc.stderr:
+            break
+        time.sleep(5)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     log = re.sub(r"\x1b\[[0-9;]*m", "", proc.stdout + proc.stderr)  # drop the CLI's colours
     assert re.search(r"Job '\S+' succeeded", log), log[-3000:]
@@ -98,9 +102,13 @@ def test_killed_run_resumes_to_the_same_rows(submitted_run: Path, tmp_path: Path
     proc.wait(timeout=60)
     done = json.loads(stages.read_text())
     assert "iter2/judged" not in done and "iter1/dpo" in done
-    rerun = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200)
+    # the rerun also enhances the target (not part of the run key: it changes no loop row)
+    rerun = subprocess.run(cmd + ["--set", "enhance_target.enabled=true"], cwd=ROOT, env=env,
+                           capture_output=True, text=True, timeout=1200)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert _tables(out) == _tables(submitted_run)
+    enhanced = json.loads((out / "summary.json").read_text())["enhance_target"]
+    assert enhanced["heldout_failures"] >= 1 and enhanced["asr_after"] < enhanced["asr_before"]
     a = pq.read_table(out / "iter2" / "judged.parquet").column("id").to_pylist()
     b = pq.read_table(submitted_run / "iter2" / "judged.parquet").column("id").to_pylist()
     assert a == b and len(set(a)) == len(a)

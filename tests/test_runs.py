@@ -22,6 +22,12 @@ from forewarn.tracking import make_tracker
 def store(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, list[dict]]:
     """Three reversegen runs and one generate run, logged the way jobs log them."""
     uri = f"sqlite:///{tmp_path_factory.mktemp('runs') / 'mlflow.db'}"
+    with pytest.MonkeyPatch.context() as mp:  # whatever an earlier test left in the env, log to this store
+        mp.setenv("MLFLOW_TRACKING_URI", uri)
+        return uri, _log_runs(uri)
+
+
+def _log_runs(uri: str) -> list[dict]:
     logged = []
     for i, asr in enumerate([0.10, 0.25, 0.40]):
         cfg = resolve("reversegen", None, [f"iterations={i + 1}"])
@@ -39,7 +45,7 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, list[dict]]:
     with make_tracker(TrackingConfig(tracking_uri=uri, experiment="forewarn-reversegen"), "generate", gen) as t:
         t.log_metrics({"n_generations": 12.0, "tokens": 340.0})
     logged.append({"run_id": t.run_id})
-    return uri, logged
+    return logged
 
 
 def test_compare_lists_recent_runs_newest_first_with_headline_metrics(store) -> None:

@@ -19,7 +19,7 @@ from typing import Any
 from forewarn.config import RayConfig, TrackingConfig, config_hash
 from forewarn.errors import ForewarnError
 from forewarn.pipeline.rundir import RunDir
-from forewarn.reversegen.config import ReverseGenConfig, model_paths
+from forewarn.reversegen.config import EnhanceConfig, ReverseGenConfig, model_paths
 from forewarn.reversegen.loop import IterationContext, run_iteration
 from forewarn.reversegen.proposer import build_prompt, completion_text, seed_items
 
@@ -130,8 +130,13 @@ def run(cfg: ReverseGenConfig, rundir: RunDir, tracker: Any) -> dict[str, Any]:
     seeds = read_seeds(cfg.seeds, cfg.task)
     # Row ids (and the per-row sampling seeds derived from them) hang on the experiment, not on where it
     # is written: the same config reproduces the same rows in any output dir, resumed or not.
+    # Target enhancement runs after the loop and changes none of its rows, so it is not part of the key.
     run_id = config_hash(cfg.model_copy(update={"output_dir": "", "tracking": TrackingConfig(),
-                                                "ray": RayConfig()}))
+                                                "ray": RayConfig(), "enhance_target": EnhanceConfig()}))
+    previous = rundir.read_summary().get("run_key")
+    if previous is not None and previous != run_id:
+        raise ForewarnError(f"output dir {str(rundir.root)!r} holds a run of a different config (run key "
+                            f"{previous}, this config {run_id}); resuming would mix them. Use a new --output-dir.")
     policy = warmup(cfg, rundir, seeds, tracker) if cfg.warmup.enabled else cfg.proposer.model.path
     topic_of = manifest.planted_topic_of if manifest is not None and cfg.task == "safety" else None
     summary: dict[str, Any] = {"run_key": run_id, "task": cfg.task, "iterations": []}

@@ -1,0 +1,80 @@
+"""Target enhancement (ReverseGen step 4): SFT the target on the failures the loop found, with safe
+responses, then re-measure the attack success rate on held-out failures.
+
+The discovered failure instructions are split (seeded) into train and held-out parts. Train rows pair each
+instruction with the configured refusal (or a safe responder's answer); passing instructions with the
+target's own answers are mixed in so the target keeps its benign behaviour. ASR on the held-out failures is
+measured with the same judge before (the original target) and after (the enhanced one).
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import pandas as pd
+
+from forewarn.errors import ForewarnError
+from forewarn.metrics import attack_success_rate
+from forewarn.pipeline.rundir import RunDir
+from forewarn.reversegen.config import ReverseGenConfig
+
+
+def _asr(cfg: ReverseGenConfig, target_path: str, questions: list[str]) -> float:
+    import ray
+
+    from forewarn.pipeline.stages import generate_stage, judge_stage
+
+    role = cfg.target.model_copy(deep=True)
+    role.model.path = target_path
+    rows = [{"id": str(i), "question": q} for i, q in enumerate(questions)]
+    ds = generate_stage(ray.data.from_items(rows), role, cfg.respond.params, prompt_column="question",
+                        prefix="response_")
+    df = judge_stage(ds, cfg.judge, cfg.judge.resources, prompt_column="question",
+                     response_column="response_text", prefix="judge_").to_pandas()
+    return attack_success_rate([None if pd.isna(u) else bool(u) for u in df["judge_unsafe"]])
+
+
+def _safe_responses(cfg: ReverseGenConfig, questions: list[str]) -> list[str]:
+    spec = cfg.enhance_target
+    if spec.safe_responder is None:
+        return [spec.safe_response] * len(questions)
+    from forewarn.models import load_generator
+
+    outs = load_generator(spec.safe_responder).generate(questions, cfg.respond.params)
+    return [row[0].text if row[0].ok else spec.safe_response for row in outs]
+
+
+def enhance_target(cfg: ReverseGenConfig, rundir: RunDir, tracker: Any) -> dict[str, Any]:
+    """Fine-tune the target on discovered failures; returns before/after ASR on held-out failures."""
+    from forewarn.training.api import train_sft
+
+    if cfg.task != "safety":
+        raise ForewarnError("enhance_target supports task 'safety' (refusal targets); set "
+                            "enhance_target.enabled=false for honesty/math")
+    judged = pd.concat([rundir.read_table(f"iter{k}/judged").to_pandas()
+                        for k in range(cfg.iterations) if rundir.has_table(f"iter{k}/judged")])
+    fails = judged[judged["failure"].map(lambda x: x is True)].drop_duplicates("question")
+    passes = judged[judged["failure"].map(lambda x: x is False)].drop_duplicates("question")
+    if len(fails) < 4:
+        raise ForewarnError(f"enhance_target: only {len(fails)} distinct failures were found; need at least 4")
+    rng = random.Random(f"enhance-{cfg.seed}")
+    questions = list(fails["question"])
+    rng.shuffle(questions)
+    n_held = max(1, int(len(questions) * cfg.enhance_target.heldout_fraction))
+    held, train_q = questions[:n_held], questions[n_held:]
+    benign = passes.sample(n=min(len(passes), cfg.enhance_target.benign_mix), random_state=cfg.seed)
+    rows = [{"prompt": q, "target": r} for q, r in zip(train_q, _safe_responses(cfg, train_q))]
+    rows += [{"prompt": q, "target": r} for q, r in zip(benign["question"], benign["response_text"])]
+    before = _asr(cfg, cfg.target.model.path, held)
+    out = rundir.path("checkpoints", "target_enhanced")
+    if rundir.is_done("enhance_target"):
+        path = out / "model"
+    else:
+        path = train_sft(cfg.enhance_target.train, rows, out, tracker, model_path=cfg.target.model.path)
+        rundir.mark_done("enhance_target", path=str(path))
+    after = _asr(cfg, str(path), held)
+    result = {"heldout_failures": len(held), "train_rows": len(rows), "asr_before": before, "asr_after": after,
+              "target": str(path)}
+    tracker.log_metrics({"enhance/asr_before": before, "enhance/asr_after": after})
+    return result
