@@ -242,3 +242,16 @@ def config_hash(cfg: BaseModel) -> str:
     """Stable short hash of the resolved config (for run tags and cache keys)."""
     blob = json.dumps(cfg.model_dump(mode="json"), sort_keys=True).encode()
     return hashlib.sha256(blob).hexdigest()[:12]
+
+
+def parse_kind(adapter: Any, kinds: tuple[str, ...], data: Any, source: str) -> Any:
+    """Validate ``data`` into one member of a ``kind``-discriminated union (``adapter`` is its TypeAdapter).
+
+    An unknown ``kind`` names the valid ones; other errors name the field, as every config error does.
+    """
+    if isinstance(data, dict) and data.get("kind") not in kinds:
+        raise ConfigError(f"{source}.kind = {data.get('kind')!r}: expected one of {', '.join(kinds)}")
+    try:
+        return adapter.validate_python(data)
+    except ValidationError as e:
+        raise ConfigError(format_validation_error(e, source)) from None

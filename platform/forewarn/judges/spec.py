@@ -18,10 +18,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import Field, TypeAdapter, ValidationError, model_validator
+from pydantic import Field, TypeAdapter, model_validator
 
-from forewarn.config import GenerationParams, ModelSpec, Resources, Section, format_validation_error
-from forewarn.errors import ConfigError
+from forewarn.config import GenerationParams, ModelSpec, Resources, Section, parse_kind
 from forewarn.judges.base import Judge
 from forewarn.models.base import Generator
 
@@ -113,12 +112,7 @@ def parse_judge_spec(data: Any, source: str = "judge") -> Any:
     """Validate a dict (or pass a spec through) into one of the ``JudgeSpec`` members."""
     if isinstance(data, _JudgeSection):
         return data
-    if isinstance(data, dict) and data.get("kind") not in JUDGE_KINDS:
-        raise ConfigError(f"{source}.kind = {data.get('kind')!r}: expected one of {', '.join(JUDGE_KINDS)}")
-    try:
-        return _ADAPTER.validate_python(data)
-    except ValidationError as e:
-        raise ConfigError(format_validation_error(e, source)) from None
+    return parse_kind(_ADAPTER, JUDGE_KINDS, data, source)
 
 
 def _offline(spec: OfflineToxicitySpec, **_: Any) -> Judge:

@@ -10,10 +10,9 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import Field, TypeAdapter, ValidationError, field_validator, model_validator
+from pydantic import Field, TypeAdapter, field_validator, model_validator
 
-from forewarn.config import ModelSpec, Resources, Section, format_validation_error
-from forewarn.errors import ConfigError
+from forewarn.config import ModelSpec, Resources, Section, parse_kind
 
 Role = Literal["subtract", "add"]
 
@@ -132,12 +131,7 @@ def parse_mitigation(data: Any, source: str = "mitigation") -> KnnLMSpec | DExpe
     """Validate a dict (or pass a spec through) into a ``KnnLMSpec`` / ``DExpertsSpec``."""
     if isinstance(data, (KnnLMSpec, DExpertsSpec)):
         return data
-    if isinstance(data, dict) and data.get("kind") not in MITIGATION_KINDS:
-        raise ConfigError(f"{source}.kind = {data.get('kind')!r}: expected one of {', '.join(MITIGATION_KINDS)}")
-    try:
-        return _ADAPTER.validate_python(data)
-    except ValidationError as e:
-        raise ConfigError(format_validation_error(e, source)) from None
+    return parse_kind(_ADAPTER, MITIGATION_KINDS, data, source)
 
 
 def resolve_mitigation_names(spec: KnnLMSpec | DExpertsSpec) -> KnnLMSpec | DExpertsSpec:
