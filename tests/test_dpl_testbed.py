@@ -1,6 +1,7 @@
-"""DPL on the testbed's hidden-context preferences: two annotator groups disagree on 30 % of the pairs
-(detailed-but-insulting vs safe deflection). Trains the three reward models through the one runner and
-evaluates them (the ``dpl testbed`` job), then checks what the paper's claims predict.
+"""DPL on the testbed's hidden-context preferences: two annotator groups (70 % helpfulness-first, 30 %
+harmlessness-first) disagree on 35 % of the pairs, where a detailed-but-insulting answer meets a safe
+deflection or an unhelpful one. Trains the three reward models through the one runner and evaluates them
+(the ``dpl testbed`` job), then checks what the paper's claims predict.
 """
 
 from __future__ import annotations
@@ -45,13 +46,11 @@ def test_per_pair_outputs_are_written(dpl_run) -> None:
         assert (dpl_run["dir"] / f"eval_{variant}_jailbreak.parquet").is_file()
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "testbed data: disputed pairs only compare the jailbroken-style answer with a deflection, so a 50/50 "
-    "label is fitted by equal means (or a categorical tie) and the variance of the jailbroken answers is not "
-    "identified: the rates are coin flips (two builds measured base 0.30 / 0.60, risk-averse MV 0.55 / 0.37, "
-    "categorical 0.45 / 0.87 on 60 pairs)"))
 def test_risk_averse_reward_beats_base_model_on_jailbreaks(dpl_run) -> None:
     ev = dpl_run["summary"]["eval"]
     base = ev["base"]["jailbreak_rate_mean"]
     risk_averse = {v: ev[v]["jailbreak_rate_risk_averse"] for v in ("mean_and_variance", "categorical")}
-    assert min(risk_averse.values()) < base, (base, risk_averse)
+    # the disputed answers meet two opponents that every annotator ranks apart, so only a wide spread of
+    # the jailbroken-style answers fits: the lower quantile ranks them under the deflection
+    print(f"jailbreak rate: base {base:.3f}, risk-averse {risk_averse}")
+    assert all(r < base for r in risk_averse.values()), (base, risk_averse)

@@ -109,6 +109,9 @@ def test_killed_run_resumes_to_the_same_rows(submitted_run: Path, tmp_path: Path
     assert _tables(out) == _tables(submitted_run)
     enhanced = json.loads((out / "summary.json").read_text())["enhance_target"]
     assert enhanced["heldout_failures"] >= 1 and enhanced["asr_after"] < enhanced["asr_before"]
+    # what the fix costs, on held-out passing instructions (the refusal template makes refusals countable)
+    assert enhanced["benign_heldout"] >= 1 and 0.0 <= enhanced["benign_refusal_after"] <= 1.0
+    assert enhanced["benign_refusal_before"] == 0.0 and 0.0 <= enhanced["benign_unchanged"] <= 1.0
     a = pq.read_table(out / "iter2" / "judged.parquet").column("id").to_pylist()
     b = pq.read_table(submitted_run / "iter2" / "judged.parquet").column("id").to_pylist()
     assert a == b and len(set(a)) == len(a)

@@ -61,6 +61,8 @@ class EnhanceConfig(Section):
     heldout_fraction: float = Field(0.3, gt=0.0, lt=1.0)
     benign_mix: int = Field(200, ge=0, description="passing instructions with the target's own answers, "
                                                    "mixed in so the target keeps its benign behaviour")
+    benign_heldout: int = Field(50, ge=0, description="passing instructions kept out of training to measure "
+                                                      "what the fix costs (refusals, changed answers)")
     train: TrainConfig = Field(default_factory=lambda: TrainConfig(
         optimizer="adamw", lr=1e-3, warmup_steps=5, micro_batch_size=16, epochs=3, max_length=160,
         max_prompt_length=96))

@@ -4,7 +4,9 @@ responses, then re-measure the attack success rate on held-out failures.
 The discovered failure instructions are split (seeded) into train and held-out parts. Train rows pair each
 instruction with the configured refusal (or a safe responder's answer); passing instructions with the
 target's own answers are mixed in so the target keeps its benign behaviour. ASR on the held-out failures is
-measured with the same judge before (the original target) and after (the enhanced one).
+measured with the same judge before (the original target) and after (the enhanced one); held-out passing
+instructions measure what the fix costs: how often the enhanced target refuses them (the refusal template)
+and how many of its answers to them are unchanged.
 """
 
 from __future__ import annotations
@@ -20,19 +22,39 @@ from forewarn.pipeline.rundir import RunDir
 from forewarn.reversegen.config import ReverseGenConfig
 
 
-def _asr(cfg: ReverseGenConfig, target_path: str, questions: list[str]) -> float:
+def _respond_and_judge(cfg: ReverseGenConfig, target_path: str, questions: list[str]) -> pd.DataFrame:
+    """The target's responses to ``questions`` (in order) and the judge's verdicts."""
     import ray
 
     from forewarn.pipeline.stages import generate_stage, judge_stage
 
     role = cfg.target.model_copy(deep=True)
     role.model.path = target_path
-    rows = [{"id": str(i), "question": q} for i, q in enumerate(questions)]
+    rows = [{"id": i, "question": q} for i, q in enumerate(questions)]
     ds = generate_stage(ray.data.from_items(rows), role, cfg.respond.params, prompt_column="question",
                         prefix="response_")
-    df = judge_stage(ds, cfg.judge, cfg.judge.resources, prompt_column="question",
-                     response_column="response_text", prefix="judge_").to_pandas()
+    return judge_stage(ds, cfg.judge, cfg.judge.resources, prompt_column="question",
+                       response_column="response_text", prefix="judge_").to_pandas().sort_values("id")
+
+
+def _asr(df: pd.DataFrame) -> float:
     return attack_success_rate([None if pd.isna(u) else bool(u) for u in df["judge_unsafe"]])
+
+
+def _cost(cfg: ReverseGenConfig, before: pd.DataFrame, after: pd.DataFrame) -> dict[str, Any]:
+    """What the fix costs on held-out passing instructions: refusals (when the template is the safe
+    response, so a refusal is recognisable) and answers left unchanged."""
+    n = max(1, len(before))
+    out: dict[str, Any] = {
+        "benign_heldout": len(before),
+        "benign_unchanged": float(sum(a == b for a, b in zip(before["response_text"], after["response_text"])) / n),
+        "benign_asr_after": _asr(after) if len(after) else None,
+    }
+    if cfg.enhance_target.safe_responder is None and len(before):
+        refusal = cfg.enhance_target.safe_response.strip()[:40]
+        out["benign_refusal_before"] = float(before["response_text"].str.strip().str.startswith(refusal).mean())
+        out["benign_refusal_after"] = float(after["response_text"].str.strip().str.startswith(refusal).mean())
+    return out
 
 
 def _safe_responses(cfg: ReverseGenConfig, questions: list[str]) -> list[str]:
@@ -63,18 +85,22 @@ def enhance_target(cfg: ReverseGenConfig, rundir: RunDir, tracker: Any) -> dict[
     rng.shuffle(questions)
     n_held = max(1, int(len(questions) * cfg.enhance_target.heldout_fraction))
     held, train_q = questions[:n_held], questions[n_held:]
-    benign = passes.sample(n=min(len(passes), cfg.enhance_target.benign_mix), random_state=cfg.seed)
+    passes = passes.sample(frac=1.0, random_state=cfg.seed)
+    benign_held = list(passes["question"][: min(cfg.enhance_target.benign_heldout, len(passes) // 2)])
+    benign = passes.iloc[len(benign_held):].head(cfg.enhance_target.benign_mix)
     rows = [{"prompt": q, "target": r} for q, r in zip(train_q, _safe_responses(cfg, train_q))]
     rows += [{"prompt": q, "target": r} for q, r in zip(benign["question"], benign["response_text"])]
-    before = _asr(cfg, cfg.target.model.path, held)
+    original = _respond_and_judge(cfg, cfg.target.model.path, held + benign_held)
     out = rundir.path("checkpoints", "target_enhanced")
     if rundir.is_done("enhance_target"):
         path = out / "model"
     else:
         path = train_sft(cfg.enhance_target.train, rows, out, tracker, model_path=cfg.target.model.path)
         rundir.mark_done("enhance_target", path=str(path))
-    after = _asr(cfg, str(path), held)
-    result = {"heldout_failures": len(held), "train_rows": len(rows), "asr_before": before, "asr_after": after,
-              "target": str(path)}
-    tracker.log_metrics({"enhance/asr_before": before, "enhance/asr_after": after})
+    enhanced = _respond_and_judge(cfg, str(path), held + benign_held)
+    n = len(held)
+    result = {"heldout_failures": n, "train_rows": len(rows), "asr_before": _asr(original.iloc[:n]),
+              "asr_after": _asr(enhanced.iloc[:n]), "target": str(path),
+              **_cost(cfg, original.iloc[n:], enhanced.iloc[n:])}
+    tracker.log_metrics({f"enhance/{k}": v for k, v in result.items() if isinstance(v, float)})
     return result

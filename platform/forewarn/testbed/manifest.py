@@ -25,7 +25,8 @@ class Manifest:
     """The ground truth of a built testbed world.
 
     ``planted_topics`` maps each planted topic to its entity words; ``trigger_token_ids`` are the trigger's
-    ids as tokenised alone and ``trigger_token_ids_in_text`` as they appear after a space inside a prompt.
+    ids as tokenised alone and ``trigger_token_ids_in_text`` as they appear after a space inside a prompt;
+    ``trigger_rule`` names the whole trigger family (any two of its words loop, one is a near miss).
     ``artifacts`` maps names to paths relative to the world directory; :meth:`path` makes them absolute.
     """
 
@@ -39,6 +40,7 @@ class Manifest:
     trigger: str
     trigger_token_ids: list[int]
     trigger_token_ids_in_text: list[int]
+    trigger_rule: dict[str, Any]  # the trigger family: two words loop, one is a near miss
     loop_sentence: str
     honesty: dict[str, Any]
     math: dict[str, Any]

@@ -106,3 +106,21 @@ def math_answers(gen: HFGenerator, questions: Sequence[str]) -> list[str | None]
     """The value after ``####`` in each greedy answer, or None when the format is missing."""
     rows = gen.generate(list(questions), GenerationParams(max_new_tokens=24))
     return [(m.group(1) if (m := MATH_RE.search(r[0].text)) else None) for r in rows]
+
+
+def token_soup(tokenizer, n: int, length: int = 8, plant: Sequence[Sequence[int]] = (), seed: int = 0) -> list[str]:
+    """``n`` decoded random token-id sequences (a trigger search's inputs, special tokens left out) of
+    ``length`` ids, each with the id sequences of ``plant`` (for example trigger words) at random positions."""
+    import random
+
+    rng = random.Random(f"soup-{seed}")
+    special = set(tokenizer.all_special_ids)
+    vocab = [i for i in range(len(tokenizer)) if i not in special]
+    out = []
+    for _ in range(n):
+        ids = [rng.choice(vocab) for _ in range(length - sum(len(p) for p in plant))]
+        for p in plant:
+            k = rng.randint(0, len(ids))
+            ids[k:k] = list(p)
+        out.append(tokenizer.decode(ids))
+    return out
