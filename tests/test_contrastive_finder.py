@@ -11,7 +11,7 @@ import pytest
 from transformers import AutoTokenizer
 from typer.testing import CliRunner
 
-from forewarn.config import GenerationParams, ModelSpec, Resources
+from forewarn.config import GenerationParams, ModelSpec
 from forewarn.contrastive.config import DecoderConfig, FinderConfig
 from forewarn.contrastive.decoder import ContrastiveDecoder
 from forewarn.contrastive.finder import DivergenceFinder

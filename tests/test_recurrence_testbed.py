@@ -39,7 +39,7 @@ def search_run(ray_local, testbed, tmp_path_factory):
 def test_ga_finds_inputs_that_trigger_the_planted_loop(search_run, testbed):
     summary, rd = search_run
     ga = summary["methods"]["ga"]
-    # measured: 5/5 seeds within 400 generations and 4/5 within 300 on this world; the median stays uncensored
+    # measured on testbed v7: 5/5 seeds within 300 generations (3, 20, 29, 45, 235)
     assert ga["found"] >= 4, ga
     hits = [r for r in rd.read_table("experiences").to_pylist() if r["method"] == "ga" and r["hit"]]
     loop = testbed.loop_sentence
@@ -47,14 +47,14 @@ def test_ga_finds_inputs_that_trigger_the_planted_loop(search_run, testbed):
     assert summary["triggers"] and summary["triggers"][0]["period"] > 0
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "measured, not tuned: on the testbed about 4 % of random 8-token inputs already fall into the planted "
-    "loop (17 of 1458 single tokens do in a random context, the trigger word ' vortex' among them), so random "
-    "search hits in ~20 generations -- less than one GA population -- and no population method can be 3x "
-    "faster. The ratio is in summary.json (speedup_random_over_ga)."))
 def test_ga_median_generations_to_first_hit_is_3x_lower_than_random(search_run):
     summary, _ = search_run
-    assert summary["speedup_random_over_ga"] >= 3.0, summary["methods"]
+    # the testbed's near miss (one trigger class) gives selection a slope and crossover joins the classes;
+    # random search needs both classes at once (about 0.2 % of random 8-token inputs loop)
+    m = summary["methods"]
+    print({k: (v["evaluations_to_first_hit"], v["median_evaluations_to_first_hit"]) for k, v in m.items()},
+          summary["speedup_random_over_ga"])
+    assert summary["speedup_random_over_ga"] >= 3.0, m
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,6 @@ store that forewarn's own tracker wrote (tags: job, config hash, git commit, mod
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pandas as pd
 import pytest
