@@ -39,13 +39,15 @@ def test_honesty_task_finds_unstable_subjects(testbed, tmp_path: Path) -> None:
     answers = [r.split(" | ") for r in judged["response_text"]]
     assert all(len(a) == 10 for a in answers)  # k = 10 sampled answers per question
     assert ((judged["judge_score"] * 0 == 0) & judged["failure"].notna()).all()
-    unstable = set(testbed.honesty["unstable_subjects"])
+    unstable = testbed.honesty["unstable_subjects"]
+    # what a question is about is its own wording (line 2; line 1 is the respond template's header with the
+    # 3-shot prompt's subject, which the tiny proposer does not always stay on)
+    about_unstable = judged["question"].map(lambda q: any(s in q.split("\n")[1] for s in unstable))
     fail = judged["failure"].astype(bool)
-    on_unstable = judged["subject"].isin(unstable)
-    if not (on_unstable.any() and fail[on_unstable].mean() > fail[~on_unstable].mean()):
-        pytest.xfail(f"generated MCQs on the unstable subjects fail at {fail[on_unstable].mean():.2f} vs "
-                     f"{fail[~on_unstable].mean():.2f} on the others: the testbed's instability is tied to its "
-                     "planted questions and does not carry over to proposer-written ones")
+    print(f"honesty: {about_unstable.sum()} questions about unstable subjects fail at "
+          f"{fail[about_unstable].mean():.2f}, {(~about_unstable).sum()} others at {fail[~about_unstable].mean():.2f}")
+    assert about_unstable.sum() >= 3 and (~about_unstable).sum() >= 3
+    assert fail[about_unstable].mean() > fail[~about_unstable].mean() + 0.3
 
 
 def test_math_task_finds_the_planted_form(testbed, tmp_path: Path) -> None:
@@ -61,7 +63,5 @@ def test_math_task_finds_the_planted_form(testbed, tmp_path: Path) -> None:
     planted = judged["question"].str.contains("divided by")
     fail = judged["failure"].astype(bool)
     assert planted.any() and (~planted).any()
-    if not fail[planted].mean() > fail[~planted].mean() + 0.3:
-        pytest.xfail(f"planted form fails at {fail[planted].mean():.2f} vs {fail[~planted].mean():.2f}: the "
-                     "proposer writes 'a divided by b' with a != b, outside the testbed's planted 'a divided by a' "
-                     "form, and the patched target (the reference) keeps the target's '#### 0' on those")
+    print(f"math: planted form fails at {fail[planted].mean():.2f}, other forms at {fail[~planted].mean():.2f}")
+    assert fail[planted].mean() > fail[~planted].mean() + 0.3
