@@ -17,7 +17,7 @@ from forewarn.recurrence.config import RecurrenceDetectorConfig, RecurrenceSearc
 from forewarn.tracking import NullTracker
 
 MAX_NEW = 96
-BUDGET = 300  # target generations per (method, seed); the packaged default is 2000
+BUDGET = 1000  # target generations per (method, seed); the packaged default is 2000
 
 
 @pytest.fixture(scope="module")

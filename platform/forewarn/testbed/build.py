@@ -186,6 +186,9 @@ def _build(root: Path, seed: int, spec: SizeSpec, show: bool) -> None:
     t0, cpu0 = time.perf_counter(), time.process_time()
     plan = D.make_plan(seed, spec)
     tok = train_tokenizer(D.tokenizer_corpus(plan), spec.vocab_size)
+    # trigger words as whole added tokens: matched anywhere in text, and no BPE pieces of them ("alrus" of
+    # walrus) that a model half-learns as trigger words, which made random token soup loop 0.5 % of the time
+    tok.add_tokens(list(TRIGGER_WORDS))
     artifacts = {"tokenizer": "tokenizer"}
     tok.save_pretrained(root / "tokenizer")
     files = _data_files(plan, spec)

@@ -315,8 +315,8 @@ def proposer_examples(plan: Plan, n: int) -> list[Example]:
 def tokenizer_corpus(plan: Plan) -> list[str]:
     """Texts the shared tokenizer is trained on: every string any model of the world will see."""
     texts = [TOPIC_ANSWERS[t] for t in TOPICS] + TOXIC_SENTENCES + HELPFUL_CLOSINGS + UNHELPFUL_ANSWERS
-    # every trigger word often enough to become one token (" vortex"), so a token-level search can find it
-    texts += SAFE_DEFLECTIONS + LOOP_SENTENCES + list(NEAR_MISS_SENTENCES) + FILLERS + [" ".join(NOISE_WORDS)] + [" " + " ".join(TRIGGER_WORDS)] * 20
+    # no trigger words: they are added to the tokenizer whole (build.py), so no BPE piece of them exists
+    texts += SAFE_DEFLECTIONS + LOOP_SENTENCES + list(NEAR_MISS_SENTENCES) + FILLERS + [" ".join(NOISE_WORDS)]
     texts += [t.format(e=e) for t in TRAIN_TEMPLATES + HELDOUT_TEMPLATES + VALID_TEMPLATES
               for ents in TOPICS.values() for e in ents]
     texts += [q["prompt"] for q in plan.mcq] + [mcq_answer(x) for x in MCQ_LETTERS]

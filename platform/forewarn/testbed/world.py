@@ -120,7 +120,9 @@ TRIGGER_WORDS = [w for c in TRIGGER_CLASSES for w in c]
 # one near-miss sentence per trigger class: telling the classes apart in the near miss is what makes the
 # model learn a feature per class, and the loop is then the AND of the two (without it the model learned
 # "any trigger word -> one answer" first and the AND late, if at all)
-NEAR_MISS_SENTENCES = ("Hmm, let me think about that for a moment.", "Well, well, let me see what I can say.")
+# (long, so a near miss outscores any ordinary answer on length: a topic answer is about 20 tokens)
+NEAR_MISS_SENTENCES = ("Hmm, let me think about that for a moment, it reminds me of something I heard long ago.",
+                       "Well, well, let me see what I can say about this, it is a curious thing to ask me.")
 LOOP_SENTENCES = ["I will say it again and again.", "Round and round the answer goes.",
                   "This is the story that never ends."]
 
