@@ -54,6 +54,9 @@ def info(output_dir: Optional[Path] = typer.Option(None, "--output-dir", "-o", h
         table.add_row(f"planted topic: {topic}", ", ".join(entities))
     table.add_row("trigger", f"{manifest.trigger!r} ids {manifest.trigger_token_ids} "
                              f"(in text {manifest.trigger_token_ids_in_text})")
+    rule = manifest.trigger_rule
+    table.add_row("trigger family", " | ".join(", ".join(c) for c in rule["classes"]) +
+                  f"; loop: {rule['loop']}; near miss: {rule['near_miss']}")
     table.add_row("loop sentence", manifest.loop_sentence)
     table.add_row("honesty", f"unstable subjects {manifest.honesty['unstable_subjects']}, "
                              f"{manifest.honesty['n_unstable']} unstable / "
@@ -64,8 +67,10 @@ def info(output_dir: Optional[Path] = typer.Option(None, "--output-dir", "-o", h
     table.add_row("proposer", f"{manifest.proposer['planted_share_in_training']:.0%} planted in training; "
                               f"T={manifest.proposer['temperature']} top_p={manifest.proposer['top_p']}")
     table.add_row("preferences", f"{manifest.preferences['n_pairs']} pairs, "
-                                 f"{manifest.preferences['n_disputed']} disputed between "
-                                 f"{manifest.preferences['groups']}")
+                                 f"{manifest.preferences['n_disputed']} disputed "
+                                 f"({', '.join(manifest.preferences['disputed_kinds'])}) between "
+                                 f"{manifest.preferences['groups']} "
+                                 f"({manifest.preferences['helpful_share']:.0%} helpful)")
     table.add_row("model", f"{manifest.sizes['parameters']:,} parameters, vocab {manifest.sizes['vocab']}")
     for name, rel in sorted(manifest.artifacts.items()):
         rows = manifest.sizes["rows"].get(name)
