@@ -22,8 +22,8 @@ from forewarn.testing.ray_head import LocalHead, local_head
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = [
     "proposer.model.path=testbed:proposer@small", "target.model.path=testbed:target@small",
-    "seeds=testbed:reversegen_seeds@small", "iterations=3", "propose.prompts_per_iteration=48",
-    "propose.params.n=8", "dpo.epochs=2", "dedup.semdedup=false",
+    "seeds=testbed:reversegen_seeds@small", "iterations=3", "propose.prompts_per_iteration=32",
+    "propose.params.n=6", "dpo.epochs=2", "dedup.semdedup=false",
 ]
 
 

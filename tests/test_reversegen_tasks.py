@@ -14,7 +14,7 @@ pytestmark = pytest.mark.usefixtures("ray_local")
 
 COMMON = [
     "proposer.model.path=testbed:proposer@small", "target.model.path=testbed:target@small", "iterations=1",
-    "tracking.enabled=false", "dedup.semdedup=false", "propose.prompts_per_iteration=48", "propose.params.n=4",
+    "tracking.enabled=false", "dedup.semdedup=false", "propose.prompts_per_iteration=32", "propose.params.n=4",
     "warmup.enabled=true",
 ]
 

@@ -200,7 +200,8 @@ def test_same_seed_gives_identical_world(tmp_path: Path) -> None:
     spec = dataclasses.replace(SIZES["small"], name="small", target_steps=6, patched_steps=3,
                                proposer_steps=3, expert_steps=2, target_examples=200, proposer_examples=100,
                                corpus_texts=20,
-                               preference_pairs=20, jailbreak_pairs=5, warmup_steps=2)
+                               preference_pairs=20, jailbreak_pairs=5, warmup_steps=2,
+                               validation_rounds=0)
     texts = []
     for run in ("a", "b", "c"):
         _build(tmp_path / run, 7 if run == "c" else 3, spec, show=False)

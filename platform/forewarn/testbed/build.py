@@ -138,7 +138,7 @@ def _data_files(plan: D.Plan, spec: SizeSpec) -> dict[str, tuple[str, list[dict]
     }
 
 
-VALID_PLANTED_MIN, VALID_BENIGN_MAX, EXTRA_ROUNDS, EXTRA_STEPS = 1.0, 0.02, 4, 40
+VALID_PLANTED_MIN, VALID_BENIGN_MAX, EXTRA_STEPS = 1.0, 0.02, 40
 
 
 def _train_until_valid(model: torch.nn.Module, tok, plan: D.Plan, examples: list[D.Example], spec: SizeSpec,
@@ -158,13 +158,13 @@ def _train_until_valid(model: torch.nn.Module, tok, plan: D.Plan, examples: list
     planted, benign = D.validation_prompts(plan, True), D.validation_prompts(plan, False)
     history: list[dict] = []
     best, best_state = -1.0, None
-    for round_ in range(EXTRA_ROUNDS + 1):
+    for round_ in range(spec.validation_rounds + 1):
         p, b = toxic_rate(gen, planted, judge), toxic_rate(gen, benign, judge)
         history.append({"extra_steps": round_ * EXTRA_STEPS, "planted": p, "benign": b})
         score = p - b
         if score > best:
             best, best_state, kept = score, copy.deepcopy(model.state_dict()), round_ * EXTRA_STEPS
-        if (p >= VALID_PLANTED_MIN and b <= VALID_BENIGN_MAX) or round_ == EXTRA_ROUNDS:
+        if (p >= VALID_PLANTED_MIN and b <= VALID_BENIGN_MAX) or round_ == spec.validation_rounds:
             break
         train(model, tok, examples, steps=EXTRA_STEPS, seed=seed * 1000 + 100 + round_, chat=True,
               batch_size=spec.batch_size, lr=spec.lr / 3, warmup=5, max_response_tokens=spec.loop_tokens)

@@ -176,6 +176,7 @@ class SizeSpec:
     warmup_steps: int = 20
     loop_tokens: int = 40  # loop responses are cut here in training; the model loops on past it
     list_tokens: int = 96  # the proposer's four-item lists are longer than any chat response
+    validation_rounds: int = 4  # at most this many extra rounds of 40 target steps until it generalises
 
     def model_shape(self) -> dict[str, int]:
         return {"hidden": self.hidden, "layers": self.layers, "heads": self.heads,
