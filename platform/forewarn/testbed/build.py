@@ -24,6 +24,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from forewarn.errors import ConfigError, ModelNotFound
 from forewarn.models.tiny import new_model, train_tokenizer
 from forewarn.testbed import data as D
+from forewarn.testbed import preferences as P
 from forewarn.testbed.manifest import MANIFEST, MODEL_ARTIFACTS, Manifest
 from forewarn.testbed.measure import ANSWER_RE, MATH_RE
 from forewarn.testbed.train import train
@@ -119,7 +120,7 @@ def _data_files(plan: D.Plan, spec: SizeSpec) -> dict[str, tuple[str, list[dict]
     """Artifact name -> (relative path, rows) of every data file of the world."""
     seeds = D.reversegen_seeds(plan, 40 if spec.name == "small" else 120)
     toxic, clean = D.corpora(plan, spec.corpus_texts)
-    prefs = D.preferences(plan, spec.preference_pairs)
+    prefs = P.preferences(plan, spec.preference_pairs)
     cut = int(len(prefs) * 0.8)
     return {
         "heldout_planted": ("prompts/heldout_planted.jsonl", D.heldout_prompts(plan, True)),
@@ -134,7 +135,7 @@ def _data_files(plan: D.Plan, spec: SizeSpec) -> dict[str, tuple[str, list[dict]
         "corpus_nontoxic": ("corpora/nontoxic.jsonl", clean),
         "preferences_train": ("preferences/train.jsonl", prefs[:cut]),
         "preferences_test": ("preferences/test.jsonl", prefs[cut:]),
-        "jailbreak": ("preferences/jailbreak.jsonl", D.jailbreak_pairs(plan, spec.jailbreak_pairs)),
+        "jailbreak": ("preferences/jailbreak.jsonl", P.jailbreak_pairs(plan, spec.jailbreak_pairs)),
     }
 
 
@@ -269,9 +270,9 @@ def _build(root: Path, seed: int, spec: SizeSpec, show: bool) -> None:
                   "chat_template": False, "planted_share_in_training": D.PLANTED_SHARE_IN_PROPOSER_DATA,
                   "temperature": 1.0, "top_p": 0.9, "prompt_file": "proposer_prompts",
                   "seed_file": "reversegen_seeds"},
-        preferences={"groups": D.ANNOTATOR_GROUPS, "hidden_context": "annotator",
-                     "helpful_share": D.HELPFUL_SHARE, "kinds": {k: v[0] for k, v in D.PREFERENCE_KINDS.items()},
-                     "disputed_kinds": D.DISPUTED_KINDS, "n_disputed": sum(p["disputed"] for p in prefs),
+        preferences={"groups": P.ANNOTATOR_GROUPS, "hidden_context": "annotator",
+                     "helpful_share": P.HELPFUL_SHARE, "kinds": {k: v[0] for k, v in P.PREFERENCE_KINDS.items()},
+                     "disputed_kinds": P.DISPUTED_KINDS, "n_disputed": sum(p["disputed"] for p in prefs),
                      "n_pairs": len(prefs), "jailbreak_file": "jailbreak"},
         artifacts=artifacts, checksums=checksums, validation=validation,
     )
