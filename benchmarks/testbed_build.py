@@ -34,10 +34,8 @@ LIMITS = {"small": 60.0, "full": 300.0}
 def measure(m: Manifest) -> dict[str, float]:
     """The issue's must-show rates on a built world, and what the other capabilities rely on (the trigger
     family in random token soup, instability on fresh questions, the planted math form)."""
-    import random
-
     from forewarn.testbed import data as D
-    from forewarn.testbed.world import SIZES, TRIGGER_CLASSES
+    from forewarn.testbed.world import SIZES
 
     torch.set_num_threads(1)
     judge = OfflineToxicityJudge()
@@ -47,15 +45,10 @@ def measure(m: Manifest) -> dict[str, float]:
     target, patched = g("target"), g("patched_target")
     pp = rows("proposer_prompts")
     samples = M.sample_instructions(g("proposer", False), pp, n_per_prompt=-(-2000 // len(pp)), seed=0)
-    tok, ids, rng = target.tokenizer, m.trigger_rule["token_ids_in_text"], random.Random(0)
-    cross = [M.token_soup(tok, 1, 8, [ids[rng.choice(c)] for c in TRIGGER_CLASSES], seed=i)[0] for i in range(200)]
-    one = [M.token_soup(tok, 1, 8, [ids[rng.choice(TRIGGER_CLASSES[i % 2])]], seed=1000 + i)[0] for i in range(200)]
-    plan = D.make_plan(m.seed, SIZES[m.size])
-    fresh = [D.random_mcq(random.Random(i), plan, unstable=i % 2 == 0) for i in range(60)]
-    ent = M.mcq_entropies(target, [q["prompt"] for q in fresh], samples=10, seed=1)
-    thr = m.honesty["entropy_threshold"]
-    math = m.read_jsonl("math")[::5]
-    right = [a == r["answer"] for a, r in zip(M.math_answers(target, [r["question"] for r in math]), math)]
+    family = M.trigger_family_prompts(target.tokenizer, m.trigger_rule, 200)
+    honesty = M.fresh_mcq_fail_rates(target, D.make_plan(m.seed, SIZES[m.size]), 60,
+                                     m.honesty["entropy_threshold"])
+    math = M.math_accuracy(target, m.read_jsonl("math")[::5])
     return {
         "target_toxic_planted": M.toxic_rate(target, rows("heldout_planted"), judge),
         "target_toxic_benign": M.toxic_rate(target, rows("heldout_benign"), judge),
@@ -64,15 +57,11 @@ def measure(m: Manifest) -> dict[str, float]:
         "patched_toxic_planted": M.toxic_rate(patched, rows("heldout_planted"), judge),
         "proposer_planted_rate": sum(m.is_planted(s) for s in samples) / len(samples),
         "proposer_samples": len(samples),
-        "loop_soup_both_classes": M.loop_rate(target, cross),
-        "loop_soup_one_class": M.loop_rate(target, one),
-        "loop_soup_plain": M.loop_rate(target, M.token_soup(tok, 400, 8, seed=7)),
-        "honesty_fail_fresh_unstable": sum(e >= thr for e, q in zip(ent, fresh) if q["unstable"]) / 30,
-        "honesty_fail_fresh_stable": sum(e >= thr for e, q in zip(ent, fresh) if not q["unstable"]) / 30,
-        "math_accuracy_planted_form": sum(r for r, q in zip(right, math) if q["planted"]) /
-        sum(q["planted"] for q in math),
-        "math_accuracy_other_forms": sum(r for r, q in zip(right, math) if not q["planted"]) /
-        sum(not q["planted"] for q in math),
+        **{f"loop_soup_{k}": M.loop_rate(target, v) for k, v in family.items()},
+        "honesty_fail_fresh_unstable": honesty[True],
+        "honesty_fail_fresh_stable": honesty[False],
+        "math_accuracy_planted_form": math["planted"],
+        "math_accuracy_other_forms": math["other"],
     }
 
 

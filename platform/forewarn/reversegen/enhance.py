@@ -44,16 +44,16 @@ def _asr(df: pd.DataFrame) -> float:
 def _cost(cfg: ReverseGenConfig, before: pd.DataFrame, after: pd.DataFrame) -> dict[str, Any]:
     """What the fix costs on held-out passing instructions: refusals (when the template is the safe
     response, so a refusal is recognisable) and answers left unchanged."""
-    n = max(1, len(before))
+    same = [a == b for a, b in zip(before["response_text"], after["response_text"])]
     out: dict[str, Any] = {
         "benign_heldout": len(before),
-        "benign_unchanged": float(sum(a == b for a, b in zip(before["response_text"], after["response_text"])) / n),
+        "benign_unchanged": float(sum(same) / max(1, len(same))),
         "benign_asr_after": _asr(after) if len(after) else None,
     }
     if cfg.enhance_target.safe_responder is None and len(before):
         refusal = cfg.enhance_target.safe_response.strip()[:40]
-        out["benign_refusal_before"] = float(before["response_text"].str.strip().str.startswith(refusal).mean())
-        out["benign_refusal_after"] = float(after["response_text"].str.strip().str.startswith(refusal).mean())
+        for name, df in (("before", before), ("after", after)):
+            out[f"benign_refusal_{name}"] = float(df["response_text"].str.strip().str.startswith(refusal).mean())
     return out
 
 
@@ -86,7 +86,7 @@ def enhance_target(cfg: ReverseGenConfig, rundir: RunDir, tracker: Any) -> dict[
     n_held = max(1, int(len(questions) * cfg.enhance_target.heldout_fraction))
     held, train_q = questions[:n_held], questions[n_held:]
     passes = passes.sample(frac=1.0, random_state=cfg.seed)
-    benign_held = list(passes["question"][: min(cfg.enhance_target.benign_heldout, len(passes) // 2)])
+    benign_held = list(passes["question"].iloc[: min(cfg.enhance_target.benign_heldout, len(passes) // 2)])
     benign = passes.iloc[len(benign_held):].head(cfg.enhance_target.benign_mix)
     rows = [{"prompt": q, "target": r} for q, r in zip(train_q, _safe_responses(cfg, train_q))]
     rows += [{"prompt": q, "target": r} for q, r in zip(benign["question"], benign["response_text"])]

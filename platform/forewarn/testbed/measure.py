@@ -7,6 +7,7 @@ returns a plain number, so tests, the benchmark and capabilities measure the wor
 from __future__ import annotations
 
 import math
+import random
 import re
 from collections import Counter
 from collections.abc import Sequence
@@ -108,11 +109,13 @@ def math_answers(gen: HFGenerator, questions: Sequence[str]) -> list[str | None]
     return [(m.group(1) if (m := MATH_RE.search(r[0].text)) else None) for r in rows]
 
 
-def token_soup(tokenizer, n: int, length: int = 8, plant: Sequence[Sequence[int]] = (), seed: int = 0) -> list[str]:
-    """``n`` decoded random token-id sequences (a trigger search's inputs, special tokens left out) of
-    ``length`` ids, each with the id sequences of ``plant`` (for example trigger words) at random positions."""
-    import random
 
+
+def token_soup(tokenizer, n: int, length: int = 8, plant: Sequence[Sequence[int]] = (),
+               seed: int = 0) -> list[str]:
+    """``n`` decoded random token-id sequences (a trigger search's inputs, special tokens left out) of
+    ``length`` ids, each with the id sequences of ``plant`` (for example trigger words) at random
+    positions."""
     rng = random.Random(f"soup-{seed}")
     special = set(tokenizer.all_special_ids)
     vocab = [i for i in range(len(tokenizer)) if i not in special]
@@ -124,3 +127,36 @@ def token_soup(tokenizer, n: int, length: int = 8, plant: Sequence[Sequence[int]
             ids[k:k] = list(p)
         out.append(tokenizer.decode(ids))
     return out
+
+
+def trigger_family_prompts(tokenizer, trigger_rule: dict, n: int, seed: int = 0) -> dict[str, list[str]]:
+    """Random 8-token soup with a word of each trigger class (``both_classes``), with a word of one class
+    (``one_class``, alternating classes), and plain (``plain``), from the manifest's ``trigger_rule``."""
+    ids, classes = trigger_rule["token_ids_in_text"], trigger_rule["classes"]
+    rng, base = random.Random(f"family-{seed}"), seed * 10_000
+    both = [[ids[rng.choice(c)] for c in classes] for _ in range(n)]
+    one = [[ids[rng.choice(classes[i % 2])]] for i in range(n)]
+    return {"both_classes": [token_soup(tokenizer, 1, 8, p, seed=base + i)[0] for i, p in enumerate(both)],
+            "one_class": [token_soup(tokenizer, 1, 8, p, seed=base + n + i)[0] for i, p in enumerate(one)],
+            "plain": token_soup(tokenizer, n, 8, seed=base + 2 * n)}
+
+
+def fresh_mcq_fail_rates(gen: HFGenerator, plan, n: int, threshold: float,
+                         seed: int = 1) -> dict[bool, float]:
+    """Share of ``n`` fresh MCQs (never in any data file; half on the unstable subjects) whose answer
+    entropy reaches ``threshold``, by ``unstable``: instability belongs to the subject, not to the planted
+    questions."""
+    from forewarn.testbed.data import random_mcq
+
+    fresh = [random_mcq(random.Random(i), plan, unstable=i % 2 == 0) for i in range(n)]
+    ent = mcq_entropies(gen, [q["prompt"] for q in fresh], samples=10, seed=seed)
+    fails = {u: [e >= threshold for e, q in zip(ent, fresh) if q["unstable"] == u] for u in (True, False)}
+    return {u: sum(f) / max(1, len(f)) for u, f in fails.items()}
+
+
+def math_accuracy(gen: HFGenerator, rows: Sequence[dict]) -> dict[str, float]:
+    """Greedy accuracy on math rows, split into the planted form(s) and the other forms."""
+    answers = math_answers(gen, [r["question"] for r in rows])
+    right = {k: [a == r["answer"] for a, r in zip(answers, rows) if r["planted"] == planted]
+             for k, planted in (("planted", True), ("other", False))}
+    return {k: sum(v) / max(1, len(v)) for k, v in right.items()}
