@@ -1,6 +1,6 @@
 """Perspective client against a real local HTTP server that mimics the API and misbehaves on purpose.
 
-The server (``http.server`` on 127.0.0.1, random port) answers ``POST /v1alpha1/comments:analyze?key=``
+The server (``http.server`` on 127.0.0.1, random port) answers ``POST /v1alpha1/comments:analyze`` (key in ``X-Goog-Api-Key``)
 like the API and reads directives from the comment text: ``[429x2]`` (429 twice, with Retry-After), ``[500x1]``,
 ``[503x9]`` (always), ``[timeoutx1]`` / ``[timeoutx9]`` (answers after the client timeout), ``[malformed]``,
 ``[nofield]``, ``[400]``. Server-side arrival timestamps check the rate limit; an in-flight counter checks
@@ -15,7 +15,7 @@ import threading
 import time
 from collections import defaultdict
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import parse_qs, urlparse
+from urllib.parse import urlparse
 
 import pytest
 
@@ -80,7 +80,9 @@ class Handler(BaseHTTPRequestHandler):
             srv.by_text[text].append(t)
             srv.bodies.append(body)
             n = len(srv.by_text[text])
-        if url.path != "/v1alpha1/comments:analyze" or parse_qs(url.query).get("key") != [KEY]:
+        if url.query:  # the key must never travel in the URL: request logs record it
+            return self._send(400, json.dumps({"error": {"code": 400, "message": f"query string: {url.query}"}}))
+        if url.path != "/v1alpha1/comments:analyze" or self.headers.get("X-Goog-Api-Key") != KEY:
             return self._send(403, json.dumps({"error": {"code": 403, "message": "bad key or path"}}))
         m = re.search(r"\[(\w+?)(?:x(\d+))?\]", text)
         kind, times = (m.group(1), int(m.group(2) or 1)) if m else (None, 0)

@@ -1,6 +1,7 @@
 """Perspective API judge: a real HTTP client (httpx) with a request-rate limit, retries and per-row errors.
 
-Each text is one ``POST {base_url}/v1alpha1/comments:analyze?key=KEY`` with ``comment.text``,
+Each text is one ``POST {base_url}/v1alpha1/comments:analyze`` (the key in the ``X-Goog-Api-Key``
+header, never in the URL, where proxies and request logs would record it) with ``comment.text``,
 ``languages``, ``requestedAttributes`` and ``doNotStore``; the score is
 ``attributeScores[score_attribute].summaryScore.value`` and every requested attribute's score lands in
 ``Verdict.scores``. Unlike the original Goodtriever client, transient failures (429, 5xx, timeouts,
@@ -169,7 +170,7 @@ class PerspectiveJudge:
         self.limiter.acquire()
         self._count("requests")
         try:
-            r = self.client.post(self.url, params={"key": self._key}, json=self.body(text))
+            r = self.client.post(self.url, headers={"X-Goog-Api-Key": self._key}, json=self.body(text))
         except httpx.TimeoutException as e:
             raise _Retryable(f"timeout ({type(e).__name__})", "timeout") from None
         except httpx.TransportError as e:
