@@ -8,6 +8,7 @@ class) and ``run(cfg, rundir, tracker) -> dict`` (the summary); :data:`JOBS` map
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import os
 import sys
@@ -16,7 +17,7 @@ from typing import Any
 
 from forewarn.config import JobConfig, RayConfig, load_config, to_yaml
 from forewarn.errors import ConfigError, ForewarnError
-from forewarn.pipeline.rundir import RunDir
+from forewarn.pipeline.rundir import RunDir, unwritable
 from forewarn.tracking import make_tracker
 
 # job name -> module with CONFIG and run(); capabilities add their line when they land.
@@ -32,6 +33,9 @@ JOBS: dict[str, str] = {
     "recurrence_detector": "forewarn.recurrence.detector_job",
     "reversegen": "forewarn.reversegen.job",
 }
+
+
+DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
 
 
 def job_module(job: str) -> ModuleType:
@@ -63,12 +67,24 @@ def init_ray(cfg: RayConfig) -> None:
         ray.init(num_cpus=cfg.num_cpus, num_gpus=cfg.num_gpus, log_to_driver=True)
 
 
+def open_rundir(path: str) -> RunDir:
+    """The run directory, created and probed for writing before any Ray work (raises OutputDirError)."""
+    from pathlib import Path
+
+    try:
+        rundir = RunDir(path)
+    except OSError as e:
+        raise unwritable(Path(path), e) from None
+    rundir.check_writable()
+    return rundir
+
+
 def run_job(job: str, cfg: JobConfig, quiet: bool = False) -> dict[str, Any]:
     """Run a resolved job config end to end and return its summary (also in OUTPUT_DIR/summary.json)."""
     module = job_module(job)
     if not quiet:
         print(f"# forewarn {job}: resolved config\n{to_yaml(cfg)}", flush=True)
-    rundir = RunDir(cfg.output_dir)
+    rundir = open_rundir(cfg.output_dir)
     rundir.write_config(cfg)
     init_ray(cfg.ray)
     from forewarn.placement import reserved  # colocation groups live as long as the run
@@ -107,4 +123,11 @@ def job_main(job: str, argv: list[str] | None = None) -> dict[str, Any]:
         fail(str(e))
     except ForewarnError as e:
         print(f"forewarn: {job} failed: {e}", file=sys.stderr)
+        raise SystemExit(1) from None
+    except OSError as e:
+        if e.errno not in DISK_ERRNOS:
+            raise
+        # the disk filled up (or went read-only) mid-run: writes are atomic, so what is there is whole
+        print(f"forewarn: {job} failed: cannot write {e.filename or cfg.output_dir!s}: {e.strerror}; "
+              "free space and rerun with the same --output-dir to resume", file=sys.stderr)
         raise SystemExit(1) from None

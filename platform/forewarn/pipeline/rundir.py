@@ -20,6 +20,16 @@ import pyarrow.parquet as pq
 from pydantic import BaseModel
 
 from forewarn.config import to_yaml
+from forewarn.errors import ForewarnError
+
+
+class OutputDirError(ForewarnError):
+    """The run directory cannot be created or written (read-only, permissions, full disk)."""
+
+
+def unwritable(root: Path, e: OSError) -> OutputDirError:
+    return OutputDirError(f"output dir {str(root)!r} is not writable ({e.strerror or e}); "
+                          "free space or fix its permissions, or pass another --output-dir")
 
 
 @contextmanager
@@ -69,6 +79,22 @@ class RunDir:
 
     def path(self, *parts: str) -> Path:
         return self.root.joinpath(*parts)
+
+    def check_writable(self, probe_bytes: int = 1 << 16) -> None:
+        """Write, flush and delete a probe file, so a read-only or full output dir stops a job before any
+        work instead of at its first table; raises :class:`OutputDirError`."""
+        fd, tmp = -1, ""
+        try:
+            fd, tmp = tempfile.mkstemp(dir=self.root, prefix=".write-probe.", suffix=".tmp")
+            os.write(fd, b"\0" * probe_bytes)
+            os.fsync(fd)
+        except OSError as e:
+            raise unwritable(self.root, e) from None
+        finally:
+            if fd >= 0:
+                os.close(fd)
+            if tmp and os.path.exists(tmp):
+                os.unlink(tmp)
 
     def write_config(self, cfg: BaseModel) -> Path:
         return write_text(self.path("config.yaml"), to_yaml(cfg))

@@ -32,15 +32,13 @@ def tiny_gpt2_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def ray_local() -> Iterator[None]:
-    """A real local Ray with 2 CPUs for the whole test module."""
-    import ray
+def ray_local() -> Iterator[str]:
+    """A real local Ray with 2 CPUs for the whole test module (:func:`forewarn.testing.ray_head.local_ray`);
+    the value is its GCS address, for a subprocess that joins it."""
+    from forewarn.testing.ray_head import local_ray
 
-    if ray.is_initialized():
-        ray.shutdown()
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
+    with local_ray(num_cpus=2) as address:
+        yield address
 
 
 @pytest.fixture

@@ -1,7 +1,9 @@
-"""A real local Ray head started with ``ray start``, as a user would, for tests and demos.
+"""The one place tests start Ray: in this process (:func:`local_ray`, what the ``ray_local`` fixture uses), as
+a separate head started with ``ray start`` as a user would (:func:`local_head`), or as a head plus worker
+nodes on this one machine (:func:`local_cluster`, for node-loss faults).
 
-Stopping it ends only the processes of this head (matched by its own temp dir and port, plus their
-children): ``ray stop`` would kill every Ray instance on the machine, other sessions' included.
+Stopping a head ends only its own processes (matched by its own temp dir and port, plus their children):
+``ray stop`` would kill every Ray instance on the machine, other sessions' included.
 """
 
 from __future__ import annotations
@@ -59,6 +61,43 @@ def stop_processes(markers: list[str]) -> None:
             p.kill()
         except psutil.Error:
             pass
+
+
+@contextmanager
+def local_ray(num_cpus: int = 2, **init_kwargs: object) -> Iterator[str]:
+    """A fresh Ray started in this process (one already running is shut down first); yields its GCS address
+    (for a subprocess's ``ray.init(address=...)``) and shuts it down on exit. ``init_kwargs`` go to ``ray.init``
+    (e.g. ``_metrics_export_port``); no dashboard, no driver log echo, unless asked."""
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+    kwargs = {"include_dashboard": False, "log_to_driver": False, **init_kwargs}
+    ray.init(num_cpus=num_cpus, **kwargs)
+    try:
+        yield ray.get_runtime_context().gcs_address
+    finally:
+        ray.shutdown()
+
+
+@contextmanager
+def local_cluster(head_cpus: int = 1, worker_cpus: list[int] | None = None) -> Iterator[tuple[object, list]]:
+    """A head and worker nodes on this machine (``ray.cluster_utils.Cluster``), this process connected to it;
+    yields ``(cluster, workers)``. ``cluster.remove_node(worker)`` takes a node away as a dying machine would."""
+    import ray
+    from ray.cluster_utils import Cluster
+
+    if ray.is_initialized():
+        ray.shutdown()
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": head_cpus, "include_dashboard": False})
+    try:
+        workers = [cluster.add_node(num_cpus=n) for n in (worker_cpus if worker_cpus is not None else [2])]
+        cluster.wait_for_nodes()
+        ray.init(address=cluster.address, log_to_driver=False)
+        yield cluster, workers
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
 
 
 @contextmanager
