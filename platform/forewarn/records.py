@@ -58,15 +58,6 @@ def stable_id(*parts: Any) -> str:
     return h[:16]
 
 
-def row_seed(seed: int, row_id: Any) -> int:
-    """The sampling seed of one row, from the run's seed and the row's stable id (in [0, 2**31)).
-
-    Every backend seeds a row's samples with it, so they never depend on the row's batch-mates,
-    position, actor or resume point.
-    """
-    return int(stable_id(seed, row_id), 16) % 2**31
-
-
 # ------------------------------------------------------------------ core rows
 
 
