@@ -14,13 +14,12 @@ from types import SimpleNamespace
 import mlflow
 import pytest
 import yaml
-from typer.testing import CliRunner
-
 from forewarn.cli import app
 from forewarn.cluster import cluster_yaml_nodes, validate_cluster_yaml
 from forewarn.cluster_cli import config_job
 from forewarn.errors import ConfigError
 from forewarn.testing.ray_head import local_head
+from typer.testing import CliRunner
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -205,7 +204,10 @@ def test_placed_run_is_tracked_with_its_tags(placed_run) -> None:
     assert [m["iteration"] for m in summary["iterations"]] == [0]
     tags = mlflow.MlflowClient(tracking_uri=uri).get_run(summary["mlflow_run_id"]).data.tags
     assert tags["forewarn.job"] == "reversegen"
-    assert len(tags["forewarn.config_hash"]) == 12 and len(tags["forewarn.git_commit"]) >= 7
+    assert len(tags["forewarn.config_hash"]) == 12
+    commit = tags["forewarn.git_commit"]  # a commit of this repository, not the "unknown" fallback
+    kind = subprocess.run(["git", "cat-file", "-t", commit], cwd=ROOT, capture_output=True, text=True, check=False)
+    assert kind.stdout.strip() == "commit", commit
     assert tags["forewarn.model.target"].endswith("target") and tags["forewarn.model.proposer"].endswith("proposer")
     assert tags["forewarn.testbed"].split("/")[1] == "small"
     compared = CliRunner().invoke(app, ["runs", "compare", "reversegen", "--tracking-uri", uri, "--json"])

@@ -17,7 +17,7 @@ from typing import Any
 
 from forewarn.config import JobConfig, RayConfig, load_config, to_yaml
 from forewarn.errors import ConfigError, ForewarnError
-from forewarn.pipeline.rundir import RunDir, unwritable
+from forewarn.pipeline.rundir import RunDir, unwritable, write_text
 from forewarn.tracking import make_tracker
 
 # job name -> module with CONFIG and run(); capabilities add their line when they land.
@@ -85,7 +85,29 @@ def run_job(job: str, cfg: JobConfig, quiet: bool = False) -> dict[str, Any]:
     if not quiet:
         print(f"# forewarn {job}: resolved config\n{to_yaml(cfg)}", flush=True)
     rundir = open_rundir(cfg.output_dir)
+    config_path = rundir.path("config.yaml")
+    previous = config_path.read_text() if config_path.is_file() else None
+    before = outputs_state(rundir)
     rundir.write_config(cfg)
+    try:
+        summary = _run(job, module, cfg, rundir, quiet)
+    except BaseException:
+        # a run that stops before writing any output (e.g. refused: the dir holds a run of another config)
+        # leaves the dir as it found it, config.yaml included: it still describes the outputs beside it
+        if previous is not None and outputs_state(rundir) == before:
+            write_text(config_path, previous)
+        raise
+    return summary
+
+
+def outputs_state(rundir: RunDir) -> tuple:
+    """What a run has written so far: table writes, and the summary and stage markers' modification times."""
+    stamp = [p.stat().st_mtime_ns if p.is_file() else None for p in (rundir.path("summary.json"),
+                                                                     rundir.path("stages.json"))]
+    return len(rundir.table_writes()), *stamp
+
+
+def _run(job: str, module: ModuleType, cfg: JobConfig, rundir: RunDir, quiet: bool) -> dict[str, Any]:
     init_ray(cfg.ray)
     from forewarn.placement import reserved  # colocation groups live as long as the run
 
@@ -94,8 +116,10 @@ def run_job(job: str, cfg: JobConfig, quiet: bool = False) -> dict[str, Any]:
         summary.setdefault("output_dir", str(rundir.root.resolve()))
         if tracker.run_id:
             summary.setdefault("mlflow_run_id", tracker.run_id)
-        rundir.write_summary(summary)
         tracker.log_dict(summary, "summary.json")
+        if tracker.gap is not None:  # the tracking server went away mid-run: say what MLflow lacks
+            summary["tracking_gap"] = tracker.gap
+        rundir.write_summary(summary)
     return summary
 
 

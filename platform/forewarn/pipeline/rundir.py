@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -100,7 +101,19 @@ class RunDir:
         return write_text(self.path("config.yaml"), to_yaml(cfg))
 
     def write_table(self, name: str, table: pa.Table) -> Path:
-        return write_table(self.path(f"{name}.parquet"), table)
+        """Write ``name.parquet`` atomically and log the write (table, rows, time) in ``table_writes.jsonl``:
+        the record of what each invocation (re)computed, which resume tests count."""
+        path = write_table(self.path(f"{name}.parquet"), table)
+        with self.path("table_writes.jsonl").open("a") as f:
+            f.write(json.dumps({"table": name, "rows": table.num_rows, "pid": os.getpid(),
+                                "at": round(time.time(), 3)}) + "\n")
+        return path
+
+    def table_writes(self, name: str | None = None) -> list[dict]:
+        """The logged writes of every table (or of ``name``), oldest first."""
+        p = self.path("table_writes.jsonl")
+        rows = [json.loads(line) for line in p.read_text().splitlines() if line.strip()] if p.is_file() else []
+        return [r for r in rows if name is None or r["table"] == name]
 
     def read_table(self, name: str) -> pa.Table:
         return read_table(self.path(f"{name}.parquet"))
