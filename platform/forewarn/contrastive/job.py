@@ -74,7 +74,8 @@ def _testbed_size(*names: str) -> str | None:
 
 def resolve_names(cfg: ContrastiveConfig) -> tuple[ContrastiveConfig, Any]:
     """Testbed names -> local paths (job files resolve names; the library takes paths), and the manifest."""
-    from forewarn.testbed import Manifest, resolve_model, resolve_path
+    from forewarn.names import resolve_model, resolve_path
+    from forewarn.testbed import Manifest
 
     cfg = cfg.model_copy(deep=True)
     size = _testbed_size(cfg.start.model.path, cfg.comparison.model.path)

@@ -60,7 +60,7 @@ def evaluate_models(models: dict[str, str], ecfg: EvalConfig, rundir: RunDir, tr
     from forewarn.dpl.evaluate import evaluate_model
     from forewarn.dpl.reward import RewardScorer
     from forewarn.pipeline.stages import set_torch_threads
-    from forewarn.testbed import resolve_path
+    from forewarn.names import resolve_path
     from forewarn.training.data import load_table
 
     set_torch_threads(ecfg.num_cpus)
@@ -79,7 +79,7 @@ def evaluate_models(models: dict[str, str], ecfg: EvalConfig, rundir: RunDir, tr
 
 def run_testbed(cfg: DPLJobConfig, rundir: RunDir, tracker: Any) -> dict[str, Any]:
     from forewarn.dpl.reward import train_reward
-    from forewarn.testbed import resolve_model, resolve_path
+    from forewarn.names import resolve_model, resolve_path
 
     backbone = resolve_model(cfg.backbone)
     models = {}

@@ -61,7 +61,7 @@ def read_prompts(path: str) -> list[str]:
 
 def resolve_names(cfg: GenerateConfig) -> GenerateConfig:
     """Map testbed names to local paths (job files resolve names; the library takes paths)."""
-    from forewarn.testbed import resolve_model, resolve_path
+    from forewarn.names import resolve_model, resolve_path
 
     cfg = cfg.model_copy(deep=True)
     cfg.target.model.path = resolve_model(cfg.target.model.path)

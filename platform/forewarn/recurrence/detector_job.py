@@ -33,7 +33,7 @@ CONFIG = RecurrenceDetectorConfig
 
 
 def resolve_names(cfg: RecurrenceDetectorConfig) -> RecurrenceDetectorConfig:
-    from forewarn.testbed import resolve_model, resolve_path
+    from forewarn.names import resolve_model, resolve_path
 
     cfg = cfg.model_copy(deep=True)
     cfg.target.model.path = resolve_model(cfg.target.model.path)
@@ -101,7 +101,7 @@ def label_and_balance(samples: list[tuple[str, list[int], str]], cfg: Recurrence
 
 
 def run(cfg: RecurrenceDetectorConfig, rundir: RunDir, tracker: Any) -> dict:
-    from forewarn.models.hf import load_hf
+    from forewarn.models.hf import HFGenerator
     from forewarn.pipeline.stages import set_torch_threads
 
     cfg = resolve_names(cfg)
@@ -111,8 +111,8 @@ def run(cfg: RecurrenceDetectorConfig, rundir: RunDir, tracker: Any) -> dict:
         raise ConfigError(f"only {int(y.sum())} recurrent and {int((1 - y).sum())} non-recurrent samples: add "
                           "data.search_runs or data.prompt_files that make the target loop and not loop")
     set_torch_threads(cfg.target.resources.num_cpus)
-    model, _ = load_hf(cfg.target.model)
-    x = features(model, [r["response_token_ids"] for r in rows], cfg.features, progress=True)
+    gen = HFGenerator(cfg.target.model)  # its encode renders prompts exactly as the generation did
+    x = features(gen, [(r["prompt"], r["response_token_ids"]) for r in rows], cfg.features, progress=True)
     det, report = train_and_evaluate(x, y, cfg.features, cfg.classifier, cfg.seed)
     det.info["target"] = cfg.target.model.path
     det.save(rundir.path("detector"))

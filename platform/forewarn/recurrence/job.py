@@ -25,10 +25,9 @@ CONFIG = RecurrenceSearchConfig
 def resolve_names(cfg: Any) -> Any:
     """Map ``testbed:<name>`` model paths to local folders (job files resolve names; the library takes paths)."""
     cfg = cfg.model_copy(deep=True)
-    if cfg.target.model.path.startswith("testbed:"):
-        from forewarn.testbed import resolve_model
+    from forewarn.names import resolve_model
 
-        cfg.target.model.path = resolve_model(cfg.target.model.path)
+    cfg.target.model.path = resolve_model(cfg.target.model.path)
     return cfg
 
 

@@ -98,7 +98,7 @@ CONFIG = GoodtrieverConfig
 
 def resolve_names(cfg: GoodtrieverConfig, store_dirs: dict[str, str] | None = None) -> GoodtrieverConfig:
     """testbed: names -> local paths; datastore:<name> -> the built datastore directory."""
-    from forewarn.testbed import resolve_model, resolve_path
+    from forewarn.names import resolve_model, resolve_path
 
     cfg = cfg.model_copy(deep=True)
     cfg.target.model.path = resolve_model(cfg.target.model.path)

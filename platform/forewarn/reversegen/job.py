@@ -32,7 +32,7 @@ class NoPairs(ForewarnError):
 
 def resolve_names(cfg: ReverseGenConfig) -> tuple[ReverseGenConfig, Any]:
     """Testbed names -> local paths; returns the config and the testbed manifest (or None)."""
-    from forewarn.testbed import resolve_model, resolve_path
+    from forewarn.names import resolve_model, resolve_path
 
     cfg = cfg.model_copy(deep=True)
     manifest = testbed_manifest(cfg.target.model.path)

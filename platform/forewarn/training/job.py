@@ -42,13 +42,13 @@ CONFIG = TrainJobConfig
 
 
 def _resolve_model(name: str) -> str:
-    from forewarn.testbed import resolve_model
+    from forewarn.names import resolve_model
 
     return resolve_model(name)
 
 
 def _load(path: str, rename: dict[str, str], limit: int | None = None) -> Any:
-    from forewarn.testbed import resolve_path
+    from forewarn.names import resolve_path
     from forewarn.training.data import load_table
 
     table = load_table(resolve_path(path), f"data {path!r}")
