@@ -77,3 +77,23 @@ def test_missing_model_is_a_clear_error(tmp_path: Path) -> None:
 
     with pytest.raises(ModelNotFound, match="not a local HF folder"):
         load_generator(ModelSpec(path="no-such-org/no-such-model"))
+
+
+def test_seeded_row_same_alone_or_batched_with_63_others(gen: HFGenerator) -> None:
+    """Per-row seeds: a row's n samples are a function of its seed only, not of the batch around it."""
+    params = GenerationParams(max_new_tokens=10, temperature=1.0, top_p=0.9, top_k=50, n=4, logprobs=True)
+    prompts = [f"{PROMPTS[i % 4]} {'and more ' * (i % 5)}{i}" for i in range(64)]
+    seeds = [1000 + i for i in range(64)]
+    batched = gen.generate(prompts, params, seeds=seeds)
+    for i in (0, 17, 63):
+        alone = gen.generate([prompts[i]], params, seeds=[seeds[i]])[0]
+        assert [c.token_ids for c in alone] == [c.token_ids for c in batched[i]]
+        assert all(math.isclose(a, b, abs_tol=1e-4) for x, y in zip(alone, batched[i])
+                   for a, b in zip(x.logprobs, y.logprobs))
+    moved = gen.generate(prompts[::-1], params, seeds=seeds[::-1])[::-1]  # another position in the batch
+    assert [[c.token_ids for c in r] for r in moved] == [[c.token_ids for c in r] for r in batched]
+    assert all(len({tuple(c.token_ids) for c in row}) > 1 for row in batched[:8])  # the n samples differ
+    other = gen.generate(prompts[:4], params, seeds=[s + 1 for s in seeds[:4]])
+    assert [[c.token_ids for c in r] for r in other] != [[c.token_ids for c in r] for r in batched[:4]]
+    with pytest.raises(ValueError, match="one per prompt"):
+        gen.generate(prompts[:2], params, seeds=[1])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from typing import Protocol, Union, runtime_checkable
 
@@ -33,11 +34,35 @@ class Completion:
 
 @runtime_checkable
 class Generator(Protocol):
-    """A batch generator: ``generate(prompts, params)[i]`` holds ``params.n`` completions of prompt i."""
+    """A batch generator: ``generate(prompts, params)[i]`` holds ``params.n`` completions of prompt i.
+
+    ``seeds`` (one per prompt, sampling only) makes prompt i's ``n`` samples a function of ``seeds[i]``
+    alone: the same whatever the batch, the position in it or the worker it runs on, so a resumed run
+    reproduces an uninterrupted one while every batch stays a real batch. The n samples of a prompt
+    differ (sample k draws from a stream seeded by ``(seeds[i], k)``). Without ``seeds``, ``params.seed``
+    seeds the whole call (reproducible for the same batch only).
+    """
 
     name: str
 
-    def generate(self, prompts: list[Prompt], params: GenerationParams) -> list[list[Completion]]: ...
+    def generate(self, prompts: list[Prompt], params: GenerationParams,
+                 seeds: list[int] | None = None) -> list[list[Completion]]: ...
+
+
+def row_seed(seed: int, row_id: str) -> int:
+    """The sampling seed of one row: derived from the run's seed and the row's stable id (31 bits)."""
+    return int(hashlib.sha1(f"{seed}\x1f{row_id}".encode()).hexdigest()[:16], 16) % 2**31
+
+
+def sample_seed(seed: int, k: int) -> int:
+    """The seed of sample ``k`` of a row seeded ``seed`` (63 bits, distinct per k)."""
+    return int(hashlib.sha1(f"{seed}\x1fsample\x1f{k}".encode()).hexdigest()[:16], 16) % 2**63
+
+
+def check_seeds(prompts: list, seeds: list[int] | None) -> None:
+    """Seeds, when given, are one per prompt."""
+    if seeds is not None and len(seeds) != len(prompts):
+        raise ValueError(f"seeds: {len(seeds)} seeds for {len(prompts)} prompts; give one per prompt")
 
 
 def as_chat(prompt: Prompt) -> Chat:

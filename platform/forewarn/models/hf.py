@@ -3,6 +3,12 @@
 Supports chat templates, dtype, seeds, ``device_map`` sharding over GPUs, n samples per prompt, stop
 strings, per-token log-probs, and hooks for logits processors (kNN-LM, DExperts, stopping criteria)
 that capabilities pass per call.
+
+Per-row seeds (``generate(..., seeds=[...])``) keep one batched ``model.generate`` call: each prompt is
+expanded into its n sample rows, decoding runs greedy over logits that :class:`SeededSampler` (the last
+logits processor) has reduced to one token per row, drawn from that row's own ``torch.Generator``
+after temperature, top-k and top-p. A row's draws depend on its seed and its own logits only, so its
+samples are the same batched alone or with 63 others.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ from transformers import (
 
 from forewarn.config import GenerationParams, ModelSpec
 from forewarn.errors import ModelNotFound
-from forewarn.models.base import Completion, Prompt, apply_stop, as_chat
+from forewarn.models.base import Completion, Prompt, apply_stop, as_chat, check_seeds, sample_seed
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "auto": "auto"}
 
@@ -85,6 +91,47 @@ class _StopOnStrings(StoppingCriteria):
         return torch.tensor([any(s in t for s in self.stop) for t in texts], device=input_ids.device)
 
 
+class SeededSampler(LogitsProcessor):
+    """Sample one token per row from the row's own generator; every other token's score becomes -inf.
+
+    Used as the last logits processor of a greedy ``generate``: argmax then picks the sampled token. The
+    warping follows transformers' sampling order (temperature, top-k, top-p with at least one token
+    kept). Each step draws exactly one uniform per row, finished or not, so a row's stream is fixed by
+    its seed. ``logprobs`` collects the sampled tokens' log-probabilities under the warped distribution
+    (what ``output_scores`` gives for unseeded sampling).
+    """
+
+    def __init__(self, seeds: Sequence[int], params: GenerationParams, device: torch.device):
+        # one uniform per row and step, drawn up front from the row's own generator
+        self.uniforms = torch.stack([torch.rand(params.max_new_tokens, generator=torch.Generator().manual_seed(s))
+                                     for s in seeds]).to(device)
+        self.temperature, self.top_k, self.top_p = params.temperature, params.top_k, params.top_p
+        self.step = 0
+        self.logprobs: list[torch.Tensor] = []
+
+    def warp(self, scores: torch.Tensor) -> torch.Tensor:
+        scores = scores / self.temperature
+        if self.top_k and self.top_k < scores.shape[-1]:
+            kth = torch.topk(scores, self.top_k, dim=-1).values[:, -1:]
+            scores = scores.masked_fill(scores < kth, float("-inf"))
+        if self.top_p < 1.0:
+            sorted_scores, order = torch.sort(scores, dim=-1, descending=False)
+            cum = sorted_scores.softmax(dim=-1).cumsum(dim=-1)
+            drop = cum <= 1 - self.top_p
+            drop[:, -1] = False  # keep at least the most likely token
+            scores = scores.masked_fill(drop.scatter(1, order, drop), float("-inf"))
+        return scores
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        logp = torch.log_softmax(self.warp(scores.float()), dim=-1)
+        cdf = logp.exp().cumsum(dim=-1)
+        target = self.uniforms[:, self.step, None] * cdf[:, -1:]  # inverse CDF: first token with cdf > u
+        self.step += 1
+        tokens = torch.searchsorted(cdf, target, right=True).clamp(max=scores.shape[-1] - 1)
+        self.logprobs.append(logp.gather(1, tokens).squeeze(1))
+        return torch.full_like(scores, float("-inf")).scatter(1, tokens, 0.0)
+
+
 class HFGenerator:
     """Batched generation with a transformers causal LM, loaded once."""
 
@@ -112,47 +159,60 @@ class HFGenerator:
         self,
         prompts: list[Prompt],
         params: GenerationParams,
+        seeds: list[int] | None = None,
         logits_processors: Sequence[LogitsProcessor] = (),
         stopping_criteria: Sequence[StoppingCriteria] = (),
     ) -> list[list[Completion]]:
-        """Generate ``params.n`` completions per prompt; the result keeps the order of ``prompts``."""
+        """Generate ``params.n`` completions per prompt; the result keeps the order of ``prompts``.
+
+        With ``seeds`` (one per prompt) and sampling, prompt i's samples depend on ``seeds[i]`` only (see
+        :class:`SeededSampler`); greedy decoding ignores seeds.
+        """
+        check_seeds(prompts, seeds)
         if not prompts:
             return []
-        if params.seed is not None:
+        sample = not params.greedy
+        seeded = sample and seeds is not None
+        if params.seed is not None and not seeded:
             torch.manual_seed(params.seed)
         enc = self.encode(prompts)
         prompt_len = enc["input_ids"].shape[1]
         stops = list(stopping_criteria)
         if params.stop:
             stops.append(_StopOnStrings(self.tokenizer, params.stop, prompt_len))
-        sample = not params.greedy
+        processors = list(logits_processors)
+        sampler = None
+        if seeded:  # n rows per prompt, decoded greedily over the sampler's one-token scores
+            enc = {k: v.repeat_interleave(params.n, dim=0) for k, v in enc.items()}
+            sampler = SeededSampler([sample_seed(s, k) for s in seeds for k in range(params.n)], params,
+                                    self.device)
+            processors.append(sampler)
         gen_kwargs = dict(
             max_new_tokens=params.max_new_tokens,
-            do_sample=sample,
-            num_return_sequences=params.n,
+            do_sample=sample and not seeded,
+            num_return_sequences=params.n if sample and not seeded else 1,
             pad_token_id=self.tokenizer.pad_token_id,
             eos_token_id=self.tokenizer.eos_token_id,
-            logits_processor=LogitsProcessorList(logits_processors),
+            logits_processor=LogitsProcessorList(processors),
             stopping_criteria=StoppingCriteriaList(stops),
             return_dict_in_generate=True,
-            output_scores=params.logprobs,
+            output_scores=params.logprobs and not seeded,
             repetition_penalty=params.repetition_penalty,
         )
-        if sample:
+        if sample and not seeded:
             gen_kwargs.update(temperature=params.temperature, top_p=params.top_p, top_k=params.top_k or None)
         else:
             gen_kwargs.update(temperature=None, top_p=None, top_k=None)
-        if params.n > 1 and not sample:
-            # greedy decoding gives n identical samples; generate once and copy.
-            gen_kwargs["num_return_sequences"] = 1
         out = self.model.generate(**enc, **gen_kwargs)
         seqs = out.sequences[:, prompt_len:]
         logps = None
-        if params.logprobs:
+        if params.logprobs and sampler is not None:
+            logps = torch.stack(sampler.logprobs, dim=1)
+        elif params.logprobs:
             # scores are the processed logits; log-softmax gives the sampling distribution's log-probs.
             step_logps = torch.stack([torch.log_softmax(s.float(), dim=-1) for s in out.scores], dim=1)
             logps = step_logps.gather(-1, seqs[:, : step_logps.shape[1], None]).squeeze(-1)
-        per_prompt = gen_kwargs["num_return_sequences"]
+        per_prompt = params.n if sample else 1  # greedy decoding gives n identical samples: one, copied
         results: list[list[Completion]] = []
         for i in range(len(prompts)):
             row = [self._completion(seqs[i * per_prompt + j], params,

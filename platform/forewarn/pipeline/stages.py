@@ -1,9 +1,11 @@
 """Ray Data stages: a role becomes an actor pool that loads its model once and maps batches of rows.
 
 ``generate_stage``, ``judge_stage`` and ``embed_stage`` take a ``ray.data.Dataset`` and the role's
-config, and return a lazily evaluated Dataset with new columns. Every actor asks Ray for the role's
-``num_cpus`` / ``num_gpus`` and sets torch's threads to its CPU share (two busy torch processes each
-spinning two threads on two cores run many times slower).
+config, and return a lazily evaluated Dataset with new columns. The actor pools come from
+``forewarn.pools.data_stage``: every actor asks Ray for the role's ``num_cpus`` / ``num_gpus`` (inside its
+placement group, if colocated) and sets torch's threads to its CPU share (two busy torch processes each
+spinning two threads on two cores run many times slower). Iterative jobs that call a role again and again
+use the long-lived ``forewarn.pools.RolePool`` instead.
 """
 
 from __future__ import annotations
@@ -14,23 +16,10 @@ import numpy as np
 import pandas as pd
 
 from forewarn.config import GenerationParams, ModelSpec, Resources, RoleConfig
-from forewarn.records import stable_id
+from forewarn.models.base import row_seed
+from forewarn.pools import data_stage, set_torch_threads
 
-
-def set_torch_threads(num_cpus: float) -> None:
-    """Match torch's intra-op threads to the CPUs Ray granted this worker."""
-    import torch
-
-    torch.set_num_threads(max(1, int(num_cpus)))
-
-
-def _actor_kwargs(res: Resources) -> dict[str, Any]:
-    from ray.data import ActorPoolStrategy
-
-    from forewarn.placement import remote_args  # a colocated role's placement group, if it has one
-
-    return dict(compute=ActorPoolStrategy(size=res.replicas), num_cpus=res.num_cpus, num_gpus=res.num_gpus,
-                batch_size=res.batch_size, batch_format="pandas", **remote_args(res))
+__all__ = ["embed_stage", "generate_stage", "judge_stage", "set_torch_threads"]
 
 
 class GenerateUDF:
@@ -46,15 +35,13 @@ class GenerateUDF:
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
         prompts = [str(p) for p in batch[self.prompt_column]]
-        if self.params.seed is None or self.params.greedy:
-            results = self.gen.generate(prompts, self.params)
-        else:
-            # Seeded sampling: one call per row with a seed derived from the row's id, so a row's samples
-            # do not depend on which batch or actor it landed in (reruns and resumes reproduce them).
+        seeds = None
+        if self.params.seed is not None and not self.params.greedy:
+            # Seeded sampling, one batched call: each row's seed derives from its id, so a row's samples do
+            # not depend on which batch or actor it landed in (reruns and resumes reproduce them).
             ids = batch["id"] if "id" in batch else range(len(prompts))
-            results = [self.gen.generate([p], self.params.model_copy(
-                update={"seed": int(stable_id(self.params.seed, i), 16) % 2**31}))[0]
-                for p, i in zip(prompts, ids)]
+            seeds = [row_seed(self.params.seed, str(i)) for i in ids]
+        results = self.gen.generate(prompts, self.params, seeds=seeds)
         rows = []
         for (_, row), completions in zip(batch.iterrows(), results):
             for k, c in enumerate(completions):
@@ -74,20 +61,16 @@ def generate_stage(ds: Any, role: RoleConfig, params: GenerationParams, prompt_c
     """Add ``{prefix}text``, ``sample``, ``finish_reason``, ``num_tokens`` and ``error`` columns.
 
     Each input row yields ``params.n`` output rows (``sample`` = 0..n-1). With a seed and sampling, each
-    row is generated on its own with a seed derived from its ``id`` (reproducible under any batching;
-    the n samples of a row still share one batch). The vllm backend goes through
+    row gets a seed derived from its ``id`` (``Generator.generate(..., seeds=)``: reproducible under any
+    batching, and the batch stays one call). The vllm backend goes through
     Ray's own ``ray.data.llm`` processor instead of an actor pool of ours.
     """
     if role.model.backend == "vllm":
         from forewarn.models.vllm import vllm_generate_stage
 
         return vllm_generate_stage(ds, role, params, prompt_column=prompt_column, prefix=prefix)
-    return ds.map_batches(
-        GenerateUDF,
-        fn_constructor_kwargs=dict(spec=role.model, params=params, num_cpus=role.resources.num_cpus,
-                                   prompt_column=prompt_column, prefix=prefix),
-        **_actor_kwargs(role.resources),
-    )
+    return data_stage(ds, GenerateUDF, dict(spec=role.model, params=params, num_cpus=role.resources.num_cpus,
+                                            prompt_column=prompt_column, prefix=prefix), role.resources)
 
 
 class JudgeUDF:
@@ -116,12 +99,8 @@ class JudgeUDF:
 def judge_stage(ds: Any, spec: Any, resources: Resources, prompt_column: str = "prompt",
                 response_column: str = "text", prefix: str = "judge_") -> Any:
     """Add ``{prefix}score``, ``label``, ``unsafe`` (null on judge errors), ``categories``, ``error``."""
-    return ds.map_batches(
-        JudgeUDF,
-        fn_constructor_kwargs=dict(spec=spec, num_cpus=resources.num_cpus, prompt_column=prompt_column,
-                                   response_column=response_column, prefix=prefix),
-        **_actor_kwargs(resources),
-    )
+    return data_stage(ds, JudgeUDF, dict(spec=spec, num_cpus=resources.num_cpus, prompt_column=prompt_column,
+                                         response_column=response_column, prefix=prefix), resources)
 
 
 class EmbedUDF:
@@ -142,9 +121,5 @@ class EmbedUDF:
 def embed_stage(ds: Any, resources: Resources, path: str = "minilm", text_column: str = "text",
                 column: str = "embedding") -> Any:
     """Add an L2-normalised embedding column (MiniLM by default)."""
-    return ds.map_batches(
-        EmbedUDF,
-        fn_constructor_kwargs=dict(path=path, num_cpus=resources.num_cpus, text_column=text_column,
-                                   column=column),
-        **_actor_kwargs(resources),
-    )
+    return data_stage(ds, EmbedUDF, dict(path=path, num_cpus=resources.num_cpus, text_column=text_column,
+                                         column=column), resources)

@@ -1,15 +1,17 @@
 """The target as a small Ray actor pool, and the evaluator that turns id sequences into analysed responses.
 
 The GA sends one population (tens of short prompts) per iteration; a Ray Data pipeline per iteration would
-cost more in start-up than the generation itself, so the search keeps a few long-lived actors, each loading
-the target once (any Generator backend) and asking Ray for the role's ``num_cpus`` / ``num_gpus``, with torch
-threads matched to its CPU share.
+cost more in start-up than the generation itself, so the search keeps a long-lived role pool
+(``forewarn.pools.RolePool``): a few actors, each loading the target once (any Generator backend) and asking
+Ray for the role's ``num_cpus`` / ``num_gpus`` (inside its placement group, if any), with torch threads
+matched to its CPU share.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any
 
 from forewarn.config import GenerationParams, ModelSpec, RoleConfig
@@ -23,7 +25,7 @@ class TargetWorker:
 
     def __init__(self, spec: ModelSpec, params: GenerationParams, num_cpus: float):
         from forewarn.models import load_generator
-        from forewarn.pipeline.stages import set_torch_threads
+        from forewarn.pools import set_torch_threads
 
         set_torch_threads(num_cpus)
         self.gen = load_generator(spec)
@@ -37,31 +39,20 @@ class TargetWorker:
 
 
 class TargetPool:
-    """``role.resources.replicas`` TargetWorker actors; ``generate`` spreads batches of ``batch_size`` over them."""
+    """The target as a long-lived ``forewarn.pools.RolePool`` of ``role.resources.replicas`` TargetWorker actors;
+    ``generate`` spreads batches of ``batch_size`` over them and keeps the order."""
 
     def __init__(self, role: RoleConfig, params: GenerationParams):
-        import ray
-        from ray.util import ActorPool
+        from forewarn.pools import RolePool
 
-        res = role.resources
-        actor = ray.remote(num_cpus=res.num_cpus, num_gpus=res.num_gpus)(TargetWorker)
-        self.actors = [actor.remote(role.model, params, res.num_cpus) for _ in range(res.replicas)]
-        self.pool = ActorPool(self.actors)
-        self.batch_size = res.batch_size
+        self.pool = RolePool("target", partial(TargetWorker, role.model, params, role.resources.num_cpus),
+                             role.resources)
 
     def generate(self, prompts: Sequence[str]) -> list[tuple[str, list[int], str, float]]:
-        chunks = [list(prompts[i:i + self.batch_size]) for i in range(0, len(prompts), self.batch_size)]
-        out: list[tuple[str, list[int], str, float]] = []
-        for part in self.pool.map(lambda a, c: a.generate.remote(c), chunks):  # map keeps the order
-            out.extend(part)
-        return out
+        return self.pool.map("generate", {"prompts": list(prompts)})
 
     def close(self) -> None:
-        import ray
-
-        for a in self.actors:
-            ray.kill(a)
-        self.actors = []
+        self.pool.close()
 
 
 def search_vocab(tokenizer: Any, exclude_special: bool = True) -> list[int]:

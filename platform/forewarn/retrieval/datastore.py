@@ -297,6 +297,8 @@ def _normalise(ds: Any, code: int, spec: DatastoreSpec) -> Any:
 def _extract_keys(specs: dict[str, DatastoreSpec], dirs: dict[str, Path], show_progress: bool,
                   ray: Any) -> dict[str, tuple[int, int, int]]:
     """Stream (key, value) batches from one actor pool into each store's fp16 / int32 files."""
+    from forewarn.pools import data_stage
+
     names = list(specs)
     ordered = [specs[n] for n in names]
     parts = [_normalise(read_corpus(s), i, s) for i, s in enumerate(ordered)]
@@ -305,10 +307,7 @@ def _extract_keys(specs: dict[str, DatastoreSpec], dirs: dict[str, Path], show_p
     ctx.execution_options.preserve_order = True  # deterministic row order, so ids are reproducible
     ctx.enable_progress_bars = show_progress
     res, first = ordered[0].resources, ordered[0]
-    keyed = ds.map_batches(KeyUDF, fn_constructor_kwargs=dict(specs=ordered, num_cpus=res.num_cpus),
-                           batch_size=first.batch_docs, batch_format="pandas",
-                           compute=ray.data.ActorPoolStrategy(size=res.replicas),
-                           num_cpus=res.num_cpus, num_gpus=res.num_gpus)
+    keyed = data_stage(ds, KeyUDF, dict(specs=ordered, num_cpus=res.num_cpus), res, batch_size=first.batch_docs)
     counts = {n: [0, 0, 0] for n in names}
     files = {}
     try:

@@ -19,13 +19,6 @@ from forewarn.config import GenerationParams, ModelSpec, Resources
 from forewarn.retrieval.metrics import diversity, perplexity_summary, toxicity_metrics
 
 
-def _compute(res: Resources) -> dict[str, Any]:
-    import ray
-
-    return dict(compute=ray.data.ActorPoolStrategy(size=res.replicas), num_cpus=res.num_cpus,
-                num_gpus=res.num_gpus, batch_size=res.batch_size, batch_format="pandas")
-
-
 class MitigatedGenerateUDF:
     """Actor: the target loaded once; every system's processors built once on it.
 
@@ -102,15 +95,15 @@ def evaluate_systems(prompts: pd.DataFrame, target: Any, systems: dict[str, list
     import ray
 
     from forewarn.pipeline.stages import judge_stage
+    from forewarn.pools import data_stage
 
     ds = ray.data.from_pandas(prompts)
-    ds = ds.map_batches(MitigatedGenerateUDF, fn_constructor_kwargs=dict(
-        spec=target.model, systems=systems, params=params, num_cpus=target.resources.num_cpus),
-        **_compute(target.resources))
+    ds = data_stage(ds, MitigatedGenerateUDF, dict(spec=target.model, systems=systems, params=params,
+                                                   num_cpus=target.resources.num_cpus), target.resources)
     ds = judge_stage(ds, judge_spec, judge_resources, prompt_column="prompt", response_column="text",
                      prefix="judge_")
-    ds = ds.map_batches(PerplexityUDF, fn_constructor_kwargs=dict(
-        spec=ppl_model, num_cpus=ppl_resources.num_cpus, batch_size=ppl_batch_size), **_compute(ppl_resources))
+    ds = data_stage(ds, PerplexityUDF, dict(spec=ppl_model, num_cpus=ppl_resources.num_cpus,
+                                            batch_size=ppl_batch_size), ppl_resources)
     df = ds.to_pandas()
     df = df.rename(columns={"judge_score": "toxicity", "judge_error": "score_error"})
     df = df.rename(columns={"id": "prompt_id"})
