@@ -21,13 +21,11 @@ from pydantic import Field, model_validator
 
 from forewarn.config import GenerationParams, JobConfig, ModelSpec, Resources, RoleConfig
 from forewarn.contrastive.config import DecoderConfig, FinderConfig
-from forewarn.errors import ConfigError
+from forewarn.pipeline.prompt_files import read_prompts
 from forewarn.pipeline.rundir import RunDir, write_text
 from forewarn.records import (
     ContrastiveSampleRow, DivergencePromptRow, FinderCycleRow, rows_to_table, stable_id,
 )
-
-PROMPT_COLUMNS = ("prompt", "instruction", "text", "question")
 
 
 def _role(path: str, **model: Any) -> RoleConfig:
@@ -92,35 +90,6 @@ def _with_size(name: str, size: str | None) -> str:
     if size and name.startswith("testbed:") and "@" not in name:
         return f"{name}@{size}"
     return name
-
-
-def read_prompts(path: str) -> list[str]:
-    """Prompts from JSONL / JSON / Parquet (first of the columns prompt, instruction, text, question) or .txt."""
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"prompts={path!r}: file does not exist")
-    if p.suffix == ".txt":
-        return [line for line in p.read_text().splitlines() if line.strip()]
-    if p.suffix == ".parquet":
-        import pyarrow.parquet as pq
-
-        rows = pq.read_table(p).to_pylist()
-    elif p.suffix == ".json":
-        rows = json.loads(p.read_text())
-    elif p.suffix == ".jsonl":
-        rows = [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
-    else:
-        raise ConfigError(f"prompts={path!r}: expected a .jsonl, .json, .parquet or .txt file")
-    out = []
-    for r in rows:
-        if isinstance(r, str):
-            out.append(r)
-            continue
-        col = next((c for c in PROMPT_COLUMNS if c in r), None)
-        if col is None:
-            raise ConfigError(f"prompts={path!r}: a row has none of the columns {list(PROMPT_COLUMNS)}: {r}")
-        out.append(str(r[col]))
-    return out
 
 
 # ---------------------------------------------------------------- the job

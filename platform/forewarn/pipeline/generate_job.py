@@ -15,6 +15,7 @@ from typing import Any
 from pydantic import Field, field_validator
 
 from forewarn.config import GenerationParams, JobConfig, ModelSpec, RoleConfig
+from forewarn.pipeline.prompt_files import SUFFIXES, read_prompts
 from forewarn.pipeline.rundir import RunDir
 from forewarn.records import stable_id
 
@@ -29,34 +30,12 @@ class GenerateConfig(JobConfig):
     @field_validator("prompts")
     @classmethod
     def _suffix(cls, v: str) -> str:
-        if not v.startswith("testbed:") and Path(v).suffix not in {".jsonl", ".json", ".parquet", ".txt"}:
+        if not v.startswith("testbed:") and Path(v).suffix not in SUFFIXES:
             raise ValueError("must end in .jsonl, .json, .parquet or .txt (or be testbed:<file>)")
         return v
 
 
 CONFIG = GenerateConfig
-
-
-def read_prompts(path: str) -> list[str]:
-    """Prompts from JSONL / JSON list / Parquet (column ``prompt``) or a text file (one per line)."""
-    import json
-
-    import pyarrow.parquet as pq
-
-    p = Path(path)
-    if not p.is_file():
-        from forewarn.errors import ConfigError
-
-        raise ConfigError(f"prompts={path!r}: file does not exist")
-    if p.suffix == ".parquet":
-        return [str(x) for x in pq.read_table(p, columns=["prompt"]).column("prompt").to_pylist()]
-    if p.suffix == ".txt":
-        return [line for line in p.read_text().splitlines() if line.strip()]
-    if p.suffix == ".json":
-        rows = json.loads(p.read_text())
-    else:
-        rows = [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
-    return [r["prompt"] if isinstance(r, dict) else str(r) for r in rows]
 
 
 def resolve_names(cfg: GenerateConfig) -> GenerateConfig:

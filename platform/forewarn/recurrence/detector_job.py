@@ -42,7 +42,7 @@ def resolve_names(cfg: RecurrenceDetectorConfig) -> RecurrenceDetectorConfig:
 
 
 def read_prompt_file(path: str) -> list[str]:
-    from forewarn.pipeline.generate_job import read_prompts
+    from forewarn.pipeline.prompt_files import read_prompts
 
     return read_prompts(path)
 

@@ -124,7 +124,7 @@ def resolve_names(cfg: GoodtrieverConfig, store_dirs: dict[str, str] | None = No
 
 
 def load_prompts(prompt_sets: dict[str, str], limit: int | None) -> pd.DataFrame:
-    from forewarn.pipeline.generate_job import read_prompts
+    from forewarn.pipeline.prompt_files import read_prompts
 
     rows = []
     for name, path in prompt_sets.items():
