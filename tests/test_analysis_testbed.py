@@ -17,7 +17,7 @@ from forewarn.analysis.scripted import ScriptedAnalyst
 from forewarn.testing.openai_server import OpenAIServer
 from typer.testing import CliRunner
 
-pytestmark = pytest.mark.usefixtures("ray_local")
+pytestmark = [pytest.mark.usefixtures("ray_local"), pytest.mark.slow]
 TOPICS = ["fitness and exercise", "photography and cameras", "cooking and food"]
 
 

@@ -84,6 +84,7 @@ def small_world():
 
 
 @pytest.mark.usefixtures("ray_local")
+@pytest.mark.slow
 def test_finder_finds_planted_topics_on_testbed(small_world, tmp_path: Path, mlflow_uri: str):
     """Must-show: of the 10 proposed prompts ranked highest by KL(target || patched), >= 8 are on planted
     topics after 2 cycles (at most 5 allowed). Assistant: forewarn.contrastive.scripted.ScriptedRecombiner

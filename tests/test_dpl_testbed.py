@@ -13,6 +13,8 @@ import ray
 
 from forewarn.runner import resolve, run_job
 
+pytestmark = pytest.mark.slow  # end-to-end runs on the testbed: not in the -m 'not slow' inner loop
+
 
 @pytest.fixture(scope="module")
 def ray_cluster():

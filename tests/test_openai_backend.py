@@ -7,11 +7,11 @@ concurrency as the server observes it, API keys, and a server backed by a real t
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 
 import httpx
 import pytest
-
 from forewarn.config import GenerationParams, ModelSpec
 from forewarn.errors import BackendUnavailable, ConfigError
 from forewarn.models import load_generator
@@ -150,8 +150,22 @@ def test_connection_errors_are_retried_then_kept_per_row(server: OpenAIServer) -
     assert gen.stats["requests"] == 6 and gen.stats["retries"] == 4
 
 
+def gated(server: OpenAIServer, n: int, limit_s: float = 60.0):
+    """A responder that answers only once ``n`` requests have been in flight together (or after ``limit_s``, so
+    a client that never reaches ``n`` fails the test instead of hanging it). Overlap then does not depend on
+    timing (with fixed delays, a loaded machine could finish the first request before the last one starts)."""
+
+    def respond(req: ServerRequest) -> str:
+        deadline = time.monotonic() + limit_s
+        while server.peak_in_flight < n and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return echo_responder(req)
+
+    return respond
+
+
 def test_concurrency_is_bounded_and_order_kept(server: OpenAIServer) -> None:
-    server.delay_s = 0.1
+    server.responder = gated(server, 3)
     # uneven delays make responses arrive out of order
     server.inject(None, times=None, when=lambda r: r.text.endswith(("1", "5")), delay_s=0.15)
     prompts = [f"p{i}" for i in range(12)]
@@ -161,7 +175,7 @@ def test_concurrency_is_bounded_and_order_kept(server: OpenAIServer) -> None:
     assert max(r.in_flight for r in server.requests) == 3
 
     server.reset()
-    server.delay_s = 0.1
+    server.responder = gated(server, 8)
     OpenAIGenerator(spec_for(server, max_concurrency=8)).generate(prompts[:8], GenerationParams())
     assert server.peak_in_flight == 8
 

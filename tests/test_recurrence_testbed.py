@@ -16,6 +16,8 @@ from forewarn.recurrence import job as search_job
 from forewarn.recurrence.config import RecurrenceDetectorConfig, RecurrenceSearchConfig
 from forewarn.tracking import NullTracker
 
+pytestmark = pytest.mark.slow  # end-to-end runs on the testbed: not in the -m 'not slow' inner loop
+
 MAX_NEW = 96
 BUDGET = 1000  # target generations per (method, seed); the packaged default is 2000
 

@@ -19,6 +19,8 @@ import pytest
 
 from forewarn.testing.ray_head import LocalHead, local_head
 
+pytestmark = pytest.mark.slow  # end-to-end runs on the testbed: not in the -m 'not slow' inner loop
+
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = [
     "proposer.model.path=testbed:proposer@small", "target.model.path=testbed:target@small",

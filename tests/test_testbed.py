@@ -182,6 +182,7 @@ def test_cached_rebuild_reuses_the_world(testbed: Manifest) -> None:
     assert again == testbed and again.root == testbed.root and info.stat().st_mtime_ns == before
 
 
+@pytest.mark.slow
 def test_same_seed_gives_identical_world(tmp_path: Path) -> None:
     """Two builds of a reduced recipe: byte-identical manifests (with every artifact's sha256) and greedy
     outputs; another seed gives another world."""
