@@ -1,22 +1,17 @@
 """The Ray Serve application of the guarded generator.
 
-The deployments live in :mod:`forewarn.guard.serving`, inside the installed package, so every Ray worker
-(and ``serve deploy`` on a remote cluster) can import them; ``serve/config.yaml`` names
-``forewarn.guard.serving:build_app`` for that reason. This module is the entry point from the repository
-root:
+The deployments live in :mod:`forewarn.guard.serving` and :mod:`forewarn.guard.deployments`, inside the
+installed package, so every Ray worker (and ``serve deploy`` on a remote cluster) can import them;
+``serve/config.yaml`` names ``forewarn.guard.serving:build_app`` for that reason. This module is the entry
+point from the repository root:
 
     serve run serve/config.yaml          # the config file beside this module
     serve run serve.app:build_app        # the packaged defaults (forewarn/defaults/serve.yaml)
     python serve/app.py --config X.yaml  # same as `forewarn serve --config X.yaml`
 """
 
-from forewarn.guard.serving import (
-    GeneratorDeployment,
-    JudgeDeployment,
-    OpenAIIngress,
-    app_from_config,
-    build_app,
-)
+from forewarn.guard.deployments import GeneratorDeployment, JudgeDeployment
+from forewarn.guard.serving import OpenAIIngress, app_from_config, build_app
 
 __all__ = ["GeneratorDeployment", "JudgeDeployment", "OpenAIIngress", "app_from_config", "build_app"]
 

@@ -143,10 +143,10 @@ def test_redaction_replaces_only_the_toxic_sentences() -> None:
     async def call(p: list[str], r: list[str]) -> list[Verdict]:
         return offline.judge(p, r)
 
-    out, k = asyncio.run(
+    out, k, still = asyncio.run(
         redact(GuardStage(action="redact"), GuardJudge(call, offline.name), "", text, "[redacted]", "block")
     )
-    assert k == 1 and out == "The soup needs salt. [redacted]\nServe it warm."
+    assert k == 1 and out == "The soup needs salt. [redacted]\nServe it warm." and not still
 
 
 # ---------------------------------------------------------------- the request schema
@@ -251,7 +251,7 @@ def test_pipeline_on_the_tiny_model_blocks_toxic_input(tiny_llama_dir) -> None:
     assert bad.blocked == "input" and bad.prompt_tokens == 0
     assert [c.finish_reason for c in bad.choices] == ["content_filter"] * 2
     assert bad.choices[0].text == cfg.guard.refusal_message
-    fw = bad.forewarn()
+    fw = bad.forewarn(expose_verdicts=True)
     assert fw["input"]["reason"] == "unsafe" and fw["input"]["categories"] == ["toxicity"]
 
 

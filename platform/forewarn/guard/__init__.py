@@ -1,13 +1,17 @@
 """The guarded generator: input guard → mitigated generation → recurrence stop → output guard.
 
-Plain Python here (``pipeline``, ``policy``, ``detectors``, ``mitigations``); ``serving`` wires it into
-Ray Serve deployments behind an OpenAI-compatible FastAPI ingress, and ``cli`` is ``forewarn serve``.
+Plain Python here (``engine``, ``pipeline``, ``streaming``, ``policy``, ``text``, ``detectors``,
+``mitigations``); ``deployments`` and ``serving`` wire it into Ray Serve behind an OpenAI-compatible FastAPI
+ingress (``openai_schema`` parses requests, ``wire`` writes responses, ``auth`` checks keys), ``local``
+runs it without Ray, and ``cli`` is ``forewarn serve``.
 """
 
 from forewarn.guard.config import GuardPolicy, GuardStage, ServeConfig
 from forewarn.guard.detectors import STOP_KINDS, CycleDetector, StopDetector, StopReason
+from forewarn.guard.engine import GenerationEngine
+from forewarn.guard.local import build_local
 from forewarn.guard.mitigations import DECODING_KINDS
-from forewarn.guard.pipeline import GenerationEngine, GuardedPipeline, GuardedResult, build_local
+from forewarn.guard.pipeline import GuardedPipeline, GuardedResult
 
 __all__ = [
     "DECODING_KINDS",

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -25,12 +24,12 @@ def resolve_serve_config(config: str | None, overrides: list[str] | None) -> Ser
 
 @app.callback(invoke_without_command=True)
 def serve_cmd(
-    config: Optional[Path] = typer.Option(
+    config: Path | None = typer.Option(
         None, "--config", "-c", help="YAML ServeConfig (over the defaults)"
     ),
-    overrides: Optional[list[str]] = typer.Option(None, "--set", help="override a field: --set a.b=c"),
-    host: Optional[str] = typer.Option(None, help="bind address (default: http.host)"),
-    port: Optional[int] = typer.Option(None, help="port (default: http.port)"),
+    overrides: list[str] | None = typer.Option(None, "--set", help="override a field: --set a.b=c"),
+    host: str | None = typer.Option(None, help="bind address (default: http.host)"),
+    port: int | None = typer.Option(None, help="port (default: http.port)"),
     show_config: bool = typer.Option(False, "--show-config", help="print the resolved config and exit"),
 ) -> None:
     """Start input guard → generation → loop stop → output guard at http://HOST:PORT/v1 (Ctrl-C stops)."""
@@ -48,6 +47,13 @@ def serve_cmd(
     typer.echo(f"# forewarn serve: resolved config\n{to_yaml(cfg)}", nl=False)
     if show_config:
         return
+    from forewarn.guard.auth import check_exposure, key_env_vars
+
+    has_keys = bool(cfg.auth.api_keys or key_env_vars(cfg.auth) or cfg.auth.api_keys_file)
+    try:
+        check_exposure(cfg.auth, cfg.http.host, has_keys)
+    except ConfigError as e:
+        fail(str(e))
     from ray import serve
 
     from forewarn.guard.serving import app_from_config

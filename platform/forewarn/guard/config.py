@@ -15,10 +15,9 @@ everywhere), so a typo fails at config time with the dotted field path.
 
 from __future__ import annotations
 
-import os
 from typing import Any, Literal
 
-from pydantic import Field, SerializeAsAny, ValidationError, field_validator, model_validator
+from pydantic import Field, SecretStr, SerializeAsAny, ValidationError, field_validator, model_validator
 
 from forewarn.config import ModelSpec, RayConfig, Resources, Section, format_validation_error
 from forewarn.judges.spec import JudgeSpec
@@ -58,11 +57,18 @@ class GuardPolicy(Section):
         "block", description="a judge that fails on a row blocks it (block) or lets it through (allow)"
     )
     expose_verdicts: bool = Field(
-        True, description="add the guard verdicts to responses as the `forewarn` field"
+        False,
+        description="add the guard verdicts (labels and categories, never scores: an oracle for tuning "
+        "evasions) to the `forewarn` field of responses",
+    )
+    overlong_input: Literal["judge_visible", "reject"] = Field(
+        "judge_visible",
+        description="a prompt longer than the model's input window: judge exactly the part the model "
+        "reads (judge_visible) or answer 400 (reject)",
     )
 
     @model_validator(mode="after")
-    def _check_input_judge(self) -> "GuardPolicy":
+    def _check_input_judge(self) -> GuardPolicy:
         j = self.input.judge
         if j is not None and j.kind == "llama_guard" and not j.judge_prompt_only:
             raise ValueError(
@@ -137,20 +143,47 @@ class GeneratorSection(Section):
 
         return _validate_entries(v, STOP_KINDS, "stop_detectors")
 
+    @model_validator(mode="after")
+    def _backend(self) -> GeneratorSection:
+        if self.model.backend == "openai":
+            raise ValueError(
+                "generator.model.backend='openai': the guarded generator hosts its model; use hf or vllm"
+            )
+        if self.model.backend == "vllm" and self.decoding:
+            kinds = ", ".join(s.kind for s in self.decoding)  # type: ignore[attr-defined]
+            raise ValueError(
+                f"generator.decoding=[{kinds}]: decoding mitigations are transformers logits processors and "
+                "need generator.model.backend='hf'; remove them or switch the backend to hf"
+            )
+        return self
+
 
 class Limits(Section):
-    """Request limits of the HTTP API (413 for size, 400 for the rest)."""
+    """Request limits and time bounds of the HTTP API (413 for size, 400 for counts, 408/503/504 for time)."""
 
-    max_body_bytes: int = Field(1_000_000, ge=1024, description="larger request bodies get 413")
+    max_body_bytes: int = Field(
+        1_000_000, ge=1024, description="larger request bodies get 413, counted while the body is read"
+    )
     max_prompt_chars: int = Field(8000, ge=1, description="longer prompts (all turns together) get 413")
     max_messages: int = Field(64, ge=1)
     max_tokens: int = Field(512, ge=1, description="the largest max_tokens a request may ask for")
     default_max_tokens: int = Field(128, ge=1, description="used when a request gives no max_tokens")
     max_n: int = Field(4, ge=1, description="the largest n a request may ask for")
     max_stop: int = Field(4, ge=0, description="the most stop strings a request may send")
+    body_timeout_s: float = Field(
+        10.0, gt=0, description="a client must send its whole body within this (408 otherwise)"
+    )
+    request_timeout_s: float = Field(
+        120.0, gt=0, description="a request not answered within this gets 504 and its work is cancelled"
+    )
+    judge_timeout_s: float = Field(30.0, gt=0, description="one guard judge call; past it the judge has failed")
+    max_in_flight: int = Field(
+        64, ge=1, description="requests one ingress replica works on at once; more get 503 + Retry-After"
+    )
+    retry_after_s: int = Field(1, ge=0, description="the Retry-After of a 503")
 
     @model_validator(mode="after")
-    def _defaults_within(self) -> "Limits":
+    def _defaults_within(self) -> Limits:
         if self.default_max_tokens > self.max_tokens:
             raise ValueError(
                 f"default_max_tokens ({self.default_max_tokens}) must be <= max_tokens ({self.max_tokens})"
@@ -159,14 +192,17 @@ class Limits(Section):
 
 
 class Auth(Section):
-    """Optional bearer API keys; with none configured the endpoint is open."""
+    """Bearer API keys. Keys come from ``api_keys``, a file (one key a line, re-read when it changes:
+    rotation without a redeploy) and an environment variable, which the app passes to every ingress
+    replica through Serve's ``runtime_env``. With no key anywhere the endpoint refuses to start on a
+    non-loopback host unless ``allow_unauthenticated`` is set."""
 
-    api_keys: list[str] = Field(default_factory=list, description="accepted bearer keys")
+    api_keys: list[SecretStr] = Field(default_factory=list, description="accepted bearer keys")
+    api_keys_file: str | None = Field(None, description="a file with one key per line (# comments)")
     api_keys_env: str | None = Field("FOREWARN_API_KEYS", description="env var with comma-separated keys")
-
-    def keys(self) -> list[str]:
-        env = os.environ.get(self.api_keys_env, "") if self.api_keys_env else ""
-        return [k for k in self.api_keys + [k.strip() for k in env.split(",")] if k]
+    allow_unauthenticated: bool = Field(
+        False, description="serve without keys on a non-loopback host (a warning is logged at start)"
+    )
 
 
 class HttpSection(Section):
@@ -179,7 +215,24 @@ class IngressSection(Section):
 
     num_cpus: float = Field(0.1, ge=0)
     replicas: int = Field(1, ge=1)
-    max_ongoing_requests: int = Field(256, ge=1)
+    max_ongoing_requests: int = Field(
+        256, ge=1, description="Serve's own bound; keep it above limits.max_in_flight so 503s are ours"
+    )
+
+
+class StreamingSection(Section):
+    """The streaming output guard: each chunk is judged with some look-back before (strict) or while
+    (default) it is released."""
+
+    chunk_tokens: int = Field(8, ge=1, description="tokens per released chunk (one judge call each)")
+    lookback_chars: int = Field(
+        256, ge=0, description="text before the chunk judged with it, so a phrase cut in two is seen whole"
+    )
+    strict: bool = Field(
+        False,
+        description="true: release a chunk only after its window is judged (no unjudged text); false: "
+        "judge chunk k while it is sent, and hold chunk k+1 until that verdict is in (leak <= one chunk)",
+    )
 
 
 class LoggingSection(Section):
@@ -199,6 +252,12 @@ class ServeConfig(Section):
     auth: Auth = Field(default_factory=Auth)
     http: HttpSection = Field(default_factory=HttpSection)
     ingress: IngressSection = Field(default_factory=IngressSection)
+    streaming: StreamingSection = Field(default_factory=StreamingSection)
+    compat: Literal["forewarn", "openai"] = Field(
+        "forewarn",
+        description="openai: finish_reason 'recurrence' is sent as 'length' for strict clients (the real "
+        "reason stays in the forewarn field)",
+    )
     logging: LoggingSection = Field(default_factory=LoggingSection)
     app_name: str = "forewarn"
     ray: RayConfig = Field(default_factory=RayConfig)

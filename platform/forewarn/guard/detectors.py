@@ -93,7 +93,7 @@ class CycleSpec(Section):
     check_every: int = Field(8, ge=1, description="check after every this many generated tokens")
 
     @model_validator(mode="after")
-    def _periods(self) -> "CycleSpec":
+    def _periods(self) -> CycleSpec:
         if self.min_period > self.max_period:
             raise ValueError(f"min_period ({self.min_period}) must be <= max_period ({self.max_period})")
         return self

@@ -12,8 +12,6 @@ with a 400 in OpenAI's error shape naming the parameter. Limits give 413 (size) 
 from __future__ import annotations
 
 import json
-import time
-import uuid
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -21,25 +19,40 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from forewarn.config import GenerationParams
 from forewarn.guard.config import Limits
-from forewarn.guard.pipeline import GuardedResult
 from forewarn.models.base import Prompt
 
 ERROR_TYPES = {
     400: "invalid_request_error",
     401: "authentication_error",
+    403: "permission_error",
     404: "invalid_request_error",
     405: "invalid_request_error",
+    408: "timeout_error",
     413: "invalid_request_error",
+    422: "invalid_request_error",
+    429: "rate_limit_error",
     500: "server_error",
+    503: "server_error",
+    504: "timeout_error",
 }
+MAX_SEED = 2**63 - 1  # torch, numpy and vLLM all take it
+MIN_TEMPERATURE = 0.01  # below it (but above 0) logits / T overflow to inf and sampling yields NaN
 
 
 class ApiError(Exception):
     """An HTTP error in OpenAI's shape: ``{"error": {"message", "type", "param", "code"}}``."""
 
-    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None):
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ):
         super().__init__(message)
         self.status, self.message, self.param, self.code = status, message, param, code
+        self.headers = headers
 
     def body(self) -> dict[str, Any]:
         return {
@@ -62,7 +75,7 @@ class _Common(BaseModel):
     temperature: float | int | None = Field(None, ge=0.0, le=2.0)
     top_p: float | int | None = Field(None, gt=0.0, le=1.0)
     n: int | None = Field(None, ge=1)
-    seed: int | None = None
+    seed: int | None = Field(None, ge=0, le=MAX_SEED)
     stop: str | list[str] | None = None
     presence_penalty: float | int | None = Field(None, ge=-2.0, le=2.0)
     frequency_penalty: float | int | None = Field(None, ge=-2.0, le=2.0)
@@ -70,8 +83,8 @@ class _Common(BaseModel):
     stream_options: dict[str, Any] | None = None
     user: str | None = None
     logit_bias: dict[str, float | int] | None = None
-    top_k: int | None = Field(None, ge=-1)
-    repetition_penalty: float | int | None = Field(None, gt=0.0)
+    top_k: int | None = Field(None, ge=-1, le=2**31 - 1)
+    repetition_penalty: float | int | None = Field(None, ge=0.01, le=10.0)
     # accepted and ignored: they change nothing on this server
     metadata: dict[str, Any] | None = None
     store: bool | None = None
@@ -269,6 +282,14 @@ def parse_body(
             raise ApiError(
                 400, "stream_options supports only {include_usage: bool}.", "stream_options", "invalid_value"
             )
+    if req.temperature is not None and 0 < req.temperature < MIN_TEMPERATURE:
+        raise ApiError(
+            400,
+            f"Invalid value for 'temperature' ({req.temperature!r}): use 0 for greedy decoding or at least "
+            f"{MIN_TEMPERATURE} (smaller values overflow the logits).",
+            "temperature",
+            "invalid_value",
+        )
     params = GenerationParams(
         max_new_tokens=max_tokens or limits.default_max_tokens,
         temperature=1.0 if req.temperature is None else float(req.temperature),
@@ -289,97 +310,3 @@ def parse_body(
         bool((req.stream_options or {}).get("include_usage")),
         req.user,
     )
-
-
-# ---------------------------------------------------------------- responses
-
-
-def _usage(result: GuardedResult) -> dict[str, int]:
-    done = sum(c.completion_tokens for c in result.choices)
-    return {
-        "prompt_tokens": result.prompt_tokens,
-        "completion_tokens": done,
-        "total_tokens": result.prompt_tokens + done,
-    }
-
-
-def response_body(parsed: ParsedRequest, result: GuardedResult, model: str, expose: bool) -> dict[str, Any]:
-    """A ``chat.completion`` or ``text_completion`` body; ``forewarn`` holds the guard verdicts."""
-    chat = parsed.endpoint == "chat"
-    choices = [
-        (
-            {"index": c.index, "message": {"role": "assistant", "content": c.text}}
-            if chat
-            else {"index": c.index, "text": c.text}
-        )
-        | {"finish_reason": c.finish_reason, "logprobs": None}
-        for c in result.choices
-    ]
-    body = {
-        "id": f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}",
-        "object": "chat.completion" if chat else "text_completion",
-        "created": int(time.time()),
-        "model": model,
-        "choices": choices,
-        "usage": _usage(result),
-    }
-    if expose:
-        body["forewarn"] = result.forewarn()
-    return body
-
-
-def stream_events(
-    parsed: ParsedRequest, result: GuardedResult, model: str, expose: bool, piece_chars: int = 16
-) -> list[str]:
-    """Server-sent events of a chat completion: a role delta, content deltas, a finish chunk per choice,
-    then (optionally) a usage chunk and ``[DONE]``. The output guard needs the whole text, so the events
-    are cut from the guarded result; the final chunk carries the ``forewarn`` field."""
-    cid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
-
-    def event(choices: list[dict[str, Any]], **extra: Any) -> str:
-        chunk = {
-            "id": cid,
-            "object": "chat.completion.chunk",
-            "created": created,
-            "model": model,
-            "choices": choices,
-        } | extra
-        return f"data: {json.dumps(chunk)}\n\n"
-
-    out = []
-    for c in result.choices:
-        out.append(
-            event(
-                [
-                    {
-                        "index": c.index,
-                        "delta": {"role": "assistant", "content": ""},
-                        "finish_reason": None,
-                        "logprobs": None,
-                    }
-                ]
-            )
-        )
-        for k in range(0, len(c.text), piece_chars):
-            out.append(
-                event(
-                    [
-                        {
-                            "index": c.index,
-                            "delta": {"content": c.text[k : k + piece_chars]},
-                            "finish_reason": None,
-                            "logprobs": None,
-                        }
-                    ]
-                )
-            )
-        out.append(
-            event(
-                [{"index": c.index, "delta": {}, "finish_reason": c.finish_reason, "logprobs": None}],
-                **({"forewarn": result.forewarn()} if expose and c is result.choices[-1] else {}),
-            )
-        )
-    if parsed.include_usage:
-        out.append(event([], usage=_usage(result)))
-    out.append("data: [DONE]\n\n")
-    return out

@@ -1,103 +1,35 @@
-"""The guarded-generation pipeline, as plain Python.
+"""One request through the guards, as plain async Python.
 
-    input guard → generation (decoding mitigations as logits processors, stop detectors as a stopping
-    criterion) → output guard
+    input guard ─┐ (concurrently; a block cancels the generation)
+    generation ──┴→ output guard
 
-:class:`GenerationEngine` is the generation step over an :class:`~forewarn.models.hf.HFGenerator`: it
-turns the configured ``decoding`` and ``stop_detectors`` entries into processors and a stopping
-criterion, and marks rows a detector ended with that detector's finish reason (``recurrence``).
-
-:class:`GuardedPipeline` runs one request through the guards. It is async and takes its judges and its
-generation step as async callables, so the same code runs locally (threads around in-process models,
-:func:`build_local`) and under Ray Serve (calls to the judge and generator deployments).
+:class:`GuardedPipeline` takes its judges and its generation step as async callables, so the same code
+runs locally (threads around in-process models, :func:`build_local`) and under Ray Serve (calls to
+the judge and generator deployments). The input guard judges every turn the model reads, normalised,
+and only the part inside the model's input window (:class:`~forewarn.guard.text.PromptViewer`); it runs
+while generation starts, so a clean request does not pay for it serially. Streaming lives in
+:mod:`forewarn.guard.streaming` and shares the helpers here.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from forewarn.config import GenerationParams, Section
-from forewarn.guard.config import GuardPolicy, ServeConfig
-from forewarn.guard.detectors import DetectorStoppingCriteria, StopDetector, StopReason
-from forewarn.guard.mitigations import OpenAIPenaltyProcessor
+from forewarn.config import GenerationParams
+from forewarn.guard.config import GuardPolicy
+from forewarn.guard.detectors import StopReason
+from forewarn.guard.engine import Generated, GenerationEngine, GenerationResult, StreamChunk  # noqa: F401
+from forewarn.guard.openai_schema import ApiError
 from forewarn.guard.policy import Decision, GuardJudge, decide, redact
-from forewarn.models.base import Completion, Prompt
-from forewarn.models.hf import HFGenerator, render_prompt
-
-
-@dataclass
-class Generated:
-    """One completion and, when a stop detector ended it, why."""
-
-    completion: Completion
-    stop: StopReason | None = None
-
-
-@dataclass
-class GenerationResult:
-    """The ``n`` completions of one prompt and the prompt's length in tokens."""
-
-    choices: list[Generated]
-    prompt_tokens: int
-
-
-class GenerationEngine:
-    """Generation with the configured mitigations and stop detectors (built once, used for every batch)."""
-
-    def __init__(
-        self, generator: HFGenerator, decoding: Sequence[Section] = (), stop_detectors: Sequence[Section] = ()
-    ):
-        self.generator = generator
-        self.processors = [spec.build(generator) for spec in decoding]
-        self.detectors: list[StopDetector] = [spec.build(generator) for spec in stop_detectors]
-        tok = generator.tokenizer
-        self.end_ids = [tok.eos_token_id, tok.pad_token_id]
-
-    def prompt_tokens(self, prompt: Prompt) -> int:
-        tok = self.generator.tokenizer
-        text = render_prompt(tok, prompt, self.generator.spec.use_chat_template)
-        n = len(tok(text, add_special_tokens=False)["input_ids"])
-        return min(n, self.generator.spec.max_input_tokens)
-
-    def generate(self, prompts: list[Prompt], params: GenerationParams) -> list[GenerationResult]:
-        """``params.n`` completions per prompt, in order; rows a detector stopped carry its finish reason."""
-        if not prompts:
-            return []
-        processors = list(self.processors)
-        if params.presence_penalty or params.frequency_penalty:
-            processors.append(OpenAIPenaltyProcessor(params.presence_penalty, params.frequency_penalty))
-        criteria = DetectorStoppingCriteria(self.detectors, self.end_ids) if self.detectors else None
-        rows = self.generator.generate(
-            prompts, params, logits_processors=processors, stopping_criteria=[criteria] if criteria else []
-        )
-        per_prompt = self._per_prompt(criteria, len(prompts), params)
-        out = []
-        for i, (prompt, comps) in enumerate(zip(prompts, rows)):
-            choices = []
-            for j, c in enumerate(comps):
-                row = i * per_prompt + (j if j < per_prompt else 0)  # greedy n>1 copies sample 0
-                stop = criteria.stopped.get(row) if criteria else None
-                if stop is not None:
-                    c = Completion(c.text, c.token_ids, stop.finish_reason, c.logprobs, c.error)
-                choices.append(Generated(c, stop))
-            out.append(GenerationResult(choices, self.prompt_tokens(prompt)))
-        return out
-
-    @staticmethod
-    def _per_prompt(
-        criteria: DetectorStoppingCriteria | None, n_prompts: int, params: GenerationParams
-    ) -> int:
-        if criteria is not None and criteria.batch_rows:
-            return criteria.batch_rows // n_prompts
-        return 1 if params.greedy else params.n
-
-
-# ---------------------------------------------------------------- one request through the guards
+from forewarn.guard.text import PromptView, PromptViewer, normalize_text
+from forewarn.judges.base import Verdict
+from forewarn.models.base import Prompt
 
 GenerateFn = Callable[[Prompt, GenerationParams], Awaitable[GenerationResult]]
+StreamFn = Callable[[Prompt, GenerationParams, int], AsyncIterator[StreamChunk]]
 
 
 @dataclass
@@ -119,25 +51,29 @@ class GuardedResult:
     input: Decision | None = None
     blocked: str | None = None  # "input", "output" or None
 
-    def forewarn(self) -> dict[str, Any]:
-        """The ``forewarn`` field of a response: every guard verdict and every early stop."""
-        return {
+    def forewarn(self, expose_verdicts: bool) -> dict[str, Any]:
+        """The ``forewarn`` field: where it was blocked, the real finish reasons and every early stop; the
+        guard verdicts (labels, never scores) only with ``expose_verdicts``."""
+        out: dict[str, Any] = {
             "blocked": self.blocked,
-            "input": self.input.to_dict() if self.input else None,
-            "output": [c.output.to_dict() if c.output else None for c in self.choices],
+            "finish_reasons": [c.finish_reason for c in self.choices],
             "stops": [c.stop.to_dict() if c.stop else None for c in self.choices],
         }
+        if expose_verdicts:
+            out["input"] = self.input.public() if self.input else None
+            out["output"] = [c.output.public() if c.output else None for c in self.choices]
+        return out
 
 
 def prompt_text(prompt: Prompt) -> str:
-    """The text the input guard judges: a string prompt, or every non-assistant turn of a chat."""
-    if isinstance(prompt, str):
-        return prompt
-    return "\n".join(m["content"] for m in prompt if m.get("role") != "assistant")
+    """Every turn of a prompt as one text (for the request log with ``logging.log_prompts``)."""
+    from forewarn.guard.text import turns_text
+
+    return turns_text(prompt)
 
 
 class GuardedPipeline:
-    """Input guard → generation → output guard for one request (``n`` choices)."""
+    """Input guard ‖ generation → output guard for one request (``n`` choices)."""
 
     def __init__(
         self,
@@ -145,112 +81,119 @@ class GuardedPipeline:
         generate: GenerateFn,
         input_judge: GuardJudge | None,
         output_judge: GuardJudge | None,
+        viewer: PromptViewer,
+        judge_timeout_s: float = 30.0,
+        stream: StreamFn | None = None,
     ):
-        self.policy, self.generate = policy, generate
+        self.policy, self.generate, self.stream_fn, self.viewer = policy, generate, stream, viewer
         self.input_judge = input_judge if policy.input.judge is not None else None
         self.output_judge = output_judge if policy.output.judge is not None else None
+        self.judge_timeout_s = judge_timeout_s
 
-    def _refused(self, n: int, prompt_tokens: int, decision: Decision) -> GuardedResult:
-        choices = [GuardedChoice(i, self.policy.refusal_message, "content_filter", 0) for i in range(n)]
-        return GuardedResult(choices, prompt_tokens, input=decision, blocked="input")
+    # ------------------------------------------------------------ shared steps
 
-    async def run(self, prompt: Prompt, params: GenerationParams) -> GuardedResult:
-        pol = self.policy
-        text = prompt_text(prompt)
-        decision: Decision | None = None
-        if self.input_judge is not None:
-            verdict = (await self.input_judge.call([text], [text]))[0]
-            decision = decide("input", pol.input, verdict, self.input_judge, pol.on_judge_error)
-            if decision.blocked:
-                if pol.input.action == "refuse" or decision.reason == "judge_error":
-                    return self._refused(params.n, 0, decision)
-                prompt, decision.redacted_sentences = await self._redact_prompt(prompt, text)
-                text = prompt_text(prompt)
-        gen = await self.generate(prompt, params)
-        choices = [
-            GuardedChoice(
-                i, g.completion.text, g.completion.finish_reason, len(g.completion.token_ids), stop=g.stop
+    def view(self, prompt: Prompt) -> PromptView:
+        """The prompt as the model reads it; a 400 when it overruns the window and the policy rejects."""
+        view = self.viewer.view(prompt)
+        if view.truncated and self.policy.overlong_input == "reject":
+            raise ApiError(
+                400,
+                f"The prompt is longer than the model's input window of {self.viewer.max_input_tokens} "
+                "tokens; shorten it (this server rejects rather than truncates).",
+                "messages",
+                "context_length_exceeded",
             )
-            for i, g in enumerate(gen.choices)
-        ]
-        result = GuardedResult(
-            choices,
-            gen.prompt_tokens,
-            input=decision,
-            blocked="input" if decision is not None and decision.blocked else None,
-        )
-        if self.output_judge is not None and choices:
-            verdicts = await self.output_judge.call([text] * len(choices), [c.text for c in choices])
-            for c, v in zip(choices, verdicts):
-                c.output = decide("output", pol.output, v, self.output_judge, pol.on_judge_error)
-                if not c.output.blocked:
-                    continue
-                result.blocked = result.blocked or "output"
-                c.finish_reason = "content_filter"
-                if pol.output.action == "refuse" or c.output.reason == "judge_error":
-                    c.text = pol.refusal_message
-                else:
-                    c.text, c.output.redacted_sentences = await redact(
-                        pol.output, self.output_judge, text, c.text, pol.redaction_marker, pol.on_judge_error
-                    )
-        return result
+        return view
 
-    async def _redact_prompt(self, prompt: Prompt, text: str) -> tuple[Prompt, int]:
+    async def judge(self, judge: GuardJudge, prompts: list[str], responses: list[str]) -> list[Verdict]:
+        """One judge call bounded by ``judge_timeout_s``; a timeout is a failed verdict per row."""
+        try:
+            return await asyncio.wait_for(judge.call(prompts, responses), self.judge_timeout_s)
+        except asyncio.TimeoutError:
+            return [Verdict.failed(f"judge timed out after {self.judge_timeout_s:g} s") for _ in prompts]
+
+    async def input_decision(self, view: PromptView) -> Decision | None:
+        if self.input_judge is None:
+            return None
+        (verdict,) = await self.judge(self.input_judge, [view.text], [view.text])
+        return decide("input", self.policy.input, verdict, self.input_judge, self.policy.on_judge_error)
+
+    def refused(self, n: int, decision: Decision) -> GuardedResult:
+        choices = [GuardedChoice(i, self.policy.refusal_message, "content_filter", 0) for i in range(n)]
+        return GuardedResult(choices, 0, input=decision, blocked="input")
+
+    async def redact_prompt(self, prompt: Prompt, decision: Decision) -> Prompt | None:
+        """The prompt with its unsafe sentences redacted (every turn), or None when it must be refused: the
+        input stage refuses, the judge failed, or the redacted prompt as a whole still trips the guard."""
         pol, judge = self.policy, self.input_judge
-        assert judge is not None
-        if isinstance(prompt, str):
-            return await redact(pol.input, judge, text, prompt, pol.redaction_marker, pol.on_judge_error)
+        if judge is None or pol.input.action == "refuse" or decision.reason == "judge_error":
+            return None
+        turns = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
+        context = normalize_text("\n".join(m["content"] for m in turns))
         out, total = [], 0
-        for m in prompt:
-            if m.get("role") == "assistant":
-                out.append(m)
-                continue
-            content, k = await redact(
-                pol.input, judge, text, m["content"], pol.redaction_marker, pol.on_judge_error
+        for m in turns:
+            content, k, _ = await redact(
+                pol.input, judge, context, m["content"], pol.redaction_marker, pol.on_judge_error
             )
             out.append({**m, "content": content})
             total += k
-        return out, total
-
-
-# ---------------------------------------------------------------- in-process (no Ray)
-
-
-def local_judge(judge: Any) -> GuardJudge:
-    """Wrap a ``Judge`` for the pipeline; calls run in a thread and are serialised (models are not
-    thread-safe)."""
-    lock = asyncio.Lock()
-
-    async def call(prompts: list[str], responses: list[str]) -> list:
-        async with lock:
-            return await asyncio.to_thread(judge.judge, prompts, responses)
-
-    return GuardJudge(call, judge.name, judge.higher_is_unsafe)
-
-
-def build_local(cfg: ServeConfig, generator: HFGenerator | None = None) -> GuardedPipeline:
-    """The whole pipeline in this process (tests, notebooks, the benchmark's reference): same policy
-    code as the Serve app, no batching across requests. ``cfg.generator.model.path`` must be a folder."""
-    from forewarn.judges.spec import build_judge
-
-    gen = generator or HFGenerator(cfg.generator.model)
-    engine = GenerationEngine(gen, cfg.generator.decoding, cfg.generator.stop_detectors)
-    lock = asyncio.Lock()
-
-    async def generate(prompt: Prompt, params: GenerationParams) -> GenerationResult:
-        async with lock:
-            return (await asyncio.to_thread(engine.generate, [prompt], params))[0]
-
-    judges: dict[str, GuardJudge] = {}
-
-    def judge_for(spec: Any) -> GuardJudge | None:
-        if spec is None or not cfg.guard_enabled:
+        decision.redacted_sentences = total
+        new: Prompt = out[0]["content"] if isinstance(prompt, str) else out
+        again = await self.input_decision(self.view(new))
+        if again is not None and again.blocked:
+            decision.action = "refuse"
             return None
-        key = spec.model_dump_json()
-        if key not in judges:
-            judges[key] = local_judge(build_judge(spec))
-        return judges[key]
+        return new
 
-    return GuardedPipeline(
-        cfg.guard, generate, judge_for(cfg.guard.input.judge), judge_for(cfg.guard.output.judge)
-    )
+    # ------------------------------------------------------------ the whole request
+
+    async def run(self, prompt: Prompt, params: GenerationParams) -> GuardedResult:
+        """Judge the input while generation starts; a block cancels the generation."""
+        view = self.view(prompt)
+        gen_task = asyncio.ensure_future(self.generate(prompt, params))
+        try:
+            decision = await self.input_decision(view)
+            if decision is not None and decision.blocked:
+                gen_task.cancel()
+                redacted = await self.redact_prompt(prompt, decision)
+                if redacted is None:
+                    return self.refused(params.n, decision)
+                prompt, view = redacted, self.view(redacted)
+                gen_task = asyncio.ensure_future(self.generate(prompt, params))
+            gen = await gen_task
+        finally:
+            if not gen_task.done():
+                gen_task.cancel()
+        if gen.error is not None:
+            raise RuntimeError(f"generation failed for this request: {gen.error}")
+        choices = [
+            GuardedChoice(i, g.completion.text, g.completion.finish_reason, len(g.completion.token_ids), stop=g.stop)
+            for i, g in enumerate(gen.choices)
+        ]
+        blocked = "input" if decision is not None and decision.blocked else None
+        result = GuardedResult(choices, gen.prompt_tokens, input=decision, blocked=blocked)
+        await self._guard_output(result, view)
+        return result
+
+    async def _guard_output(self, result: GuardedResult, view: PromptView) -> None:
+        pol, judge = self.policy, self.output_judge
+        if judge is None or not result.choices:
+            return
+        texts = [normalize_text(c.text) for c in result.choices]
+        verdicts = await self.judge(judge, [view.text] * len(texts), texts)
+        for c, v in zip(result.choices, verdicts):
+            c.output = decide("output", pol.output, v, judge, pol.on_judge_error)
+            if not c.output.blocked:
+                continue
+            result.blocked = result.blocked or "output"
+            c.finish_reason = "content_filter"
+            if pol.output.action == "redact" and c.output.reason != "judge_error":
+                text, c.output.redacted_sentences, still = await redact(
+                    pol.output, judge, view.text, c.text, pol.redaction_marker, pol.on_judge_error
+                )
+                if not still:
+                    c.text = text
+                    continue
+                c.output.action = "refuse"
+            c.text = pol.refusal_message
+

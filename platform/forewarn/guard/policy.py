@@ -43,10 +43,16 @@ class Decision:
     redacted_sentences: int = 0
 
     def to_dict(self) -> dict[str, Any]:
+        """Everything, score included: for logs the operator reads, never for clients."""
         d = {k: v for k, v in self.__dict__.items()}
         if d["score"] is not None and d["score"] != d["score"]:  # NaN is not JSON
             d["score"] = None
         return d
+
+    def public(self) -> dict[str, Any]:
+        """What a client may see (``guard.expose_verdicts``): labels and categories, never the score,
+        which would be an oracle for tuning evasions against the judge."""
+        return {k: v for k, v in self.to_dict().items() if k not in ("score", "error")}
 
 
 def is_unsafe(stage: GuardStage, verdict: Verdict, higher_is_unsafe: bool) -> bool | None:
@@ -102,17 +108,24 @@ def split_sentences(text: str) -> list[tuple[str, str]]:
 
 async def redact(
     stage: GuardStage, judge: GuardJudge, prompt_text: str, text: str, marker: str, on_error: str
-) -> tuple[str, int]:
-    """Replace each sentence of ``text`` the stage blocks with ``marker``; returns (text, count redacted)."""
+) -> tuple[str, int, bool]:
+    """Replace each sentence of ``text`` the stage blocks with ``marker``, then judge the redacted text as a
+    whole: unsafe text spread over sentences that each pass alone still trips it.
+
+    Returns (redacted text, sentences redacted, whether the redacted text is still blocked)."""
+    from forewarn.guard.text import normalize_text
+
     parts = split_sentences(text)
     idx = [i for i, (s, _) in enumerate(parts) if s.strip()]
     if not idx:
-        return text, 0
-    verdicts = await judge.call([prompt_text] * len(idx), [parts[i][0] for i in idx])
+        return text, 0, False
+    verdicts = await judge.call([prompt_text] * len(idx), [normalize_text(parts[i][0]) for i in idx])
     redacted = 0
     pieces = [list(p) for p in parts]
     for i, v in zip(idx, verdicts):
         if decide("redact", stage, v, judge, on_error).blocked:
             pieces[i][0] = marker
             redacted += 1
-    return "".join(s + sep for s, sep in pieces), redacted
+    out = "".join(s + sep for s, sep in pieces)
+    (whole,) = await judge.call([prompt_text], [normalize_text(out)])
+    return out, redacted, decide("redact", stage, whole, judge, on_error).blocked

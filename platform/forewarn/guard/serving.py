@@ -1,117 +1,77 @@
-"""Ray Serve wiring of the guarded generator: judge and generator deployments behind an OpenAI ingress.
+"""Ray Serve wiring of the guarded generator: the OpenAI ingress over judge and generator deployments.
 
     OpenAIIngress (FastAPI: /v1/chat/completions, /v1/completions, /v1/models, /health)
       ├── JudgeDeployment  (one per distinct judge spec; input and output share it when equal)
-      └── GeneratorDeployment  (@serve.batch; GenerationEngine with mitigations and stop detectors)
+      └── GeneratorDeployment  (@serve.batch generate, chunked stream; hf or vllm)
 
-Each deployment takes its resources and replicas from the config, and sets torch's threads to its
-``num_cpus``. :func:`build_app` is the ``import_path`` of ``serve/config.yaml``; :func:`app_from_config`
-builds the same application from a validated :class:`ServeConfig` (the CLI and the tests use it).
-The ingress exports Prometheus metrics through ``ray.serve.metrics`` and logs one JSON line per
-request (prompt text only with ``logging.log_prompts``).
+The ingress authenticates (:mod:`forewarn.guard.auth`), bounds every request (body size counted while
+reading, a body deadline, a request timeout, at most ``limits.max_in_flight`` requests per replica,
+then 503 with ``Retry-After``), runs the guard pipeline (:mod:`forewarn.guard.pipeline`, streamed by
+:mod:`forewarn.guard.streaming`) and answers in OpenAI's shapes (:mod:`forewarn.guard.wire`), errors
+included for every status, FastAPI's own 404/405/422 too. :func:`build_app` is the ``import_path`` of
+``serve/config.yaml``; :func:`app_from_config` builds the same application from a validated config.
 """
 
 # no `from __future__ import annotations`: FastAPI must see the real Request annotation on ingress methods
 import asyncio
-import hmac
 import json
 import logging
 import time
 import uuid
+from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import SecretStr
 from ray import serve
 from ray.serve.handle import DeploymentHandle
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from forewarn.config import GenerationParams, build_config
-from forewarn.guard.config import GeneratorSection, ServeConfig
-from forewarn.guard.openai_schema import ApiError, ParsedRequest, parse_body, response_body, stream_events
-from forewarn.guard.pipeline import GenerationResult, GuardedPipeline, GuardedResult, prompt_text
+from forewarn.guard.auth import KeyStore, check_exposure, key_env_vars
+from forewarn.guard.config import ServeConfig
+from forewarn.guard.deployments import GeneratorDeployment, JudgeDeployment
+from forewarn.guard.engine import GenerationResult, StreamChunk
+from forewarn.guard.ingress_support import IngressMetrics, load_tokenizer, read_body, serve_http_host
+from forewarn.guard.openai_schema import ApiError, ParsedRequest, parse_body
+from forewarn.guard.pipeline import GuardedPipeline, GuardedResult, prompt_text
 from forewarn.guard.policy import GuardJudge
+from forewarn.guard.streaming import GuardedStream
+from forewarn.guard.text import PromptViewer
+from forewarn.guard.wire import SSEWriter, response_body
 from forewarn.models.base import Prompt
 
 logger = logging.getLogger("ray.serve")
-
-
-def _set_threads(num_cpus: float) -> None:
-    from forewarn.pipeline.stages import set_torch_threads
-
-    set_torch_threads(num_cpus)
-
-
-@serve.deployment(name="generator")
-class GeneratorDeployment:
-    """Holds the model once; ``@serve.batch`` groups concurrent requests, then one ``generate`` call runs
-    per group of requests with identical sampling parameters."""
-
-    def __init__(self, section: dict[str, Any]):
-        from forewarn.guard.pipeline import GenerationEngine
-        from forewarn.models.hf import HFGenerator
-
-        cfg = GeneratorSection.model_validate(section)
-        _set_threads(cfg.resources.num_cpus)
-        self.engine = GenerationEngine(HFGenerator(cfg.model), cfg.decoding, cfg.stop_detectors)
-        self.generate.set_max_batch_size(cfg.batching.max_batch_size)
-        self.generate.set_batch_wait_timeout_s(cfg.batching.batch_wait_timeout_s)
-
-    def _run_groups(self, items: list[tuple[Prompt, GenerationParams]]) -> list[GenerationResult]:
-        groups: dict[str, list[int]] = {}
-        for k, (_, params) in enumerate(items):
-            groups.setdefault(params.model_dump_json(), []).append(k)
-        out: list[GenerationResult | None] = [None] * len(items)
-        for idx in groups.values():
-            results = self.engine.generate([items[k][0] for k in idx], items[idx[0]][1])
-            for k, r in zip(idx, results):
-                out[k] = r
-        return out  # type: ignore[return-value]
-
-    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
-    async def generate(self, items: list[tuple[Prompt, GenerationParams]]) -> list[GenerationResult]:
-        return await asyncio.to_thread(self._run_groups, items)
-
-
-@serve.deployment(name="judge")
-class JudgeDeployment:
-    """One judge model (a guard); ``@serve.batch`` merges the rows of concurrent calls into one judge call."""
-
-    def __init__(self, spec: dict[str, Any], max_batch_size: int, batch_wait_timeout_s: float):
-        from forewarn.judges.spec import build_judge, parse_judge_spec
-
-        parsed = parse_judge_spec(spec)
-        _set_threads(parsed.resources.num_cpus)
-        self.judge_impl = build_judge(parsed)
-        self.judge.set_max_batch_size(max_batch_size)
-        self.judge.set_batch_wait_timeout_s(batch_wait_timeout_s)
-
-    def info(self) -> dict[str, Any]:
-        return {"name": self.judge_impl.name, "higher_is_unsafe": self.judge_impl.higher_is_unsafe}
-
-    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
-    async def judge(self, items: list[tuple[list[str], list[str]]]) -> list[list[Any]]:
-        prompts = [p for ps, _ in items for p in ps]
-        responses = [r for _, rs in items for r in rs]
-        verdicts = await asyncio.to_thread(self.judge_impl.judge, prompts, responses)
-        out, pos = [], 0
-        for ps, _ in items:
-            out.append(verdicts[pos : pos + len(ps)])
-            pos += len(ps)
-        return out
-
-
 api = FastAPI(title="forewarn guarded generator", description="OpenAI-compatible, guarded.")
 
 
-def _error(e: ApiError) -> JSONResponse:
-    headers = {"WWW-Authenticate": "Bearer"} if e.status == 401 else None
-    return JSONResponse(e.body(), status_code=e.status, headers=headers)
+def error_response(e: ApiError) -> JSONResponse:
+    headers = dict(e.headers or {})
+    if e.status == 401:
+        headers["WWW-Authenticate"] = "Bearer"
+    return JSONResponse(e.body(), status_code=e.status, headers=headers or None)
+
+
+@api.exception_handler(StarletteHTTPException)
+async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    codes = {404: "not_found", 405: "method_not_allowed"}
+    msg = f"{request.method} {request.url.path}: {exc.detail}"
+    return error_response(ApiError(exc.status_code, msg, None, codes.get(exc.status_code), dict(exc.headers or {})))
+
+
+@api.exception_handler(RequestValidationError)
+async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    err = (exc.errors() or [{}])[0]
+    param = ".".join(str(p) for p in err.get("loc", ())) or None
+    return error_response(ApiError(422, f"Invalid request: {err.get('msg', 'validation failed')}.", param, "invalid_value"))
 
 
 @serve.deployment(name="ingress")
 @serve.ingress(api)
 class OpenAIIngress:
-    """HTTP front: auth, validation and limits, the guard pipeline over the deployments, metrics, logs."""
+    """HTTP front: auth, bounds, the guard pipeline over the deployments, metrics, logs."""
 
     def __init__(
         self,
@@ -119,30 +79,21 @@ class OpenAIIngress:
         generator: DeploymentHandle,
         input_judge: DeploymentHandle | None,
         output_judge: DeploymentHandle | None,
+        api_keys: list[str] | None = None,
     ):
-        from ray.serve import metrics
-
         self.cfg = ServeConfig.model_validate(cfg)
-        self.keys = self.cfg.auth.keys()
+        self.cfg.auth.api_keys = [SecretStr(k) for k in api_keys or []]
+        self.keys = KeyStore(self.cfg.auth)
+        for host in {self.cfg.http.host, serve_http_host() or self.cfg.http.host}:
+            check_exposure(self.cfg.auth, host, self.keys.required)
+        spec = self.cfg.generator.model
+        self.viewer = PromptViewer(load_tokenizer(spec), spec.max_input_tokens, spec.use_chat_template)
         self.generator = generator
         self._judge_handles = {"input": input_judge, "output": output_judge}
         self._pipeline: GuardedPipeline | None = None
         self._pipeline_lock = asyncio.Lock()
-        self.m_requests = metrics.Counter(
-            "forewarn_requests", "HTTP requests by endpoint and status", tag_keys=("endpoint", "status")
-        )
-        self.m_blocks = metrics.Counter(
-            "forewarn_blocks", "guard blocks by stage and reason", tag_keys=("stage", "reason")
-        )
-        self.m_finish = metrics.Counter(
-            "forewarn_finish", "choices by finish reason", tag_keys=("finish_reason",)
-        )
-        self.m_latency = metrics.Histogram(
-            "forewarn_request_latency_s",
-            "request latency in seconds",
-            boundaries=[0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30],
-            tag_keys=("endpoint",),
-        )
+        self.in_flight = 0
+        self.metrics = IngressMetrics()
 
     async def _get_pipeline(self) -> GuardedPipeline:
         async with self._pipeline_lock:
@@ -154,7 +105,18 @@ class OpenAIIngress:
                 async def generate(prompt: Prompt, params: GenerationParams) -> GenerationResult:
                     return await self.generator.generate.remote((prompt, params))
 
-                self._pipeline = GuardedPipeline(self.cfg.guard, generate, judges["input"], judges["output"])
+                async def stream(prompt: Prompt, params: GenerationParams, chunk_tokens: int) -> AsyncIterator[StreamChunk]:
+                    gen = self.generator.options(stream=True).stream.remote(prompt, params, chunk_tokens)
+                    try:
+                        async for chunk in gen:
+                            yield chunk
+                    finally:
+                        gen.cancel()
+
+                self._pipeline = GuardedPipeline(
+                    self.cfg.guard, generate, judges["input"], judges["output"], self.viewer,
+                    self.cfg.limits.judge_timeout_s, stream,
+                )  # fmt: skip
             return self._pipeline
 
     @staticmethod
@@ -166,18 +128,6 @@ class OpenAIIngress:
 
         return GuardJudge(call, info["name"], info["higher_is_unsafe"])
 
-    def _check_auth(self, request: Request) -> None:
-        if not self.keys:
-            return
-        header = request.headers.get("authorization", "")
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not token:
-            raise ApiError(
-                401, "Missing bearer API key: send 'Authorization: Bearer <key>'.", None, "invalid_api_key"
-            )
-        if not any(hmac.compare_digest(token.strip().encode(), k.encode()) for k in self.keys):
-            raise ApiError(401, "Incorrect API key provided.", None, "invalid_api_key")
-
     @api.get("/health")
     def health(self) -> dict[str, str]:
         return {"status": "ok", "model": self.cfg.model_name}
@@ -185,17 +135,11 @@ class OpenAIIngress:
     @api.get("/v1/models")
     def models(self, request: Request) -> JSONResponse:
         try:
-            self._check_auth(request)
+            self.keys.check(request.headers.get("authorization", ""))
         except ApiError as e:
-            return _error(e)
-        return JSONResponse(
-            {
-                "object": "list",
-                "data": [
-                    {"id": self.cfg.model_name, "object": "model", "created": 0, "owned_by": "forewarn"}
-                ],
-            }
-        )
+            return error_response(e)
+        model = {"id": self.cfg.model_name, "object": "model", "created": 0, "owned_by": "forewarn"}
+        return JSONResponse({"object": "list", "data": [model]})
 
     @api.post("/v1/chat/completions")
     async def chat(self, request: Request) -> Any:
@@ -205,50 +149,93 @@ class OpenAIIngress:
     async def completions(self, request: Request) -> Any:
         return await self._handle(request, "completions")
 
+    def _admit(self) -> None:
+        lim = self.cfg.limits
+        if self.in_flight >= lim.max_in_flight:
+            raise ApiError(
+                503,
+                f"The server is at capacity ({lim.max_in_flight} requests in flight); retry after {lim.retry_after_s} s.",
+                None,
+                "server_overloaded",
+                {"Retry-After": str(lim.retry_after_s)},
+            )
+        self.in_flight += 1
+
     async def _handle(self, request: Request, endpoint: str) -> Any:
-        started = time.perf_counter()
-        rid = uuid.uuid4().hex[:16]
-        log: dict[str, Any] = {"event": "request", "request_id": rid, "endpoint": endpoint}
-        status = 200
+        started, rid = time.perf_counter(), uuid.uuid4().hex[:16]
+        log: dict[str, Any] = {"event": "request", "request_id": rid, "endpoint": endpoint, "status": 200}
+        admitted = streaming = False
         try:
-            self._check_auth(request)
-            parsed = parse_body(await request.body(), endpoint, self.cfg.model_name, self.cfg.limits)  # type: ignore[arg-type]
+            self.keys.check(request.headers.get("authorization", ""))
+            self._admit()
+            admitted = True
+            raw = await read_body(request, self.cfg.limits)
+            parsed = parse_body(raw, endpoint, self.cfg.model_name, self.cfg.limits)  # type: ignore[arg-type]
             log.update(n=parsed.params.n, max_tokens=parsed.params.max_new_tokens, stream=parsed.stream)
             pipeline = await self._get_pipeline()
-            result = await pipeline.run(parsed.prompt, parsed.params)
-            self._record(result, log, parsed)
-            expose = self.cfg.guard.expose_verdicts
             if parsed.stream:
-                events = stream_events(parsed, result, self.cfg.model_name, expose)
-                return StreamingResponse(iter(events), media_type="text/event-stream")
-            return JSONResponse(response_body(parsed, result, self.cfg.model_name, expose))
+                response = self._stream(pipeline, parsed, log, started)
+                streaming = True
+                return response
+            try:
+                result = await asyncio.wait_for(pipeline.run(parsed.prompt, parsed.params), self.cfg.limits.request_timeout_s)
+            except asyncio.TimeoutError:
+                raise ApiError(504, f"The request took longer than {self.cfg.limits.request_timeout_s:g} s and was cancelled.", None, "timeout") from None
+            self._record(result, log, parsed)
+            return JSONResponse(response_body(parsed, result, self.cfg.model_name, self.cfg.guard.expose_verdicts, self.cfg.compat))
         except ApiError as e:
-            status = e.status
-            log.update(error=e.code)
-            return _error(e)
-        except Exception as e:  # noqa: BLE001 -- a genuine server fault: 500 in OpenAI's shape, logged
-            status = 500
-            log.update(error=f"{type(e).__name__}: {e}"[:300])
+            log.update(status=e.status, error=e.code)
+            return error_response(e)
+        except Exception as e:
+            log.update(status=500, error=type(e).__name__)
             logger.exception("forewarn request %s failed", rid)
-            return _error(
-                ApiError(
-                    500, f"internal error ({type(e).__name__}); request id {rid}", None, "internal_error"
-                )
-            )
+            return error_response(ApiError(500, f"internal error ({type(e).__name__}); request id {rid}", None, "internal_error"))
         finally:
-            latency = time.perf_counter() - started
-            self.m_requests.inc(tags={"endpoint": endpoint, "status": str(status)})
-            self.m_latency.observe(latency, tags={"endpoint": endpoint})
-            log.update(status=status, latency_s=round(latency, 4))
-            logger.info(json.dumps(log))
+            if not streaming:
+                if admitted:
+                    self.in_flight -= 1
+                self._finish_log(log, endpoint, started)
+
+    def _stream(self, pipeline: GuardedPipeline, parsed: ParsedRequest, log: dict[str, Any], started: float) -> StreamingResponse:
+        gs = GuardedStream(pipeline, parsed.prompt, parsed.params, self.cfg.streaming)
+        gs.prepare()  # request errors (e.g. an overlong prompt under reject) are raised before any byte is sent
+        writer = SSEWriter(parsed, self.cfg.model_name, self.cfg.guard.expose_verdicts, self.cfg.compat)
+        timeout = self.cfg.limits.request_timeout_s
+
+        async def body() -> AsyncIterator[str]:
+            try:
+                async with asyncio.timeout(timeout):
+                    async for ev in gs.events():
+                        if ev.result is not None:
+                            self._record(ev.result, log, parsed)
+                        for line in writer.write(ev):
+                            yield line
+            except TimeoutError:
+                log.update(status=504, error="timeout")
+                for line in writer.error(ApiError(504, f"The stream took longer than {timeout:g} s and was cancelled.", None, "timeout")):
+                    yield line
+            except asyncio.CancelledError:
+                log.update(status=499, error="client_disconnected")
+                raise
+            except Exception as e:
+                log.update(status=500, error=type(e).__name__)
+                logger.exception("forewarn stream %s failed", log["request_id"])
+                for line in writer.error(ApiError(500, f"internal error ({type(e).__name__})", None, "internal_error")):
+                    yield line
+            finally:
+                self.in_flight -= 1
+                self._finish_log(log, parsed.endpoint, started)
+
+        return StreamingResponse(body(), media_type="text/event-stream")
+
+    def _finish_log(self, log: dict[str, Any], endpoint: str, started: float) -> None:
+        latency = time.perf_counter() - started
+        self.metrics.request(endpoint, log["status"], latency)
+        log.update(latency_s=round(latency, 4))
+        logger.info(json.dumps(log))
 
     def _record(self, result: GuardedResult, log: dict[str, Any], parsed: ParsedRequest) -> None:
-        if result.input is not None and result.input.blocked:
-            self.m_blocks.inc(tags={"stage": "input", "reason": result.input.reason or "unsafe"})
-        for c in result.choices:
-            self.m_finish.inc(tags={"finish_reason": c.finish_reason})
-            if c.output is not None and c.output.blocked:
-                self.m_blocks.inc(tags={"stage": "output", "reason": c.output.reason or "unsafe"})
+        self.metrics.result(result)
         log.update(
             blocked=result.blocked,
             finish_reasons=[c.finish_reason for c in result.choices],
@@ -274,13 +261,20 @@ def resolve_models(cfg: ServeConfig) -> ServeConfig:
 
 
 def app_from_config(cfg: ServeConfig) -> serve.Application:
-    """The Serve application of a validated config (models resolved to folders first)."""
+    """The Serve application of a validated config (models resolved to folders first).
+
+    Refuses (ConfigError) an unauthenticated app on a non-loopback ``http.host``; the key variable of this
+    process's environment travels to every ingress replica in its ``runtime_env``."""
+    env = key_env_vars(cfg.auth)
+    has_keys = bool([k for k in cfg.auth.api_keys if k.get_secret_value()] or env or cfg.auth.api_keys_file)
+    check_exposure(cfg.auth, cfg.http.host, has_keys)
     cfg = resolve_models(cfg)
     g = cfg.generator
+    per_replica = max(2 * g.batching.max_batch_size, cfg.limits.max_in_flight)
     generator = GeneratorDeployment.options(
         num_replicas=g.resources.replicas,
         ray_actor_options={"num_cpus": g.resources.num_cpus, "num_gpus": g.resources.num_gpus},
-        max_ongoing_requests=max(2 * g.batching.max_batch_size, 16),
+        max_ongoing_requests=per_replica,
     ).bind(g.model_dump(mode="json"))
     judges: dict[str, Any] = {}
     handles: dict[str, Any] = {"input": None, "output": None}
@@ -294,20 +288,19 @@ def app_from_config(cfg: ServeConfig) -> serve.Application:
                 judges[key] = JudgeDeployment.options(
                     name=f"judge-{len(judges)}-{spec.kind}",
                     num_replicas=spec.resources.replicas,
-                    ray_actor_options={
-                        "num_cpus": spec.resources.num_cpus,
-                        "num_gpus": spec.resources.num_gpus,
-                    },
-                    max_ongoing_requests=max(2 * g.batching.max_batch_size, 16),
-                ).bind(
-                    spec.model_dump(mode="json"), g.batching.max_batch_size, g.batching.batch_wait_timeout_s
-                )
+                    ray_actor_options={"num_cpus": spec.resources.num_cpus, "num_gpus": spec.resources.num_gpus},
+                    max_ongoing_requests=per_replica,
+                ).bind(spec.model_dump(mode="json"), g.batching.max_batch_size, g.batching.batch_wait_timeout_s)
             handles[stage] = judges[key]
+    actor: dict[str, Any] = {"num_cpus": cfg.ingress.num_cpus}
+    if env:
+        actor["runtime_env"] = {"env_vars": env}
+    keys = [k.get_secret_value() for k in cfg.auth.api_keys]
     return OpenAIIngress.options(
         num_replicas=cfg.ingress.replicas,
-        ray_actor_options={"num_cpus": cfg.ingress.num_cpus},
-        max_ongoing_requests=cfg.ingress.max_ongoing_requests,
-    ).bind(cfg.model_dump(mode="json"), generator, handles["input"], handles["output"])
+        ray_actor_options=actor,
+        max_ongoing_requests=max(cfg.ingress.max_ongoing_requests, cfg.limits.max_in_flight + 16),
+    ).bind(cfg.model_dump(mode="json"), generator, handles["input"], handles["output"], keys)
 
 
 def build_app(args: dict[str, Any]) -> serve.Application:
