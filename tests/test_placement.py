@@ -7,14 +7,25 @@ test_cluster.py.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
-
-from forewarn.cluster import cluster_yaml_nodes, parse_nodes
 from forewarn.config import Resources
 from forewarn.errors import ConfigError
-from forewarn.placement import PlacementError, colocation_groups, plan, remote_args, role_demands, steps
-from forewarn.runner import resolve
+from forewarn.placement import (
+    JobLayout,
+    Node,
+    PlacementError,
+    Plan,
+    cluster_yaml_nodes,
+    colocation_groups,
+    parse_nodes,
+    remote_args,
+    role_demands,
+    steps,
+)
+from forewarn.placement import plan as plan_layout
+from forewarn.runner import job_module, resolve
 
 ROOT = Path(__file__).resolve().parents[1]
 COLOCATED = ["target.resources.colocate_with=proposer", "proposer.resources.num_gpus=0.25",
@@ -23,6 +34,11 @@ COLOCATED = ["target.resources.colocate_with=proposer", "proposer.resources.num_
 
 def rg(*sets: str):
     return resolve("reversegen", None, list(sets))
+
+
+def plan(cfg: Any, nodes: list[Node], job: str) -> Plan:
+    """The plan with the job's own layout, as `forewarn plan` and the runner make it."""
+    return plan_layout(cfg, nodes, job, job_module(job).PLACEMENT)
 
 
 def demands_of(cfg) -> dict:
@@ -96,11 +112,17 @@ def test_bad_colocations_say_what_to_change() -> None:
 
 def test_steps_follow_how_the_job_runs() -> None:
     d = role_demands(rg())[0]
-    assert steps(d, "reversegen") == [["proposer"], ["embedder"], ["target", "judge"], ["dpo"]]
-    assert steps(d, None) == [["proposer", "target", "judge", "embedder"], ["dpo"]]  # unknown job: all at once
+    # ReverseGen keeps every role's pool up for the whole run, DPO steps included
+    assert steps(d, job_module("reversegen").PLACEMENT) == [["proposer", "target", "judge", "embedder", "dpo"]]
+    assert steps(d, None) == [["proposer", "target", "judge", "embedder"], ["dpo"]]  # no layout: all at once
+    assert steps(d, JobLayout(steps=(("proposer",), ("target", "judge")))) == [
+        ["proposer"], ["target", "judge"], ["embedder"], ["dpo"]]  # unnamed roles alone, then training
     gt = role_demands(resolve("goodtriever"))[0]
-    assert steps(gt, "goodtriever")[:2] == [["datastores.toxic", "datastores.nontoxic"],
-                                           ["target", "judge", "perplexity"]]
+    assert steps(gt, job_module("goodtriever").PLACEMENT)[:2] == [["datastores.toxic", "datastores.nontoxic"],
+                                                                 ["target", "judge", "perplexity"]]
+    skipped = plan_layout(resolve("contrastive"), parse_nodes(["CPU=8"]), "contrastive",
+                          job_module("contrastive").PLACEMENT)
+    assert any(w.startswith("start: not placed (loaded inside the scoring actors)") for w in skipped.warnings)
 
 
 def test_plan_fails_with_the_roles_the_numbers_and_the_fix() -> None:
@@ -109,14 +131,14 @@ def test_plan_fails_with_the_roles_the_numbers_and_the_fix() -> None:
     with pytest.raises(PlacementError) as e:
         plan(cfg, parse_nodes(["CPU=16,GPU=3"]), "reversegen")
     msg = str(e.value)
-    assert "cannot fit the roles that run together (target, judge)" in msg
-    assert "They need GPU 4, CPU 4 at once; the cluster has GPU 3, CPU 16" in msg
+    assert "cannot fit the roles that run together (proposer, target, judge, embedder, dpo)" in msg
+    assert "They need GPU 4, CPU 7 at once; the cluster has GPU 3, CPU 16" in msg
     assert "target.resources.replicas" in msg and "judge.resources.replicas" in msg
 
 
 def test_colocation_groups_stay_reserved_while_training() -> None:
     cfg = rg(*COLOCATED, "dpo.num_workers=4", "dpo.use_gpu=true")
-    with pytest.raises(PlacementError, match=r"training section 'dpo'.*dpo.num_workers"):
+    with pytest.raises(PlacementError, match=r"run together \(.*dpo\).*dpo.num_workers"):
         plan(cfg, parse_nodes(["CPU=16,GPU=4"]), "reversegen")  # 1 GPU held by the group, 3 left
     ok = plan(rg(*COLOCATED, "dpo.num_workers=3", "dpo.use_gpu=true"), parse_nodes(["CPU=16,GPU=4"]), "reversegen")
     assert ok.placements["dpo"] == ["node0"] * 3

@@ -15,7 +15,7 @@ import typer
 
 from forewarn.cli_common import ConfigOpt, SetOpt
 from forewarn.errors import ConfigError
-from forewarn.runner import JOBS, fail, resolve
+from forewarn.runner import JOBS, fail, job_module, resolve
 
 _JOB_HEADER = re.compile(r"^#\s*forewarn[- ]job:\s*([A-Za-z0-9_]+)")
 
@@ -42,8 +42,7 @@ def plan(config: Optional[Path] = ConfigOpt,
          node: Optional[list[str]] = typer.Option(None, "--node", help="a node, [Nx]CPU=<n>,GPU=<n> (repeatable)"),
          as_json: bool = typer.Option(False, "--json", help="print the plan as JSON")) -> None:
     """Say which role gets which CPUs/GPUs on which node; exit 2 with the reason when the cluster cannot fit it."""
-    from forewarn import cluster as C
-    from forewarn.placement import plan as make_plan
+    from forewarn import placement as C
 
     job = job or config_job(config) or "reversegen"
     try:
@@ -57,7 +56,7 @@ def plan(config: Optional[Path] = ConfigOpt,
             nodes, source = C.connect_and_list(addr), f"the Ray cluster at {addr}"
         else:
             nodes, source = C.local_nodes(cfg.ray), "this machine (a local Ray)"
-        result = make_plan(cfg, nodes, job)
+        result = C.plan(cfg, nodes, job, getattr(job_module(job), "PLACEMENT", None))
     except ConfigError as e:
         fail(str(e))
     if as_json:
@@ -99,8 +98,7 @@ cluster_app = typer.Typer(help="Cluster launcher files.", no_args_is_help=True)
 @cluster_app.command("check")
 def cluster_check(file: Path = typer.Argument(..., help="cluster YAML for `ray up`")) -> None:
     """Validate FILE offline with Ray's own cluster-config validator and list its nodes at the largest size."""
-    from forewarn.cluster import cluster_yaml_nodes, validate_cluster_yaml
-    from forewarn.placement import fmt
+    from forewarn.placement import cluster_yaml_nodes, fmt, validate_cluster_yaml
 
     try:
         validate_cluster_yaml(file)

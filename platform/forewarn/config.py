@@ -72,6 +72,14 @@ class Resources(Section):
         "whose bundles this role's actors use; forewarn.placement sets it for colocated roles")
 
 
+class TrainWorkers(Section):
+    """What a training section asks Ray Train for: ``num_workers`` x {CPU: cpus_per_worker, GPU: use_gpu}."""
+
+    num_workers: int = Field(1, ge=1, description="Ray Train workers (one process per GPU on a cluster)")
+    use_gpu: bool = Field(False, description="NCCL on GPUs when true, gloo on CPU when false")
+    cpus_per_worker: float = Field(1.0, gt=0, description="torch threads per worker follow this")
+
+
 class GenerationParams(Section):
     """One set of sampling parameters for every Generator backend."""
 

@@ -111,7 +111,8 @@ def _run(job: str, module: ModuleType, cfg: JobConfig, rundir: RunDir, quiet: bo
     init_ray(cfg.ray)
     from forewarn.placement import reserved  # colocation groups live as long as the run
 
-    with reserved(cfg, job, echo=not quiet) as cfg, make_tracker(cfg.tracking, job, cfg) as tracker:
+    layout = getattr(module, "PLACEMENT", None)  # how the job holds its roles over time (JobLayout)
+    with reserved(cfg, job, layout, echo=not quiet) as cfg, make_tracker(cfg.tracking, job, cfg) as tracker:
         summary = module.run(cfg, rundir, tracker)
         summary.setdefault("output_dir", str(rundir.root.resolve()))
         if tracker.run_id:

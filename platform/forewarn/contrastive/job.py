@@ -23,6 +23,7 @@ from forewarn.config import GenerationParams, JobConfig, ModelSpec, Resources, R
 from forewarn.contrastive.config import DecoderConfig, FinderConfig
 from forewarn.pipeline.prompt_files import read_prompts
 from forewarn.pipeline.rundir import RunDir, write_text
+from forewarn.placement import JobLayout
 from forewarn.records import (
     ContrastiveSampleRow, DivergencePromptRow, FinderCycleRow, rows_to_table, stable_id,
 )
@@ -57,6 +58,9 @@ class ContrastiveConfig(JobConfig):
 
 
 CONFIG = ContrastiveConfig
+PLACEMENT = JobLayout(unplaced={"start": "loaded inside the scoring actors",
+                                "comparison": "loaded inside the scoring actors",
+                                "assistant": "loaded in the driver process"})
 
 
 # ---------------------------------------------------------------- names, prompts, testbed

@@ -22,6 +22,7 @@ from forewarn.config import GenerationParams, JobConfig, ModelSpec, Resources, R
 from forewarn.errors import ConfigError
 from forewarn.judges.spec import JudgeSpec, OfflineToxicitySpec
 from forewarn.pipeline.rundir import RunDir
+from forewarn.placement import JobLayout
 from forewarn.records import stable_id
 from forewarn.retrieval.config import DatastoreSpec, DExpertsSpec, IndexSpec, KnnLMSpec, SystemSpec
 
@@ -94,6 +95,8 @@ class GoodtrieverConfig(JobConfig):
 
 
 CONFIG = GoodtrieverConfig
+# Datastores are built first (their embedders hold resources together), then generation and scoring stream.
+PLACEMENT = JobLayout(steps=(("datastores.*",), ("target", "judge", "perplexity")))
 
 
 def resolve_names(cfg: GoodtrieverConfig, store_dirs: dict[str, str] | None = None) -> GoodtrieverConfig:

@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from forewarn.config import Section
+from forewarn.config import Section, TrainWorkers
 
 
 class DeepSpeedConfig(Section):
@@ -41,12 +41,10 @@ class LoraConfig(Section):
     target_modules: list[str] = Field(default_factory=lambda: ["q_proj", "v_proj"])
 
 
-class TrainConfig(Section):
-    """The runner: Ray Train workers, optimiser, schedule, batch, DeepSpeed, LoRA, checkpoints."""
+class TrainConfig(TrainWorkers):
+    """The runner: Ray Train workers (``TrainWorkers``), optimiser, schedule, batch, DeepSpeed, LoRA,
+    checkpoints."""
 
-    num_workers: int = Field(1, ge=1, description="Ray Train workers (one process per GPU on a cluster)")
-    use_gpu: bool = Field(False, description="NCCL on GPUs when true, gloo on CPU when false")
-    cpus_per_worker: float = Field(1.0, gt=0, description="torch threads per worker follow this")
     optimizer: Literal["adamw", "rmsprop"] = "adamw"
     lr: float = Field(1e-4, gt=0)
     weight_decay: float = Field(0.0, ge=0)
@@ -64,6 +62,9 @@ class TrainConfig(Section):
     use_chat_template: bool = Field(True, description="render prompts through the tokenizer's chat template")
     checkpoint_every: int = Field(0, ge=0, description="optimizer steps between checkpoints; 0: only at the end")
     keep_checkpoints: int = Field(2, ge=1, description="how many Ray Train checkpoints to keep")
+    max_failures: int = Field(2, ge=-1, description="worker-group restarts after a worker dies (a process killed, "
+                                                    "a node lost); each resumes from the latest checkpoint. "
+                                                    "-1: unlimited")
     eval_every: int = Field(0, ge=0, description="steps between evaluations on eval data; 0: start and end only")
     seed: int = 0
     storage_path: str | None = Field(None, description="Ray Train storage (shared FS or s3://); default "

@@ -1,7 +1,7 @@
 """Where a plan places roles: the nodes of a live Ray cluster, of a ``cluster.yaml`` at its largest, of the
 local machine, or given inline; and the offline check of a cluster YAML with Ray's own validator.
 
-``forewarn plan`` takes one of these sources; ``placement.plan`` does the packing.
+``forewarn plan`` takes one of these sources; ``forewarn.placement.plan`` does the packing.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import yaml
 
 from forewarn.config import RayConfig
 from forewarn.errors import ConfigError
-from forewarn.placement import Node
+from forewarn.placement.demands import Node
 
 
 def live_nodes() -> list[Node]:

@@ -1,22 +1,64 @@
 """The plan of a placement: pack a job's role demands onto nodes, step by step, and say who gets what.
 
-``forewarn.placement.plan`` is the entry point; this module holds the :class:`Plan` it returns (rendered by
-``forewarn plan``) and the packing (best-fit decreasing on GPUs, then CPUs). Colocation groups are placed
-first and stay reserved for the whole run; each step of the job (``placement.steps``) is then placed on
-what they leave, and a failure names the roles, what they need at once, what the cluster has and the
-fields to change.
+:func:`plan` returns a :class:`Plan` (rendered by ``forewarn plan``); the packing is best-fit decreasing
+on GPUs, then CPUs. Colocation groups are placed first and stay reserved for the whole run; each step of
+the job (its :class:`JobLayout`, declared as ``PLACEMENT`` in the job's module) is then placed on what
+they leave, and a failure names the roles, what they need at once, what the cluster has and the fields
+to change.
 """
 
 from __future__ import annotations
 
+import fnmatch
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import BaseModel
 
-from forewarn.placement import (EPS, KEYS, UNPLACED, ColocationGroup, Node, PlacementError, RoleDemand,
-                                colocation_groups, fmt, role_demands, steps)
+from forewarn.placement.demands import (
+    EPS,
+    KEYS,
+    ColocationGroup,
+    Node,
+    PlacementError,
+    RoleDemand,
+    colocation_groups,
+    fmt,
+    role_demands,
+)
+
+
+@dataclass(frozen=True)
+class JobLayout:
+    """How a job holds its roles over time, declared by the job module as ``PLACEMENT``.
+
+    ``steps``: the roles (fnmatch patterns over role names) that hold resources at the same time, in the
+    order the job runs them; roles no step names run alone, after them. Without a layout every inference
+    role counts at once (an upper bound). Training sections always run alone, between inference steps.
+    ``pools_during_training``: the job keeps its role pools up while it trains (ReverseGen's DPO steps run
+    beside the long-lived pools), so each training section is placed together with every inference role.
+    ``unplaced``: roles whose ``resources`` the job never asks Ray for, with the reason the plan prints.
+    """
+
+    steps: tuple[tuple[str, ...], ...] = ()
+    pools_during_training: bool = False
+    unplaced: dict[str, str] = field(default_factory=dict)
+
+
+def steps(demands: Sequence[RoleDemand], layout: JobLayout | None) -> list[list[str]]:
+    """The roles that hold resources at the same time, step by step (see :class:`JobLayout`)."""
+    inference = [d.name for d in demands if d.kind != "train"]
+    training = [d.name for d in demands if d.kind == "train"]
+    if layout is not None and layout.pools_during_training:
+        return [[*inference, t] for t in training] or ([inference] if inference else [])
+    if layout is not None and layout.steps:
+        out = [[n for n in inference if any(fnmatch.fnmatchcase(n, p) for p in step)] for step in layout.steps]
+        taken = {n for s in out for n in s}
+        out = [s for s in out if s] + [[n] for n in inference if n not in taken]
+    else:
+        out = [inference] if inference else []
+    return out + [[t] for t in training]
 
 
 @dataclass
@@ -131,7 +173,7 @@ def _no_room(label: str, req: dict[str, float], fix: str, nodes: list[Node], fre
             "(max_workers in cluster.yaml)")
 
 
-def make_plan(cfg: BaseModel, nodes: Sequence[Node], job: str | None = None) -> Plan:
+def plan(cfg: BaseModel, nodes: Sequence[Node], job: str | None = None, layout: JobLayout | None = None) -> Plan:
     """Place every role of ``cfg`` on ``nodes`` or raise :class:`PlacementError` saying what does not fit.
 
     Colocation groups are placed first and keep their bundles for the whole run. Then each step (roles that
@@ -140,7 +182,7 @@ def make_plan(cfg: BaseModel, nodes: Sequence[Node], job: str | None = None) -> 
     """
     nodes = list(nodes)
     demands, warnings = role_demands(cfg)
-    skip = UNPLACED.get(job or "", {})
+    skip = layout.unplaced if layout is not None else {}
     warnings += [f"{d.name}: not placed ({skip[d.name]}); its resources are not asked for"
                  for d in demands if d.name in skip]
     demands = [d for d in demands if d.name not in skip]
@@ -157,7 +199,7 @@ def make_plan(cfg: BaseModel, nodes: Sequence[Node], job: str | None = None) -> 
     placements = _pack(items, nodes, free, "colocation groups")
     tightest = {n: dict(f) for n, f in free.items()}
     step_of: dict[str, int] = {}
-    for i, step in enumerate(steps(demands, job)):
+    for i, step in enumerate(steps(demands, layout)):
         items = []
         mine = [by_name[n] for n in step if n not in grouped]
         fix = "lower " + "; ".join(

@@ -1,10 +1,10 @@
-"""Placement: a job's role resources become Ray resource requests, colocation placement groups and a plan.
+"""What a job config asks Ray for: every role's demand and the colocation groups (pure config walking).
 
 Every role in a job config (a ``RoleConfig``, a judge spec, a datastore, a bare ``Resources`` such as the
-embedder) carries ``resources``; every training section (``TrainConfig``) asks for ``num_workers`` workers.
-This module turns them into what Ray is asked for:
+embedder) carries ``resources``; every training section (a ``TrainWorkers`` section such as ``TrainConfig``) asks for
+``num_workers`` workers. :func:`role_demands` turns them into Ray requests:
 
-- an ``hf``/``openai`` role: ``replicas`` actors of ``{CPU: num_cpus, GPU: num_gpus}`` (a Ray Data pool);
+- an ``hf``/``openai`` role: ``replicas`` actors of ``{CPU: num_cpus, GPU: num_gpus}`` (a role pool);
 - a ``vllm`` role: ``replicas`` engines of ``tensor_parallel_size`` GPUs each, kept on one node (what
   ``ray.data.llm`` reserves: one ``{GPU: 1, CPU: 1}`` bundle per TP worker, or a fractional GPU with TP 1);
 - colocated roles (``target.resources.colocate_with: proposer``): one placement group per group, one bundle
@@ -12,37 +12,24 @@ This module turns them into what Ray is asked for:
   GPUs inside it, so Ray puts them on the *same* GPUs (memory is split by the models, as in OpenRLHF);
 - training sections: ``num_workers`` x ``{CPU: cpus_per_worker, GPU: use_gpu}``.
 
-``plan(cfg, nodes)`` packs that onto a cluster's nodes step by step (roles that run at the same time, e.g.
-ReverseGen's target and judge, are placed together; the colocation groups stay reserved throughout) and
-says which role gets what, or raises :class:`PlacementError` naming the role, what it needs, what is free
-and the fields to change (the packing is in ``forewarn.planning``). ``reserved(cfg)`` creates the colocation
-groups for a run and ``remote_args(resources)`` gives an actor pool its placement-group scheduling strategy
-(``forewarn.pipeline.stages`` uses it).
+The placement family runs one way: ``demands`` (this) -> ``nodes`` (where) -> ``plan`` (pack, offline)
+-> ``reserve`` (placement groups and actor scheduling at run time). Nothing here knows a job by name.
 """
 
 from __future__ import annotations
 
-import fnmatch
 import math
-import os
-import uuid
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pydantic import BaseModel
 
-from forewarn.config import ModelSpec, Resources
+from forewarn.config import ModelSpec, Resources, TrainWorkers
 from forewarn.errors import ConfigError
-from forewarn.training.config import TrainConfig
-
-if TYPE_CHECKING:
-    from forewarn.planning import Plan
 
 EPS = 1e-6
 KEYS = ("GPU", "CPU")
-PG_TIMEOUT_S = float(os.environ.get("FOREWARN_PLACEMENT_TIMEOUT_S", "900"))
 
 
 class PlacementError(ConfigError):
@@ -93,11 +80,11 @@ def fmt(res: dict[str, float]) -> str:
 
 
 def role_refs(cfg: BaseModel) -> list[tuple[str, str, Any, ModelSpec | None, str | None]]:
-    """(role name, resource field path, Resources or TrainConfig, model, label) of every role in ``cfg``.
+    """(role name, resource field path, Resources or TrainWorkers, model, label) of every role in ``cfg``.
 
     Walks the config: a ``Resources`` value, a section with a ``resources`` field (its ``model`` field, if a
     ``ModelSpec``, is the role's model; its ``kind``, e.g. a judge's, is the label of a role without one)
-    and a ``TrainConfig`` are roles. Sections whose ``enabled`` is false
+    and a ``TrainWorkers`` are roles. Sections whose ``enabled`` is false
     are skipped, and where a section's ``task`` names one of its training sections, only that one counts.
     The objects are those of ``cfg`` itself, so a caller may set fields on them.
     """
@@ -111,7 +98,7 @@ def _walk(obj: Any, path: str, out: list) -> None:
         fields = type(obj).model_fields
         if "enabled" in fields and getattr(obj, "enabled") is False:
             return
-        if isinstance(obj, (TrainConfig, Resources)):
+        if isinstance(obj, (TrainWorkers, Resources)):
             out.append((path, path, obj, None, None))
             return
         res = getattr(obj, "resources", None) if "resources" in fields else None
@@ -123,10 +110,10 @@ def _walk(obj: Any, path: str, out: list) -> None:
                         model.path if model else f"({kind})" if isinstance(kind, str) else None))
             return
         task = getattr(obj, "task", None)
-        chosen = task if isinstance(task, str) and isinstance(getattr(obj, task, None), TrainConfig) else None
+        chosen = task if isinstance(task, str) and isinstance(getattr(obj, task, None), TrainWorkers) else None
         for name in fields:
             value = getattr(obj, name)
-            if chosen and isinstance(value, TrainConfig) and name != chosen:
+            if chosen and isinstance(value, TrainWorkers) and name != chosen:
                 continue
             _walk(value, f"{path}.{name}" if path else name, out)
     elif isinstance(obj, dict):
@@ -153,7 +140,7 @@ def role_demands(cfg: BaseModel) -> tuple[list[RoleDemand], list[str]]:
     """The demand of every role in ``cfg`` and warnings about settings that do not do what they seem to."""
     demands, warnings = [], []
     for name, fld, obj, model, label in role_refs(cfg):
-        if isinstance(obj, TrainConfig):
+        if isinstance(obj, TrainWorkers):
             demands.append(RoleDemand(name, fld, "train", obj.num_workers,
                                       {"CPU": obj.cpus_per_worker, "GPU": 1.0 if obj.use_gpu else 0.0}))
             continue
@@ -235,104 +222,3 @@ def colocation_groups(demands: Sequence[RoleDemand]) -> list[ColocationGroup]:
         replicas = max(d.replicas for d in ds)
         groups.append(ColocationGroup(r, tuple(names), tuple(dict(bundle) for _ in range(replicas))))
     return groups
-
-
-# The steps of a job, in the order it runs them: each step is the roles (fnmatch patterns) that hold resources
-# at the same time (Ray Data streams the stages of one dataset concurrently). Roles of a listed job that no
-# step names run alone, after them. Unlisted jobs: all inference roles at once (an upper bound). Training
-# sections always run alone, between inference steps.
-STEPS: dict[str, list[list[str]]] = {
-    "reversegen": [["proposer"], ["embedder"], ["target", "judge", "reference"]],  # propose, dedup, respond+judge
-    "goodtriever": [["datastores.*"], ["target", "judge", "perplexity"]],  # build stores, then generate+score
-}
-# Roles whose ``resources`` a job does not ask Ray for, with the reason the plan prints.
-UNPLACED: dict[str, dict[str, str]] = {
-    "contrastive": {"start": "loaded inside the scoring actors", "comparison": "loaded inside the scoring actors",
-                    "assistant": "loaded in the driver process"},
-}
-
-
-def steps(demands: Sequence[RoleDemand], job: str | None) -> list[list[str]]:
-    """The roles that hold resources at the same time, step by step (see :data:`STEPS`)."""
-    inference = [d.name for d in demands if d.kind != "train"]
-    if job in STEPS:
-        out = [[n for n in inference if any(fnmatch.fnmatchcase(n, p) for p in step)] for step in STEPS[job]]
-        taken = {n for s in out for n in s}
-        out = [s for s in out if s] + [[n] for n in inference if n not in taken]
-    else:
-        out = [inference] if inference else []
-    return out + [[d.name] for d in demands if d.kind == "train"]
-
-
-def plan(cfg: BaseModel, nodes: Sequence[Node], job: str | None = None) -> "Plan":
-    """Place every role of ``cfg`` on ``nodes`` step by step, or raise :class:`PlacementError` saying what
-    does not fit (the roles, what they need at once, what is free, the fields to change); see
-    :func:`forewarn.planning.make_plan`."""
-    from forewarn.planning import make_plan
-
-    return make_plan(cfg, nodes, job)
-
-
-# ---------------------------------------------------------------- at run time
-
-
-def remote_args(res: Resources) -> dict[str, Any]:
-    """Extra Ray remote args of a role's actors: the placement group of a colocated role, else nothing."""
-    if not res.placement_group:
-        return {}
-    import ray
-    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
-
-    try:
-        pg = ray.util.get_placement_group(res.placement_group)
-    except ValueError:
-        raise PlacementError(f"placement group {res.placement_group!r} does not exist in this Ray namespace; "
-                             "it is created by forewarn.placement.reserved() for the run") from None
-    return {"scheduling_strategy": PlacementGroupSchedulingStrategy(
-        pg, placement_group_bundle_index=-1, placement_group_capture_child_tasks=False)}
-
-
-@contextmanager
-def reserved(cfg: BaseModel, job: str | None = None, echo: bool = True,
-             timeout_s: float = PG_TIMEOUT_S) -> Iterator[BaseModel]:
-    """Create the colocation placement groups of ``cfg`` on the connected Ray cluster, for one run.
-
-    Yields a copy of ``cfg`` whose colocated roles carry ``resources.placement_group`` (not part of the
-    dumped or hashed config); the groups are removed on exit. With ``echo``, prints the plan against the
-    cluster as it is now (a note, not an error, when it does not fit: an autoscaler may add nodes). Bad
-    colocations raise :class:`PlacementError` before anything is reserved.
-    """
-    import ray
-
-    demands, _ = role_demands(cfg)
-    groups = colocation_groups(demands)
-    if echo:
-        from forewarn.cluster import live_nodes
-
-        try:
-            print(plan(cfg, live_nodes(), job).render(), flush=True)
-        except PlacementError as e:
-            print(f"# forewarn placement: the cluster does not fit this run as it is now "
-                  f"(waiting for the autoscaler, if any): {e}", flush=True)
-    if not groups:
-        yield cfg
-        return
-    cfg = cfg.model_copy(deep=True)
-    refs = {name: obj for name, _, obj, _, _ in role_refs(cfg)}
-    pgs = []
-    try:
-        for g in groups:
-            name = f"forewarn-{g.name}-{uuid.uuid4().hex[:8]}"
-            pg = ray.util.placement_group(list(g.bundles), strategy="PACK", name=name)
-            pgs.append(pg)
-            if not pg.wait(timeout_seconds=timeout_s):
-                raise PlacementError(
-                    f"colocation group {g.name!r} ({len(g.bundles)} x {fmt(g.bundles[0])}) was not placed within "
-                    f"{timeout_s:g} s: the cluster has no node with room (see `ray status`); lower the members' "
-                    f"resources or add nodes (FOREWARN_PLACEMENT_TIMEOUT_S sets the wait)")
-            for m in g.members:
-                refs[m].placement_group = name
-        yield cfg
-    finally:
-        for pg in pgs:
-            ray.util.remove_placement_group(pg)
