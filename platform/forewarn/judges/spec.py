@@ -100,11 +100,21 @@ class MathMatchSpec(_JudgeSection):
         return self
 
 
+class ArithmeticSpec(_JudgeSection):
+    """Math without a reference model: the gold answer is computed from the question's arithmetic expression."""
+
+    kind: Literal["arithmetic"] = "arithmetic"
+    abs_tol: float = Field(0.01, ge=0.0, description="an answer within abs_tol + rel_tol * |gold| is correct")
+    rel_tol: float = Field(1e-6, ge=0.0)
+
+
 JudgeSpec = Annotated[
-    Union[OfflineToxicitySpec, LlamaGuardSpec, PerspectiveSpec, ClassifierSpec, HonestyEntropySpec, MathMatchSpec],
+    Union[OfflineToxicitySpec, LlamaGuardSpec, PerspectiveSpec, ClassifierSpec, HonestyEntropySpec, MathMatchSpec,
+          ArithmeticSpec],
     Field(discriminator="kind"),
 ]
-JUDGE_KINDS = ("offline_toxicity", "llama_guard", "perspective", "classifier", "honesty_entropy", "math_match")
+JUDGE_KINDS = ("offline_toxicity", "llama_guard", "perspective", "classifier", "honesty_entropy", "math_match",
+               "arithmetic")
 _ADAPTER: TypeAdapter = TypeAdapter(JudgeSpec)
 
 
@@ -164,9 +174,15 @@ def _math(spec: MathMatchSpec, reference_generator: Generator | None = None, **_
     return MathMatchJudge(reference_generator=reference_generator, reference_params=spec.reference_params)
 
 
+def _arithmetic(spec: ArithmeticSpec, **_: Any) -> Judge:
+    from forewarn.judges.arithmetic import ArithmeticJudge
+
+    return ArithmeticJudge(abs_tol=spec.abs_tol, rel_tol=spec.rel_tol)
+
+
 BUILDERS: dict[str, Callable[..., Judge]] = {
     "offline_toxicity": _offline, "llama_guard": _llama_guard, "perspective": _perspective,
-    "classifier": _classifier, "honesty_entropy": _honesty, "math_match": _math,
+    "classifier": _classifier, "honesty_entropy": _honesty, "math_match": _math, "arithmetic": _arithmetic,
 }
 
 

@@ -97,16 +97,23 @@ class ReverseGenConfig(JobConfig):
     def _task_fits(self) -> "ReverseGenConfig":
         kind = self.judge.kind
         want = {"safety": {"offline_toxicity", "llama_guard", "perspective", "classifier"},
-                "honesty": {"honesty_entropy"}, "math": {"math_match"}}[self.task]
+                "honesty": {"honesty_entropy"}, "math": {"math_match", "arithmetic"}}[self.task]
         if kind not in want:
             raise ValueError(f"task {self.task!r} needs judge.kind in {sorted(want)}, got {kind!r}")
-        if self.task == "math" and self.reference is None and self.judge.reference_model is None:
-            raise ValueError("task 'math' needs a reference model (set reference.model.path) for the gold "
-                             "answers of generated questions")
+        if uses_reference(self) and self.reference is None and self.judge.reference_model is None:
+            raise ValueError("task 'math' with judge.kind 'math_match' needs a reference model (set "
+                             "reference.model.path) for the gold answers of generated questions, or use "
+                             "judge.kind=arithmetic, which computes them from the question")
         if self.proposer.model.use_chat_template:
             raise ValueError("proposer.model.use_chat_template must be false: the proposer continues raw "
                              "3-shot prompts")
         return self
+
+
+def uses_reference(cfg: ReverseGenConfig) -> bool:
+    """Whether a reference model writes the gold answers (math with ``math_match``; ``arithmetic`` computes
+    them from the question)."""
+    return cfg.task == "math" and cfg.judge.kind == "math_match"
 
 
 def model_paths(cfg: ReverseGenConfig) -> dict[str, Any]:
