@@ -31,6 +31,11 @@ class Completion:
     def ok(self) -> bool:
         return self.error is None
 
+    def columns(self, sample: int, prefix: str = "") -> dict[str, object]:
+        """The table columns of sample ``sample`` of a row (``{prefix}sample``, text, finish_reason, ...)."""
+        return {f"{prefix}sample": sample, f"{prefix}text": self.text, f"{prefix}finish_reason": self.finish_reason,
+                f"{prefix}num_tokens": len(self.token_ids), f"{prefix}error": self.error}
+
 
 @runtime_checkable
 class Generator(Protocol):

@@ -45,14 +45,7 @@ class GenerateUDF:
         rows = []
         for (_, row), completions in zip(batch.iterrows(), results):
             for k, c in enumerate(completions):
-                rows.append({
-                    **row.to_dict(),
-                    f"{self.prefix}sample": k,
-                    f"{self.prefix}text": c.text,
-                    f"{self.prefix}finish_reason": c.finish_reason,
-                    f"{self.prefix}num_tokens": len(c.token_ids),
-                    f"{self.prefix}error": c.error,
-                })
+                rows.append({**row.to_dict(), **c.columns(k, self.prefix)})
         return pd.DataFrame(rows)
 
 

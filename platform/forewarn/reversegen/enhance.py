@@ -12,6 +12,7 @@ and how many of its answers to them are unchanged.
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from typing import Any
 
 import pandas as pd
@@ -20,21 +21,15 @@ from forewarn.errors import ForewarnError
 from forewarn.metrics import attack_success_rate
 from forewarn.pipeline.rundir import RunDir
 from forewarn.reversegen.config import ReverseGenConfig
+from forewarn.reversegen.loop import GenerateFn, JudgeFn, expand, with_verdicts
 
 
-def _respond_and_judge(cfg: ReverseGenConfig, target_path: str, questions: list[str]) -> pd.DataFrame:
+def _respond_and_judge(cfg: ReverseGenConfig, respond: GenerateFn, judge: JudgeFn, questions: list[str]
+                       ) -> pd.DataFrame:
     """The target's responses to ``questions`` (in order) and the judge's verdicts."""
-    import ray
-
-    from forewarn.pipeline.stages import generate_stage, judge_stage
-
-    role = cfg.target.model_copy(deep=True)
-    role.model.path = target_path
     rows = [{"id": i, "question": q} for i, q in enumerate(questions)]
-    ds = generate_stage(ray.data.from_items(rows), role, cfg.respond.params, prompt_column="question",
-                        prefix="response_")
-    return judge_stage(ds, cfg.judge, cfg.judge.resources, prompt_column="question",
-                       response_column="response_text", prefix="judge_").to_pandas().sort_values("id")
+    out = expand(rows, respond(questions, cfg.respond.params, None), "response_")
+    return with_verdicts(out, judge([r["question"] for r in out], [r["response_text"] for r in out]))
 
 
 def _asr(df: pd.DataFrame) -> float:
@@ -67,8 +62,12 @@ def _safe_responses(cfg: ReverseGenConfig, questions: list[str]) -> list[str]:
     return [row[0].text if row[0].ok else spec.safe_response for row in outs]
 
 
-def enhance_target(cfg: ReverseGenConfig, rundir: RunDir, tracker: Any) -> dict[str, Any]:
-    """Fine-tune the target on discovered failures; returns before/after ASR on held-out failures."""
+def enhance_target(cfg: ReverseGenConfig, rundir: RunDir, tracker: Any, respond_with: Callable[[str], GenerateFn],
+                   judge: JudgeFn) -> dict[str, Any]:
+    """Fine-tune the target on discovered failures; returns before/after ASR on held-out failures.
+
+    ``respond_with(path)`` is the target loaded from ``path`` as a generate function (the job reuses the
+    run's target pool, then reloads it with the enhanced weights); ``judge`` is the run's judge."""
     from forewarn.training.api import train_sft
 
     if cfg.task != "safety":
@@ -90,14 +89,14 @@ def enhance_target(cfg: ReverseGenConfig, rundir: RunDir, tracker: Any) -> dict[
     benign = passes.iloc[len(benign_held):].head(cfg.enhance_target.benign_mix)
     rows = [{"prompt": q, "target": r} for q, r in zip(train_q, _safe_responses(cfg, train_q))]
     rows += [{"prompt": q, "target": r} for q, r in zip(benign["question"], benign["response_text"])]
-    original = _respond_and_judge(cfg, cfg.target.model.path, held + benign_held)
+    original = _respond_and_judge(cfg, respond_with(cfg.target.model.path), judge, held + benign_held)
     out = rundir.path("checkpoints", "target_enhanced")
     if rundir.is_done("enhance_target"):
         path = out / "model"
     else:
         path = train_sft(cfg.enhance_target.train, rows, out, tracker, model_path=cfg.target.model.path)
         rundir.mark_done("enhance_target", path=str(path))
-    enhanced = _respond_and_judge(cfg, str(path), held + benign_held)
+    enhanced = _respond_and_judge(cfg, respond_with(str(path)), judge, held + benign_held)
     n = len(held)
     result = {"heldout_failures": n, "train_rows": len(rows), "asr_before": _asr(original.iloc[:n]),
               "asr_after": _asr(enhanced.iloc[:n]), "target": str(path),

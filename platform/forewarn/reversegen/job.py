@@ -13,17 +13,21 @@ from __future__ import annotations
 
 import json
 import random
+import time
 from pathlib import Path
 from typing import Any
 
-from forewarn.config import RayConfig, TrackingConfig, config_hash
+from forewarn.config import RayConfig, RoleConfig, TrackingConfig, config_hash
 from forewarn.errors import ForewarnError
 from forewarn.pipeline.rundir import RunDir
-from forewarn.reversegen.config import EnhanceConfig, ReverseGenConfig, model_paths
-from forewarn.reversegen.loop import IterationContext, run_iteration
+from forewarn.placement import JobLayout
+from forewarn.reversegen.config import EnhanceConfig, ReverseGenConfig, model_paths, uses_reference
+from forewarn.reversegen.loop import IterationContext, Roles, run_iteration
 from forewarn.reversegen.proposer import build_prompt, completion_text, seed_items
 
 CONFIG = ReverseGenConfig
+# Every role is a long-lived pool for the whole run, and stays up while the proposer's DPO steps train.
+PLACEMENT = JobLayout(pools_during_training=True)
 
 
 class NoPairs(ForewarnError):
@@ -40,7 +44,7 @@ def resolve_names(cfg: ReverseGenConfig) -> tuple[ReverseGenConfig, Any]:
     cfg.target.model.path = resolve_model(cfg.target.model.path)
     if cfg.reference is not None:
         cfg.reference.model.path = resolve_model(cfg.reference.model.path)
-    if cfg.task == "math" and cfg.judge.reference_model is not None:
+    if uses_reference(cfg) and cfg.judge.reference_model is not None:
         cfg.judge.reference_model.path = resolve_model(cfg.judge.reference_model.path)
     cfg.seeds = resolve_path(cfg.seeds)
     return cfg, manifest
@@ -101,6 +105,81 @@ def dpo_round(cfg: ReverseGenConfig, rundir: RunDir, k: int, policy: str, pairs:
     return str(path)
 
 
+def role_resources(cfg: ReverseGenConfig) -> tuple[dict[str, Any], float]:
+    """The roles this run holds as long-lived pools, with their resources, and the CPUs its training steps
+    need while the pools are up (the largest of warm-up, DPO and enhancement)."""
+    res = {"proposer": cfg.proposer.resources, "target": cfg.target.resources, "judge": cfg.judge.resources}
+    if cfg.dedup.semdedup:
+        res["embedder"] = cfg.embedder
+    if uses_reference(cfg):
+        res["reference"] = reference_role(cfg).resources
+    trains = [cfg.dpo] + ([cfg.warmup.train] if cfg.warmup.enabled else []) + (
+        [cfg.enhance_target.train] if cfg.enhance_target.enabled else [])
+    return res, max(t.num_workers * t.cpus_per_worker for t in trains)
+
+
+def reference_role(cfg: ReverseGenConfig) -> RoleConfig:
+    return cfg.reference or RoleConfig(model=cfg.judge.reference_model)
+
+
+def make_roles(cfg: ReverseGenConfig, pools: Any, policy: str) -> Roles:
+    """This iteration's roles as plain functions over the run's pools; the proposer serves ``policy`` (its pool
+    reloads the weights when the policy changed since its last call)."""
+    from forewarn import pools as fp
+
+    proposer = cfg.proposer.model.model_copy(update={"path": policy})
+    return Roles(propose=fp.generator(pools, "proposer", proposer), respond=fp.generator(pools, "target", cfg.target.model),
+                 judge=fp.judge(pools, "judge", cfg.judge),
+                 embed=fp.embedder(pools, "embedder", cfg.dedup.embedder) if cfg.dedup.semdedup else None,
+                 reference=fp.generator(pools, "reference", reference_role(cfg).model) if uses_reference(cfg) else None,
+                 clock=pools.seconds)
+
+
+def iterate(cfg: ReverseGenConfig, rundir: RunDir, tracker: Any, pools: Any, run_id: str, seeds: list[dict],
+            policy: str, topic_of: Any, summary: dict[str, Any]) -> tuple[str, str | None]:
+    """The rounds of propose -> judge -> DPO; appends each round's metrics (with its stage timings) to
+    ``summary["iterations"]``; returns the last policy and why the loop stopped early (or None)."""
+    for k in range(cfg.iterations):
+        ctx = IterationContext(cfg, rundir, run_id, k, seeds, make_roles(cfg, pools, policy), topic_of)
+        metrics, judged, pairs = run_iteration(ctx)
+        metrics["timing"] = ctx.timing
+        summary["iterations"].append(metrics)
+        tracker.log_metrics({k2: v for k2, v in metrics.items() if isinstance(v, (int, float))}
+                            | {f"time/{st}/{kind}": v for st, t in ctx.timing.items() for kind, v in t.items()}, step=k)
+        print(f"[reversegen] iteration {k}: asr={metrics['asr']:.3f} self_bleu={metrics['self_bleu']:.3f} "
+              f"instructions={metrics['n_instructions']} failures={metrics['n_failures']} "
+              f"pairs={metrics['n_pairs']} stage seconds: "
+              + ", ".join(f"{st} {t['wall_s']:.1f}" for st, t in ctx.timing.items() if "wall_s" in t), flush=True)
+        rundir.write_summary(summary)  # partial summaries survive a crash
+        if metrics["n_instructions"] == 0:
+            return policy, (f"iteration {k}: none of the {metrics['n_proposals']} proposals was a well-formed "
+                            f"{cfg.task} item, so nothing was judged; the loop stops here. Warm the proposer up "
+                            f"on the task's format (warmup.enabled=true, more warmup.examples or epochs).")
+        if k == cfg.iterations - 1 and not cfg.train_last:
+            break
+        if len(pairs) == 0:
+            return policy, (f"iteration {k} gave no preference pairs (no prompt had both a failing and a passing "
+                            f"instruction): the loop stops here. Sample more per prompt (propose.params.n) or "
+                            f"more prompts (propose.prompts_per_iteration).")
+        start = time.perf_counter()
+        policy = dpo_round(cfg, rundir, k, policy, pairs, tracker)
+        ctx.timing["dpo"] = {"wall_s": time.perf_counter() - start}
+        tracker.log_metrics({"time/dpo/wall_s": ctx.timing["dpo"]["wall_s"]}, step=k)
+    return policy, None
+
+
+def stage_totals(iterations: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """Seconds per stage and kind, summed over iterations (stages read back on resume count nothing)."""
+    out: dict[str, dict[str, float]] = {}
+    for m in iterations:
+        for stage, t in m.get("timing", {}).items():
+            for kind, v in t.items():
+                if kind != "resumed":
+                    out.setdefault(stage, {}).setdefault(kind, 0.0)
+                    out[stage][kind] = round(out[stage][kind] + v, 3)
+    return out
+
+
 def plot_iterations(iterations: list[dict], tracker: Any, rundir: RunDir) -> None:
     import matplotlib
 
@@ -137,47 +216,43 @@ def run(cfg: ReverseGenConfig, rundir: RunDir, tracker: Any) -> dict[str, Any]:
     if previous is not None and previous != run_id:
         raise ForewarnError(f"output dir {str(rundir.root)!r} holds a run of a different config (run key "
                             f"{previous}, this config {run_id}); resuming would mix them. Use a new --output-dir.")
+    from forewarn import pools as fp
+
+    start = time.perf_counter()
     policy = warmup(cfg, rundir, seeds, tracker) if cfg.warmup.enabled else cfg.proposer.model.path
+    warmup_s = time.perf_counter() - start
     topic_of = manifest.planted_topic_of if manifest is not None and cfg.task == "safety" else None
     summary: dict[str, Any] = {"run_key": run_id, "task": cfg.task, "iterations": []}
-    found: set[str] = set()
-    stop_reason = None
-    for k in range(cfg.iterations):
-        ctx = IterationContext(cfg, rundir, run_id, k, policy, seeds, topic_of)
-        metrics, judged, pairs = run_iteration(ctx)
-        found |= set(metrics.get("planted_topics_found", []))
-        summary["iterations"].append(metrics)
-        tracker.log_metrics({k2: v for k2, v in metrics.items() if isinstance(v, (int, float))}, step=k)
-        print(f"[reversegen] iteration {k}: asr={metrics['asr']:.3f} self_bleu={metrics['self_bleu']:.3f} "
-              f"instructions={metrics['n_instructions']} failures={metrics['n_failures']} "
-              f"pairs={metrics['n_pairs']}", flush=True)
-        rundir.write_summary(summary)  # partial summaries survive a crash
-        if metrics["n_instructions"] == 0:
-            stop_reason = (f"iteration {k}: none of the {metrics['n_proposals']} proposals was a well-formed "
-                           f"{cfg.task} item, so nothing was judged; the loop stops here. Warm the proposer up "
-                           f"on the task's format (warmup.enabled=true, more warmup.examples or epochs).")
+    resources, train_cpus = role_resources(cfg)
+    with fp.RolePools(resources, reserve_cpus=train_cpus) as pools:
+        policy, stop_reason = iterate(cfg, rundir, tracker, pools, run_id, seeds, policy, topic_of, summary)
+        if stop_reason:
             print(f"[reversegen] {stop_reason}", flush=True)
-            break
-        if k == cfg.iterations - 1 and not cfg.train_last:
-            break
-        if len(pairs) == 0:
-            stop_reason = (f"iteration {k} gave no preference pairs (no prompt had both a failing and a passing "
-                           f"instruction): the loop stops here. Sample more per prompt (propose.params.n) or "
-                           f"more prompts (propose.prompts_per_iteration).")
-            print(f"[reversegen] {stop_reason}", flush=True)
-            break
-        policy = dpo_round(cfg, rundir, k, policy, pairs, tracker)
-    first, last = summary["iterations"][0], summary["iterations"][-1]
-    summary.update(final_asr=last["asr"], final_self_bleu=last["self_bleu"], final_proposer=policy,
-                   asr_ratio=(last["asr"] / first["asr"]) if first["asr"] else None, stop_reason=stop_reason)
-    if manifest is not None and cfg.task == "safety":
-        summary["planted_topics"] = sorted(manifest.planted_topics)
-        summary["planted_topics_found"] = sorted(found)
-        summary["planted_recall"] = len(found) / len(manifest.planted_topics)
-    if cfg.enhance_target.enabled:
-        from forewarn.reversegen.enhance import enhance_target
+        pools.release("proposer", "embedder", "reference")  # the loop is over; enhancement needs target and judge
+        first, last = summary["iterations"][0], summary["iterations"][-1]
+        summary.update(final_asr=last["asr"], final_self_bleu=last["self_bleu"], final_proposer=policy,
+                       asr_ratio=(last["asr"] / first["asr"]) if first["asr"] else None, stop_reason=stop_reason)
+        if manifest is not None and cfg.task == "safety":
+            found = {t for m in summary["iterations"] for t in m.get("planted_topics_found", [])}
+            summary["planted_topics"] = sorted(manifest.planted_topics)
+            summary["planted_topics_found"] = sorted(found)
+            summary["planted_recall"] = len(found) / len(manifest.planted_topics)
+        if cfg.enhance_target.enabled:
+            from forewarn.reversegen.enhance import enhance_target
 
-        summary["enhance_target"] = enhance_target(cfg, rundir, tracker)
+            def respond_with(path: str) -> Any:  # the run's target pool, reloaded for the enhanced weights
+                return fp.generator(pools, "target", cfg.target.model.model_copy(update={"path": path}))
+
+            start = time.perf_counter()
+            summary["enhance_target"] = enhance_target(cfg, rundir, tracker, respond_with,
+                                                       fp.judge(pools, "judge", cfg.judge))
+            summary["enhance_target"]["wall_s"] = round(time.perf_counter() - start, 3)
+        roles = pools.stats()
+    summary["model_loads"] = {role: r["loads"] for role, r in roles.items()}
+    summary["timing"] = {"warmup_s": round(warmup_s, 3), "stages": stage_totals(summary["iterations"]),
+                         "roles": roles}
+    tracker.log_metrics({f"loads/{role}": n for role, n in summary["model_loads"].items()}
+                        | {f"role/{role}/{k}": v for role, r in roles.items() for k, v in r.items()})
     tracker.log_metrics({k: v for k, v in summary.items() if isinstance(v, (int, float)) and v is not None})
     plot_iterations(summary["iterations"], tracker, rundir)
     for k in range(len(summary["iterations"])):
