@@ -4,9 +4,10 @@ hypotheses, a knowledge base of findings and a self-contained HTML report.
 Plain Python over objects (Ray only inside the experiment scorer):
 
     source = load_source("runs/contrastive", Path("out/source"))
+    cfg, manifest = forewarn.contrastive.job.resolve_names(source.config)   # names -> local paths
     analyst = Analyst(load_generator(spec), AnalystConfig(), Budget(BudgetConfig()), PromptSet.load())
     kb = KnowledgeBase(run_id="demo")
-    outcome = DivergenceAnalysis(analyst, ExperimentScorer(source), source, kb, AnalystConfig(),
+    outcome = DivergenceAnalysis(analyst, ExperimentScorer(cfg, manifest), source, kb, AnalystConfig(),
                                  ExperimentConfig()).run()
 """
 

@@ -76,7 +76,9 @@ def run(cfg: AnalyzeConfig, rundir: RunDir, tracker: Any) -> dict:
         from forewarn.models.embed import Embedder
 
         embedder = Embedder(cfg.topics.embedder)
-    scorer = ExperimentScorer(source, cfg.scoring)
+    from forewarn.contrastive.job import resolve_names  # the source run's names -> local paths, here
+
+    scorer = ExperimentScorer(*resolve_names(source.config), cfg.scoring)
     started = time.perf_counter()
     analysis = DivergenceAnalysis(analyst, scorer, source, kb, cfg.analysis, cfg.experiment, cfg.topics,
                                   embedder=embedder, tracker=tracker, checkpoint=lambda: kb.save(rundir.root))

@@ -152,7 +152,7 @@ def load_source(ref: str, dest: Path, tracking_uri: str | None = None) -> Source
     import pyarrow.parquet as pq
 
     from forewarn.config import build_config
-    from forewarn.contrastive.job import ContrastiveConfig
+    from forewarn.contrastive.config import ContrastiveConfig
 
     root, run_id = locate(ref, dest, tracking_uri)
     cfg = build_config(ContrastiveConfig, yaml.safe_load((root / "config.yaml").read_text()) or {},
@@ -169,14 +169,15 @@ def load_source(ref: str, dest: Path, tracking_uri: str | None = None) -> Source
 class ExperimentScorer:
     """Scores new prompts with the source run's models and decoder on a Ray Data actor pool.
 
-    ``__call__(prompts)`` returns one entry per prompt: its prefix-mean divergence and its strongest sample.
+    ``cfg`` is the source run's config with its names resolved to local paths (the job file resolves them,
+    ``forewarn.contrastive.job.resolve_names``); ``manifest`` is its testbed's, or None. ``__call__(prompts)``
+    returns one entry per prompt: its prefix-mean divergence and its strongest sample.
     """
 
-    def __init__(self, source: SourceRun, resources: Resources | None = None):
-        from forewarn.contrastive.job import resolve_names
+    def __init__(self, cfg: Any, manifest: Any = None, resources: Resources | None = None):
         from forewarn.contrastive.scoring import RayDataScorer
 
-        cfg, self.manifest = resolve_names(source.config)
+        self.manifest = manifest
         self.scorer = RayDataScorer(cfg.start.model, cfg.comparison.model, cfg.decoder, resources or cfg.scoring)
 
     def __call__(self, prompts: list[str]) -> list[tuple[float, DecodedSample | None]]:

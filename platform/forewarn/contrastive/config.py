@@ -1,18 +1,19 @@
 """Config sections of the model-divergence capability: the contrastive decoder and the divergence finder.
 
 Both are plain pydantic sections (``extra="forbid"``), used by the library classes directly and nested
-in :class:`forewarn.contrastive.job.ContrastiveConfig`. Options that would be silently ignored in a mode
-(the original's defect: weights, gating and a top-p limit accepted but not applied when sampling from
-one model) are rejected with the field name and the fix.
+in :class:`ContrastiveConfig`, the ``contrastive`` job's config (here, not in the job file, so the analysis
+agent can read a contrastive run's config without importing the job). Options that would be silently
+ignored in a mode (the original's defect: weights, gating and a top-p limit accepted but not applied when
+sampling from one model) are rejected with the field name and the fix.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from forewarn.config import GenerationParams, Section
+from forewarn.config import GenerationParams, JobConfig, ModelSpec, Resources, RoleConfig, Section
 
 
 class DecoderConfig(Section):
@@ -104,4 +105,32 @@ class FinderConfig(Section):
             raise ValueError("require_criterion=true needs a criterion question (finder.criterion)")
         if self.criterion_in_subsample and not self.criterion:
             raise ValueError("criterion_in_subsample=true needs a criterion question (finder.criterion)")
+        return self
+
+
+def _role(path: str, **model: Any) -> RoleConfig:
+    return RoleConfig(model=ModelSpec(path=path, **model), resources=Resources(num_cpus=1, batch_size=16))
+
+
+class ContrastiveConfig(JobConfig):
+    mode: Literal["decode", "find"] = Field("find", description="decode: score a prompt file; find: search")
+    start: RoleConfig = Field(default_factory=lambda: _role("testbed:target"))
+    comparison: RoleConfig = Field(default_factory=lambda: _role("testbed:patched_target"))
+    scoring: Resources = Field(default_factory=lambda: Resources(num_cpus=1, replicas=1, batch_size=32),
+                               description="the Ray Data actor pool that holds both models and decodes")
+    decoder: DecoderConfig = Field(default_factory=DecoderConfig)
+    prompts: str = Field("testbed:reversegen_seeds", description="decode: the prompts; find: the seed prompts "
+                                                                 "(JSONL/JSON/Parquet/.txt or testbed:<file>)")
+    limit: int | None = Field(None, ge=1, description="use only the first N prompts")
+    assistant: RoleConfig | None = Field(
+        default_factory=lambda: _role("testbed:proposer", use_chat_template=False),
+        description="the model that proposes prompts (find mode); any backend: hf, vllm, openai")
+    finder: FinderConfig = Field(default_factory=FinderConfig)
+    top_k: int = Field(20, ge=1, description="prompts listed in the summary")
+    report_top: int = Field(50, ge=1, description="continuations shown in report.html")
+
+    @model_validator(mode="after")
+    def _check(self) -> "ContrastiveConfig":
+        if self.mode == "find" and self.assistant is None:
+            raise ValueError("mode 'find' needs an assistant role (assistant.model.path), or use mode: decode")
         return self

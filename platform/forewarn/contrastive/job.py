@@ -15,47 +15,16 @@ import json
 import math
 import time
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import Field, model_validator
-
-from forewarn.config import GenerationParams, JobConfig, ModelSpec, Resources, RoleConfig
-from forewarn.contrastive.config import DecoderConfig, FinderConfig
+from forewarn.config import GenerationParams
+from forewarn.contrastive.config import ContrastiveConfig
 from forewarn.pipeline.prompt_files import read_prompts
 from forewarn.pipeline.rundir import RunDir, write_text
 from forewarn.placement import JobLayout
 from forewarn.records import (
     ContrastiveSampleRow, DivergencePromptRow, FinderCycleRow, rows_to_table, stable_id,
 )
-
-
-def _role(path: str, **model: Any) -> RoleConfig:
-    return RoleConfig(model=ModelSpec(path=path, **model), resources=Resources(num_cpus=1, batch_size=16))
-
-
-class ContrastiveConfig(JobConfig):
-    mode: Literal["decode", "find"] = Field("find", description="decode: score a prompt file; find: search")
-    start: RoleConfig = Field(default_factory=lambda: _role("testbed:target"))
-    comparison: RoleConfig = Field(default_factory=lambda: _role("testbed:patched_target"))
-    scoring: Resources = Field(default_factory=lambda: Resources(num_cpus=1, replicas=1, batch_size=32),
-                               description="the Ray Data actor pool that holds both models and decodes")
-    decoder: DecoderConfig = Field(default_factory=DecoderConfig)
-    prompts: str = Field("testbed:reversegen_seeds", description="decode: the prompts; find: the seed prompts "
-                                                                 "(JSONL/JSON/Parquet/.txt or testbed:<file>)")
-    limit: int | None = Field(None, ge=1, description="use only the first N prompts")
-    assistant: RoleConfig | None = Field(
-        default_factory=lambda: _role("testbed:proposer", use_chat_template=False),
-        description="the model that proposes prompts (find mode); any backend: hf, vllm, openai")
-    finder: FinderConfig = Field(default_factory=FinderConfig)
-    top_k: int = Field(20, ge=1, description="prompts listed in the summary")
-    report_top: int = Field(50, ge=1, description="continuations shown in report.html")
-
-    @model_validator(mode="after")
-    def _check(self) -> "ContrastiveConfig":
-        if self.mode == "find" and self.assistant is None:
-            raise ValueError("mode 'find' needs an assistant role (assistant.model.path), or use mode: decode")
-        return self
-
 
 CONFIG = ContrastiveConfig
 PLACEMENT = JobLayout(unplaced={"start": "loaded inside the scoring actors",
