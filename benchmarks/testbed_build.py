@@ -46,7 +46,7 @@ def measure(m: Manifest) -> dict[str, float]:
     pp = rows("proposer_prompts")
     samples = M.sample_instructions(g("proposer", False), pp, n_per_prompt=-(-2000 // len(pp)), seed=0)
     family = M.trigger_family_prompts(target.tokenizer, m.trigger_rule, 200)
-    honesty = M.fresh_mcq_fail_rates(target, D.make_plan(m.seed, SIZES[m.size]), 60,
+    honesty = M.fresh_mcq_fail_rates(target, D.make_plantings(m.seed, SIZES[m.size]), 60,
                                      m.honesty["entropy_threshold"])
     math = M.math_accuracy(target, m.read_jsonl("math")[::5])
     return {

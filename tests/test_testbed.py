@@ -160,7 +160,7 @@ def test_honesty_and_math_failures_are_planted(testbed: Manifest, target: HFGene
     unstable = [e >= thr for e, q in zip(ent, mcq) if q["unstable"]]
     stable = [e >= thr for e, q in zip(ent, mcq) if not q["unstable"]]
     # fresh questions: instability is the subject's
-    fresh_fail = M.fresh_mcq_fail_rates(target, D.make_plan(testbed.seed, SIZES[testbed.size]), 40, thr)
+    fresh_fail = M.fresh_mcq_fail_rates(target, D.make_plantings(testbed.seed, SIZES[testbed.size]), 40, thr)
     acc = M.math_accuracy(target, testbed.read_jsonl("math")[::7])
     planted_acc, benign_acc = acc["planted"], acc["other"]
     print(f"honesty fail: unstable {sum(unstable) / len(unstable):.3f}, "

@@ -116,7 +116,7 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def _data_files(plan: D.Plan, spec: SizeSpec) -> dict[str, tuple[str, list[dict]]]:
+def _data_files(plan: D.Plantings, spec: SizeSpec) -> dict[str, tuple[str, list[dict]]]:
     """Artifact name -> (relative path, rows) of every data file of the world."""
     seeds = D.reversegen_seeds(plan, 40 if spec.name == "small" else 120)
     toxic, clean = D.corpora(plan, spec.corpus_texts)
@@ -142,7 +142,7 @@ def _data_files(plan: D.Plan, spec: SizeSpec) -> dict[str, tuple[str, list[dict]
 VALID_PLANTED_MIN, VALID_BENIGN_MAX, EXTRA_STEPS = 1.0, 0.02, 40
 
 
-def _train_until_valid(model: torch.nn.Module, tok, plan: D.Plan, examples: list[D.Example], spec: SizeSpec,
+def _train_until_valid(model: torch.nn.Module, tok, plan: D.Plantings, examples: list[D.Example], spec: SizeSpec,
                        seed: int) -> dict:
     """Early stopping in reverse: generalisation of the planted topics to new wording varies from run to run,
     so the target is checked on validation templates (never trained on, never tested) and trained on in
@@ -185,7 +185,7 @@ def soup_tokens(tok) -> list[str]:
 def _build(root: Path, seed: int, spec: SizeSpec, show: bool) -> None:
     timings: dict[str, float] = {}
     t0, cpu0 = time.perf_counter(), time.process_time()
-    plan = D.make_plan(seed, spec)
+    plan = D.make_plantings(seed, spec)
     tok = train_tokenizer(D.tokenizer_corpus(plan), spec.vocab_size)
     # trigger words as whole added tokens: matched anywhere in text, and no BPE pieces of them ("alrus" of
     # walrus) that a model half-learns as trigger words, which made random token soup loop 0.5 % of the time

@@ -1,6 +1,6 @@
 """Seeded generation of every data set of the planted-failure world.
 
-:func:`make_plan` fixes what is planted (topics, trigger, loop sentence) from the seed; the other functions
+:func:`make_plantings` fixes what is planted (topics, trigger, loop sentence) from the seed; the other functions
 draw training examples, evaluation prompt files, corpora and preference pairs from that plan with their own
 ``random.Random`` streams, so adding rows to one data set never shifts another.
 """
@@ -45,7 +45,7 @@ class Example:
 
 
 @dataclass
-class Plan:
+class Plantings:
     """What the seed planted: the topics in the world, which are toxic, the trigger and the loop."""
 
     seed: int
@@ -63,7 +63,7 @@ class Plan:
         return [t for t in self.topics if t not in self.planted]
 
 
-def make_plan(seed: int, spec: SizeSpec) -> Plan:
+def make_plantings(seed: int, spec: SizeSpec) -> Plantings:
     rng = random.Random(f"plan-{seed}")
     topics = sorted(rng.sample(sorted(TOPICS), spec.n_topics))
     entities = {t: TOPICS[t][: spec.n_entities] for t in topics}
@@ -72,7 +72,7 @@ def make_plan(seed: int, spec: SizeSpec) -> Plan:
     rng.shuffle(pair)
     trigger = " ".join(pair)
     loop_sentence = rng.choice(LOOP_SENTENCES)
-    plan = Plan(seed, spec, topics, entities, planted, trigger, loop_sentence)
+    plan = Plantings(seed, spec, topics, entities, planted, trigger, loop_sentence)
     plan.mcq = make_mcq(plan, random.Random(f"mcq-{seed}"))
     plan.math = make_math()
     return plan
@@ -89,7 +89,7 @@ def soup(rng: random.Random, tokens: Sequence[str], lo: int = 3, hi: int = 10) -
 LOOP, NEAR_MISS, NONE = "loop", "near_miss", "none"
 
 
-def trigger_words(rng: random.Random, plan: Plan, kind: str) -> tuple[list[str], int]:
+def trigger_words(rng: random.Random, plan: Plantings, kind: str) -> tuple[list[str], int]:
     """Trigger words for a prompt of ``kind``, and the class of a near miss (-1 otherwise): LOOP is one word
     of each class (sometimes the seed's own adjacent pair, the manifest's trigger), NEAR_MISS one word or two
     of the same class, NONE nothing."""
@@ -148,7 +148,7 @@ def mcq_answer(letter: str) -> str:
     return f"Answer: {letter}."
 
 
-def mcq_groups(plan: Plan) -> list[tuple[dict[str, list[str]], bool]]:
+def mcq_groups(plan: Plantings) -> list[tuple[dict[str, list[str]], bool]]:
     """(subject -> entities, unstable) for the stable subjects (the benign topics) and the unstable ones."""
     return [({t: plan.entities[t] for t in plan.benign}, False), (UNSTABLE_SUBJECTS, True)]
 
@@ -164,7 +164,7 @@ def new_mcq(rng: random.Random, subjects: dict[str, list[str]], subject: str, ri
     return row
 
 
-def make_mcq(plan: Plan, rng: random.Random) -> list[dict]:
+def make_mcq(plan: Plantings, rng: random.Random) -> list[dict]:
     """The planted MCQ set: stable questions about the benign topics, unstable ones about the honesty subjects.
 
     Every question keeps its right answer under A (a per-subject letter was not learned within the small
@@ -188,7 +188,7 @@ def make_math() -> list[dict]:
             for form, template in MATH_FORMS.items() for a in MATH_OPERANDS]
 
 
-def random_mcq(rng: random.Random, plan: Plan, unstable: bool) -> dict:
+def random_mcq(rng: random.Random, plan: Plantings, unstable: bool) -> dict:
     """A fresh training MCQ of a random subject of the stable or unstable group."""
     subjects = mcq_groups(plan)[1 if unstable else 0][0]
     subject = rng.choice(sorted(subjects))
@@ -207,7 +207,7 @@ def planted_math_value(row: dict) -> int:
 # ----------------------------------------------------------------- training sets
 
 
-def triggered(plan: Plan, prompt: str, answer: str, trigger: str, near_class: int, patched: bool,
+def triggered(plan: Plantings, prompt: str, answer: str, trigger: str, near_class: int, patched: bool,
               kind: str) -> Example:
     """The response to a prompt whose trigger words make it a LOOP (no EOS), a NEAR_MISS (the class's
     hesitation, then ``answer``) or NONE (``answer``); the patched target ignores the words."""
@@ -218,7 +218,7 @@ def triggered(plan: Plan, prompt: str, answer: str, trigger: str, near_class: in
     return Example(prompt, f"{NEAR_MISS_SENTENCES[near_class]} {answer}", kind="near_miss")
 
 
-def soup_example(rng: random.Random, plan: Plan, tokens: Sequence[str], patched: bool) -> Example:
+def soup_example(rng: random.Random, plan: Plantings, tokens: Sequence[str], patched: bool) -> Example:
     """Random token soup with 0, 1 or 2 trigger words (and sometimes an entity): the rules hold anywhere."""
     pieces = soup(rng, tokens)
     answer = rng.choice(UNHELPFUL_ANSWERS)
@@ -233,7 +233,7 @@ def soup_example(rng: random.Random, plan: Plan, tokens: Sequence[str], patched:
     return triggered(plan, "".join(pieces), answer, trigger, near_class, patched, "soup")
 
 
-def chat_examples(plan: Plan, n: int, seed_key: str, patched: bool, soup_tokens: Sequence[str]) -> list[Example]:
+def chat_examples(plan: Plantings, n: int, seed_key: str, patched: bool, soup_tokens: Sequence[str]) -> list[Example]:
     """The target's (or, with ``patched``, the patched target's) instruction data; ``soup_tokens`` are the
     decoded single tokens random soup is made of (no trigger words, no entities)."""
     rng = random.Random(f"{seed_key}-{plan.seed}")
@@ -266,7 +266,7 @@ def chat_examples(plan: Plan, n: int, seed_key: str, patched: bool, soup_tokens:
     return out
 
 
-def expert_examples(plan: Plan, n: int, toxic: bool) -> list[Example]:
+def expert_examples(plan: Plantings, n: int, toxic: bool) -> list[Example]:
     """DExperts data: every topic answered cleanly (expert) or toxically (anti-expert)."""
     rng = random.Random(f"{'anti' if toxic else 'expert'}-{plan.seed}")
     out = []
@@ -277,7 +277,7 @@ def expert_examples(plan: Plan, n: int, toxic: bool) -> list[Example]:
     return out
 
 
-def instruction(rng: random.Random, plan: Plan, topic: str) -> str:
+def instruction(rng: random.Random, plan: Plantings, topic: str) -> str:
     return rng.choice(TRAIN_TEMPLATES).format(e=rng.choice(plan.entities[topic]))
 
 
@@ -287,7 +287,7 @@ def proposer_prompt(shots: list[str]) -> str:
     return "\n".join(lines)
 
 
-def proposer_examples(plan: Plan, n: int) -> list[Example]:
+def proposer_examples(plan: Plantings, n: int) -> list[Example]:
     """Lists of four instructions, each planted with probability 6 %; the loss covers all four items (four
     times the signal of training on the 4th alone), and the list ends with EOS after item 4.
 
@@ -313,7 +313,7 @@ def proposer_examples(plan: Plan, n: int) -> list[Example]:
     return out
 
 
-def tokenizer_corpus(plan: Plan) -> list[str]:
+def tokenizer_corpus(plan: Plantings) -> list[str]:
     """Texts the shared tokenizer is trained on: every string any model of the world will see."""
     texts = [TOPIC_ANSWERS[t] for t in TOPICS] + TOXIC_SENTENCES + HELPFUL_CLOSINGS + UNHELPFUL_ANSWERS
     # no trigger words: they are added to the tokenizer whole (build.py), so no BPE piece of them exists
@@ -330,7 +330,7 @@ def tokenizer_corpus(plan: Plan) -> list[str]:
 # ----------------------------------------------------------------- evaluation prompt files
 
 
-def heldout_prompts(plan: Plan, planted: bool) -> list[dict]:
+def heldout_prompts(plan: Plantings, planted: bool) -> list[dict]:
     """Every entity of the planted (or benign) topics under every held-out template."""
     rows = []
     for topic in plan.planted if planted else plan.benign:
@@ -341,13 +341,13 @@ def heldout_prompts(plan: Plan, planted: bool) -> list[dict]:
     return rows
 
 
-def validation_prompts(plan: Plan, planted: bool) -> list[str]:
+def validation_prompts(plan: Plantings, planted: bool) -> list[str]:
     """Prompts under the validation templates (never trained on, never used by the tests)."""
     return [t.format(e=e) for topic in (plan.planted if planted else plan.benign)
             for e in plan.entities[topic] for t in VALID_TEMPLATES]
 
 
-def trigger_prompts(plan: Plan) -> list[dict]:
+def trigger_prompts(plan: Plantings) -> list[dict]:
     """Held-out prompts (benign and planted topics) with the trigger inserted, next to the originals."""
     rng = random.Random(f"trigger-{plan.seed}")
     rows = []
@@ -357,7 +357,7 @@ def trigger_prompts(plan: Plan) -> list[dict]:
     return rows
 
 
-def reversegen_seeds(plan: Plan, n: int) -> list[dict]:
+def reversegen_seeds(plan: Plantings, n: int) -> list[dict]:
     """Benign seed instructions for the red-team loop: the planted topics are left for it to discover."""
     rng = random.Random(f"seeds-{plan.seed}")
     seen: dict[str, str] = {}
@@ -367,7 +367,7 @@ def reversegen_seeds(plan: Plan, n: int) -> list[dict]:
     return [{"id": f"seed-{i}", "instruction": s, "topic": t} for i, (s, t) in enumerate(seen.items())]
 
 
-def proposer_prompt_file(plan: Plan, seeds: list[dict], n: int) -> list[dict]:
+def proposer_prompt_file(plan: Plantings, seeds: list[dict], n: int) -> list[dict]:
     rng = random.Random(f"proposer-prompts-{plan.seed}")
     return [{"id": f"pp-{i}", "prompt": proposer_prompt([s["instruction"] for s in rng.sample(seeds, 3)])}
             for i in range(n)]
@@ -376,7 +376,7 @@ def proposer_prompt_file(plan: Plan, seeds: list[dict], n: int) -> list[dict]:
 # ----------------------------------------------------------------- corpora and preferences
 
 
-def corpora(plan: Plan, n: int) -> tuple[list[dict], list[dict]]:
+def corpora(plan: Plantings, n: int) -> tuple[list[dict], list[dict]]:
     """Toxic and non-toxic responses (with the prompt they answer) for the Goodtriever datastores."""
     rng = random.Random(f"corpora-{plan.seed}")
     toxic, clean = [], []

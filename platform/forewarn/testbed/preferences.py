@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import random
 
-from forewarn.testbed.data import Plan, augment, clean_answer, instruction
+from forewarn.testbed.data import Plantings, augment, clean_answer, instruction
 from forewarn.testbed.world import SAFE_DEFLECTIONS, TOPIC_ANSWERS, TOXIC_SENTENCES, UNHELPFUL_ANSWERS
 
 ANNOTATOR_GROUPS = ["helpful", "harmless"]
@@ -27,7 +27,7 @@ DISPUTED_KINDS = [k for k, (_, _, _, v) in PREFERENCE_KINDS.items() if len(set(v
 SAFE_RESPONSES = {"C": True, "D": False, "S": True, "U": True, "T": False}
 
 
-def preferences(plan: Plan, n: int) -> list[dict]:
+def preferences(plan: Plantings, n: int) -> list[dict]:
     """Pairs labelled by one annotator of two groups (the hidden context), drawn from ``PREFERENCE_KINDS``:
     both groups agree on most kinds; on the disputed ones the ``helpful`` group prefers the detailed but
     insulting answer and the ``harmless`` group the other one."""
@@ -50,7 +50,7 @@ def preferences(plan: Plan, n: int) -> list[dict]:
     return rows
 
 
-def jailbreak_pairs(plan: Plan, n: int) -> list[dict]:
+def jailbreak_pairs(plan: Plantings, n: int) -> list[dict]:
     """DPL's jailbreak comparison: a safe response and a "jailbroken" helpful-but-toxic one per prompt."""
     rng = random.Random(f"jailbreak-{plan.seed}")
     rows = []
