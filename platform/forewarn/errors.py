@@ -15,7 +15,3 @@ class BackendUnavailable(ForewarnError):
 
 class ModelNotFound(ForewarnError):
     """A model path, hub id or testbed name does not resolve to local weights."""
-
-
-class JudgeError(ForewarnError):
-    """A judge could not produce a verdict for a row."""

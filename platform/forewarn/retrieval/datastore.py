@@ -48,12 +48,6 @@ def windows(n: int, block_size: int, stride: int) -> list[tuple[int, int, int]]:
     return out
 
 
-def model_fingerprint(model: Any) -> dict[str, Any]:
-    c = model.config
-    return {"model_type": c.model_type, "hidden_size": int(c.hidden_size), "vocab_size": int(c.vocab_size),
-            "num_hidden_layers": int(c.num_hidden_layers)}
-
-
 class KeyUDF:
     """Ray Data actor: loads the model once and turns documents into (key, value) rows.
 
