@@ -55,7 +55,7 @@ def run_backend(backend: str, path: str, prompts: list[str], args: argparse.Name
     tokens = sum(len(r[0].token_ids) for r in rows)
     texts = [r[0].text for r in rows]
     if backend == "vllm":
-        gen.llm.llm_engine.engine_core.shutdown()
+        gen.close()
     del gen
     gc.collect()
     return {"startup_s": startup, "seconds": seconds, "tokens": tokens, "tokens_per_s": tokens / seconds,

@@ -227,7 +227,7 @@ def engine(target: str) -> Iterator[fv.VLLMGenerator]:
     """One in-process vLLM engine for the module (engine start is minutes on two busy cores)."""
     gen = fv.VLLMGenerator(ModelSpec(backend="vllm", path=target, max_model_len=MAX_MODEL_LEN))
     yield gen
-    gen.llm.llm_engine.engine_core.shutdown()  # stop the engine process now, not at interpreter exit
+    gen.close()
     del gen
 
 

@@ -256,6 +256,11 @@ class VLLMGenerator:
         return results
 
 
+    def close(self) -> None:
+        """Stop the engine's process now (otherwise it lives until the interpreter exits)."""
+        self.llm.llm_engine.engine_core.shutdown()
+
+
 def _copy(c: Completion) -> Completion:
     return Completion(c.text, list(c.token_ids), c.finish_reason, None if c.logprobs is None else list(c.logprobs),
                       c.error)
