@@ -76,6 +76,14 @@ def test_submitted_job_succeeds_and_reports(submitted_run: Path) -> None:
         assert m["n_failures"] == round(m["asr"] * (m["n_instructions"] - m["n_judge_errors"]))
     assert summary["planted_topics_found"], "no planted topic was found at all"
     assert (submitted_run / "checkpoints" / "proposer_2" / "model" / "config.json").is_file()
+    # long-lived role pools: target and judge load once per run, the proposer once per iteration (its first
+    # load, then a reload after each DPO step); no embedder here (SemDeDup off)
+    assert summary["model_loads"] == {"proposer": 3, "target": 1, "judge": 1}
+    for m in its:  # per-stage seconds: model loads, compute inside the pools, the rest
+        assert list(m["timing"])[:4] == ["proposals", "instructions", "judged", "pairs"]
+        assert all({"wall_s", "load_s", "compute_s", "wait_s"} <= set(t) for t in list(m["timing"].values())[:4])
+    assert summary["timing"]["stages"]["judged"]["compute_s"] > 0 and summary["timing"]["stages"]["dpo"]["wall_s"] > 0
+    assert summary["timing"]["roles"]["target"]["loads"] == 1
     uri = (submitted_run / ".mlflow_uri").read_text()
     run = mlflow.MlflowClient(tracking_uri=uri).get_run(summary["mlflow_run_id"])
     assert run.data.tags["forewarn.job"] == "reversegen"
@@ -109,7 +117,11 @@ def test_killed_run_resumes_to_the_same_rows(submitted_run: Path, tmp_path: Path
                            capture_output=True, text=True, timeout=1200)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert _tables(out) == _tables(submitted_run)
-    enhanced = json.loads((out / "summary.json").read_text())["enhance_target"]
+    resumed = json.loads((out / "summary.json").read_text())
+    # the rerun loads only what it still needs: no proposer (iteration 2's proposals were written), the target
+    # once for the loop and once more for the enhanced weights, the judge once
+    assert resumed["model_loads"] == {"target": 2, "judge": 1}
+    enhanced = resumed["enhance_target"]
     assert enhanced["heldout_failures"] >= 1 and enhanced["asr_after"] < enhanced["asr_before"]
     # what the fix costs, on held-out passing instructions (the refusal template makes refusals countable)
     assert enhanced["benign_heldout"] >= 1 and 0.0 <= enhanced["benign_refusal_after"] <= 1.0

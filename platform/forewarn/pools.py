@@ -92,7 +92,8 @@ class PoolStats:
 
     replicas: int
     loads: int = 0
-    load_s: float = 0.0
+    load_s: float = 0.0  # inside the actors, summed over replicas
+    start_s: float = 0.0  # the caller's wall time while actors started or reloaded (process start included)
     compute_s: float = 0.0
     calls: int = 0
     replaced_actors: int = 0
@@ -101,7 +102,8 @@ class PoolStats:
 
     def as_dict(self) -> dict[str, float | int]:
         alive = (self.ended or time.perf_counter()) - self.started
-        return {"loads": self.loads, "load_s": round(self.load_s, 3), "compute_s": round(self.compute_s, 3),
+        return {"loads": self.loads, "load_s": round(self.load_s, 3), "start_s": round(self.start_s, 3),
+                "compute_s": round(self.compute_s, 3),
                 "idle_s": round(max(0.0, alive * self.replicas - self.load_s - self.compute_s), 3),
                 "alive_s": round(alive, 3), "calls": self.calls, "replaced_actors": self.replaced_actors}
 
@@ -131,6 +133,7 @@ class RolePool:
         import ray
         from ray.exceptions import RayActorError
 
+        start = time.perf_counter()
         refs = [a.ready.remote() for a in actors]
         done, pending = ray.wait(refs, num_returns=len(refs), timeout=START_TIMEOUT_S)
         if pending:
@@ -143,6 +146,7 @@ class RolePool:
             raise PoolError(f"role {self.name!r}: an actor failed while loading its model: {e}") from None
         self.stats.loads += len(seconds)
         self.stats.load_s += sum(seconds)
+        self.stats.start_s += time.perf_counter() - start
 
     def _cls_ask(self) -> str:
         r = self.resources
@@ -204,9 +208,11 @@ class RolePool:
         import ray
 
         self.factory = factory
+        start = time.perf_counter()
         seconds = ray.get([a.reload.remote(factory) for a in self.actors])
         self.stats.loads += len(seconds)
         self.stats.load_s += sum(seconds)
+        self.stats.start_s += time.perf_counter() - start
 
     def close(self) -> None:
         import ray
@@ -259,9 +265,11 @@ class RolePools:
         return out
 
     def seconds(self) -> dict[str, float]:
-        """Load and compute seconds summed over all roles (a stage's share is the difference of two reads)."""
+        """Seconds summed over all roles (a stage's share is the difference of two reads): ``load_s``, the
+        caller's wall time starting pools and loading or reloading models (actor start included), and
+        ``compute_s``, the seconds the actors spent inside calls."""
         s = self.stats().values()
-        return {"load_s": sum(r["load_s"] for r in s), "compute_s": sum(r["compute_s"] for r in s)}
+        return {"load_s": sum(r["start_s"] for r in s), "compute_s": sum(r["compute_s"] for r in s)}
 
     def close(self) -> None:
         self.release(*list(self.pools))
