@@ -215,6 +215,7 @@ def main() -> int:
 
 def print_table(results: dict[str, dict[str, Any]]) -> None:
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     table = Table(title="forewarn GPU check")
@@ -223,7 +224,7 @@ def print_table(results: dict[str, dict[str, Any]]) -> None:
     for name, r in results.items():
         ok = r["status"] == "ok"
         table.add_row(name, r["status"], f"{r['seconds']:.2f}" if ok else "", f"{r['rate']:.1f}" if ok else "",
-                      r.get("unit", ""), r.get("note", "") if ok else r["detail"])
+                      r.get("unit", ""), escape(r.get("note", "") if ok else r["detail"]))
     Console(width=160).print(table)
 
 
