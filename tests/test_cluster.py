@@ -15,7 +15,7 @@ import mlflow
 import pytest
 import yaml
 from forewarn.cli import app
-from forewarn.cluster import cluster_yaml_nodes, validate_cluster_yaml
+from forewarn.placement import cluster_yaml_nodes, validate_cluster_yaml
 from forewarn.cluster_cli import config_job
 from forewarn.errors import ConfigError
 from forewarn.testing.ray_head import local_head
@@ -111,6 +111,7 @@ def _forewarn(args: list[str], env: dict, timeout: int = 300) -> subprocess.Comp
                           timeout=timeout)
 
 
+@pytest.mark.slow
 def test_plan_against_the_live_head(head) -> None:
     gcs, _, env = head
     proc = subprocess.run([str(BIN / "forewarn"), "plan", "--job", "reversegen", "--address", gcs, "--json",
@@ -162,6 +163,7 @@ print(json.dumps({"actors": [asdict(a) for a in list_actors(**kw)],
 """
 
 
+@pytest.mark.slow
 def test_run_places_roles_as_configured(head, placed_run) -> None:
     """Ray's state API (in a client process with RAY_AUTH_MODE=token) shows where the run's actors went."""
     _, dashboard, env = head
@@ -198,6 +200,7 @@ def test_run_places_roles_as_configured(head, placed_run) -> None:
     assert judge[0].placement_group_id is None  # not colocated: a whole GPU of its own
 
 
+@pytest.mark.slow
 def test_placed_run_is_tracked_with_its_tags(placed_run) -> None:
     out, uri = placed_run
     summary = json.loads((out / "summary.json").read_text())

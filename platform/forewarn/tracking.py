@@ -14,6 +14,7 @@ variables say otherwise, so a dead server costs seconds, not MLflow's default mi
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -128,9 +129,13 @@ class Tracker(NullTracker):
         return self
 
     def __exit__(self, exc_type: Any, *exc: Any) -> None:
-        self._call("end_run", self.mlflow.end_run, status="FAILED" if exc_type else "FINISHED")
+        status = "FAILED" if exc_type else "FINISHED"
+        self._call("end_run", self.mlflow.end_run, status=status)
         if self.gap is not None and self.mlflow.active_run() is not None:
-            self.mlflow.end_run()  # the server is gone: forget the run locally so the process can start another
+            # the server is gone: end_run pops the run locally (so this process can start another), then fails
+            # to reach the server, which the gap already accounts for
+            with contextlib.suppress(Exception):
+                self.mlflow.end_run(status=status)
 
     def _call(self, what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """Call MLflow unless the server already went away; a first failure to reach it opens the gap."""
