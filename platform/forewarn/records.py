@@ -170,18 +170,15 @@ class AlgLogRow:
 
 
 @dataclass
-class ContrastiveSampleRow:
-    """One decoded continuation with token-level divergence evidence (``iteration`` = finder cycle).
+class DivergenceEvidence:
+    """One decoded continuation (sample ``sample`` of ``prompt``) with its token-level divergence evidence.
 
-    ``tokens`` / ``token_divergences`` cover the scored tokens; the first ``n_prompt_tokens`` are prompt
-    tokens (only when the prompt is scored too).
+    ``tokens`` / ``token_ids`` / ``token_divergences`` cover the scored tokens in order: the generated tokens
+    (end token included), preceded by the prompt tokens when the prompt is scored too; the first
+    ``n_prompt_tokens`` of them are prompt tokens. Perplexities are over the same tokens. The contrastive
+    decoder returns these (``DecodedSample``); the rows below add ids and where the sample came from.
     """
 
-    id: str
-    run_id: str
-    iteration: int
-    repeat: int
-    prompt_id: str
     sample: int
     prompt: str
     text: str
@@ -193,6 +190,22 @@ class ContrastiveSampleRow:
     divergence_max: float
     ppl_start: float
     ppl_comparison: float
+
+
+def evidence_of(sample: Any) -> dict[str, Any]:
+    """The :class:`DivergenceEvidence` fields of ``sample`` (a decoded sample or a row), as keyword arguments."""
+    return {f.name: getattr(sample, f.name) for f in dataclasses.fields(DivergenceEvidence)}
+
+
+@dataclass
+class ContrastiveSampleRow(DivergenceEvidence):
+    """A decoded continuation of a contrastive run (``iteration`` = finder cycle) with its evidence."""
+
+    id: str
+    run_id: str
+    iteration: int
+    repeat: int
+    prompt_id: str
 
 
 @dataclass

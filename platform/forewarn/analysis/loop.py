@@ -41,8 +41,7 @@ from forewarn.analysis.kb import KnowledgeBase, is_tested
 from forewarn.analysis.source import Example, SourceRun
 from forewarn.analysis.topics import _one_line, rate_by_analyst, rate_by_embedding, summarise
 from forewarn.contrastive.bank import normalise
-from forewarn.contrastive.scoring import sample_to_dict
-from forewarn.records import EvidenceRow, FindingRow, stable_id
+from forewarn.records import EvidenceRow, FindingRow, evidence_of, stable_id
 from forewarn.tracking import NullTracker
 
 log = logging.getLogger(__name__)
@@ -166,9 +165,8 @@ class DivergenceAnalysis:
             if s is None:
                 log.warning("no sample came back for %r; left out of the evidence", q)
                 continue
-            sample = {k: v for k, v in sample_to_dict(s).items() if k != "prompt_index"}
             self.kb.evidence.append(EvidenceRow(
-                **sample, id=stable_id(self.kb.run_id, f.id, arm, q), run_id=self.kb.run_id, iteration=cycle,
+                **evidence_of(s), id=stable_id(self.kb.run_id, f.id, arm, q), run_id=self.kb.run_id, iteration=cycle,
                 repeat=0, prompt_id=stable_id(self.kb.run_id, q), finding_id=f.id, arm=arm, divergence=div,
                 planted_topic=self.scorer.planted_topic(q)))
         touched = list({id(f): f for f, _, _ in plan}.values()) or [self.kb.find(p.hypothesis) for p in proposals]

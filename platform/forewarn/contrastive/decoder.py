@@ -32,29 +32,15 @@ from forewarn.contrastive.divergence import (
 from forewarn.errors import ConfigError
 from forewarn.models.base import Prompt
 from forewarn.models.hf import HFGenerator, render_prompt
+from forewarn.records import DivergenceEvidence
 
 
 @dataclass
-class DecodedSample:
-    """One continuation of one prompt with its token-level divergence evidence.
-
-    ``tokens`` / ``token_ids`` / ``token_divergences`` cover the scored tokens in order: the generated
-    tokens (end token included), preceded by the prompt tokens when ``include_prompt`` is on; the first
-    ``n_prompt_tokens`` of them are prompt tokens. Perplexities are over the same tokens.
-    """
+class DecodedSample(DivergenceEvidence):
+    """The evidence of one continuation (:class:`forewarn.records.DivergenceEvidence`, whose fields
+    ``include_prompt`` governs), and the index of its prompt in the decoded batch."""
 
     prompt_index: int
-    sample: int
-    prompt: str
-    text: str
-    tokens: list[str]
-    token_ids: list[int]
-    token_divergences: list[float]
-    divergence_mean: float
-    divergence_max: float
-    ppl_start: float
-    ppl_comparison: float
-    n_prompt_tokens: int = 0
     extra: dict = field(default_factory=dict)
 
 

@@ -23,7 +23,7 @@ from forewarn.pipeline.prompt_files import read_prompts
 from forewarn.pipeline.rundir import RunDir, write_text
 from forewarn.placement import JobLayout
 from forewarn.records import (
-    ContrastiveSampleRow, DivergencePromptRow, FinderCycleRow, rows_to_table, stable_id,
+    ContrastiveSampleRow, DivergencePromptRow, FinderCycleRow, evidence_of, rows_to_table, stable_id,
 )
 
 CONFIG = ContrastiveConfig
@@ -141,11 +141,7 @@ def _write_outputs(cfg: ContrastiveConfig, rundir: RunDir, tracker: Any, run_id:
     for repeat, cycle, s in samples:
         row = ContrastiveSampleRow(
             id=stable_id(run_id, repeat, cycle, s.prompt, s.sample), run_id=run_id, iteration=cycle, repeat=repeat,
-            prompt_id=pid.get((repeat, s.prompt), stable_id(run_id, repeat, s.prompt)), sample=s.sample,
-            prompt=s.prompt, text=s.text, tokens=s.tokens, token_ids=s.token_ids,
-            token_divergences=s.token_divergences, n_prompt_tokens=s.n_prompt_tokens,
-            divergence_mean=s.divergence_mean, divergence_max=s.divergence_max, ppl_start=s.ppl_start,
-            ppl_comparison=s.ppl_comparison)
+            prompt_id=pid.get((repeat, s.prompt), stable_id(run_id, repeat, s.prompt)), **evidence_of(s))
         sample_rows.append(row)
         sample_dicts.append(row.__dict__)
     cycle_rows = [FinderCycleRow(id=stable_id(run_id, c["repeat"], c["cycle"]), run_id=run_id,
