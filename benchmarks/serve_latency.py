@@ -1,11 +1,14 @@
-"""Latency (p50 / p95) and requests/s of the guarded endpoint vs the same model unguarded, on Ray Serve.
+"""Latency (p50 / p95), time to first token and requests/s of the guarded endpoint vs the same model
+unguarded, on Ray Serve.
 
     OMP_NUM_THREADS=1 python benchmarks/serve_latency.py [--model DIR] [--requests 200] [--concurrency 8]
 
 Two Serve applications run side by side on one local Ray: ``/guarded`` (input + output offline toxicity
 judges, cycle stop detector) and ``/plain`` (``guard_enabled: false``, same generator settings, same
 model). Each is measured alone, over HTTP with the ``openai`` client, first one request at a time
-(latency) and then with ``--concurrency`` clients (throughput, batching). The prompt set mixes the
+(latency) and then with ``--concurrency`` clients (throughput, batching), each both as plain requests
+(p50 / p95 of the whole answer) and streamed (time to the first content chunk, TTFT). The two modes are
+interleaved request by request, so load from elsewhere on the machine hits both alike. The prompt set mixes the
 testbed's held-out benign and planted-topic prompts, so the guard both passes and blocks.
 Prints a table with the guarded / plain ratio and writes benchmarks/results/serve_latency.json.
 Without --model the small testbed's target is used (built once, cached).
@@ -60,44 +63,65 @@ def config(model: str, guarded: bool, max_batch: int) -> ServeConfig:
     )
 
 
-def measure(
-    base_url: str, prompts: list[str], concurrency: int, max_tokens: int, progress: Progress, label: str
-) -> dict:
-    client = openai.OpenAI(base_url=base_url, api_key="x", max_retries=0, timeout=300)
-    task = progress.add_task(f"{label} x{concurrency}", total=len(prompts))
+def _one(client: openai.OpenAI, prompt: str, max_tokens: int, stream: bool) -> tuple[float, float, str]:
+    """(latency, time to first content, finish reason) of one request."""
+    t = time.perf_counter()
+    msgs = [{"role": "user", "content": prompt}]
+    if not stream:
+        r = client.chat.completions.create(model=MODEL, messages=msgs, max_tokens=max_tokens, temperature=0)
+        lat = time.perf_counter() - t
+        return lat, lat, r.choices[0].finish_reason
+    first, reason = None, "?"
+    for ch in client.chat.completions.create(model=MODEL, messages=msgs, max_tokens=max_tokens, temperature=0, stream=True):
+        if ch.choices and ch.choices[0].delta.content and first is None:
+            first = time.perf_counter() - t
+        if ch.choices and ch.choices[0].finish_reason:
+            reason = ch.choices[0].finish_reason
+    lat = time.perf_counter() - t
+    return lat, lat if first is None else first, reason
 
-    def one(prompt: str) -> tuple[float, str]:
-        t = time.perf_counter()
-        r = client.chat.completions.create(
-            model=MODEL, messages=[{"role": "user", "content": prompt}], max_tokens=max_tokens, temperature=0
-        )
+
+def measure(urls: dict[str, str], prompts: list[str], concurrency: int, max_tokens: int, stream: bool,
+            progress: Progress) -> dict[str, dict]:  # fmt: skip
+    """Both modes over the same prompts, interleaved: request i goes to guarded and plain back to back."""
+    clients = {m: openai.OpenAI(base_url=u, api_key="x", max_retries=0, timeout=300) for m, u in urls.items()}
+    label = f"{'stream' if stream else 'plain'} x{concurrency}"
+    task = progress.add_task(label, total=len(prompts) * len(urls))
+    for m in urls:
+        _one(clients[m], prompts[0], max_tokens, stream)  # warm-up: handles, lazy state
+
+    def job(item: tuple[str, str]) -> tuple[str, tuple[float, float, str]]:
+        mode, prompt = item
+        out = _one(clients[mode], prompt, max_tokens, stream)
         progress.advance(task)
-        return time.perf_counter() - t, r.choices[0].finish_reason
+        return mode, out
 
-    one(prompts[0])  # warm-up: first calls resolve handles and load lazy state
+    work = [(m, p) for p in prompts for m in urls]
     t0 = time.perf_counter()
     with ThreadPoolExecutor(concurrency) as pool:
-        out = list(pool.map(one, prompts))
+        done = list(pool.map(job, work))
     wall = time.perf_counter() - t0
-    lat = [x for x, _ in out]
-    reasons: dict[str, int] = {}
-    for _, r in out:
-        reasons[r] = reasons.get(r, 0) + 1
-    return {
-        "requests": len(prompts),
-        "concurrency": concurrency,
-        "wall_s": wall,
-        "req_per_s": len(prompts) / wall,
-        "p50_s": statistics.median(lat),
-        "p95_s": percentile(lat, 0.95),
-        "finish_reasons": reasons,
-    }
+    result = {}
+    for m in urls:
+        rows = [r for mode, r in done if mode == m]
+        lat, ttft = [r[0] for r in rows], [r[1] for r in rows]
+        reasons: dict[str, int] = {}
+        for r in rows:
+            reasons[r[2]] = reasons.get(r[2], 0) + 1
+        result[m] = {
+            "requests": len(rows), "concurrency": concurrency, "stream": stream,
+            "req_per_s": len(rows) / wall * len(urls),  # each mode had about half of the wall time
+            "p50_s": statistics.median(lat), "p95_s": percentile(lat, 0.95),
+            "ttft_p50_s": statistics.median(ttft), "ttft_p95_s": percentile(ttft, 0.95),
+            "finish_reasons": reasons,
+        }  # fmt: skip
+    return result
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", help="HF folder (default: the small testbed's target)")
-    ap.add_argument("--requests", type=int, default=200)
+    ap.add_argument("--requests", type=int, default=100)
     ap.add_argument("--concurrency", type=int, default=8)
     ap.add_argument("--max-tokens", type=int, default=64)
     args = ap.parse_args()
@@ -117,37 +141,32 @@ def main() -> None:
     for guarded in (True, False):
         cfg = config(model, guarded, args.concurrency)
         serve.run(app_from_config(cfg), name=cfg.app_name, route_prefix=f"/{cfg.app_name}")
-    result: dict = {"model": model, "requests": args.requests, "max_tokens": args.max_tokens, "modes": {}}
+    result: dict = {"model": model, "requests": args.requests, "max_tokens": args.max_tokens, "runs": {}}
+    urls = {name: f"http://127.0.0.1:{port}/{name}/v1" for name in ("guarded", "plain")}
+    seq = prompts[: max(20, args.requests // 5)]
     with Progress() as progress:
-        for name in ("guarded", "plain"):
-            url = f"http://127.0.0.1:{port}/{name}/v1"
-            result["modes"][name] = {
-                "sequential": measure(
-                    url, prompts[: max(20, args.requests // 5)], 1, args.max_tokens, progress, name
-                ),
-                "concurrent": measure(url, prompts, args.concurrency, args.max_tokens, progress, name),
-            }
+        for stream in (False, True):
+            kind = "stream" if stream else "plain"
+            result["runs"][f"sequential_{kind}"] = measure(urls, seq, 1, args.max_tokens, stream, progress)
+            result["runs"][f"concurrent_{kind}"] = measure(urls, prompts, args.concurrency, args.max_tokens, stream, progress)
     serve.shutdown()
     ray.shutdown()
 
-    g, p = result["modes"]["guarded"], result["modes"]["plain"]
     table = Table(title=f"Serve latency, guarded vs plain (same model, {args.max_tokens} max tokens, greedy)")
     for col in ("metric", "guarded", "plain", "guarded / plain"):
         table.add_column(col)
     ratios = {}
-    for mode in ("sequential", "concurrent"):
-        for key, unit in (("p50_s", "s"), ("p95_s", "s"), ("req_per_s", "req/s")):
-            a, b = g[mode][key], p[mode][key]
-            ratios[f"{mode}.{key}"] = a / b
-            table.add_row(f"{mode} {key} ({unit})", f"{a:.3f}", f"{b:.3f}", f"{a / b:.2f}")
+    for run, modes in result["runs"].items():
+        keys = (("ttft_p50_s", "s"), ("ttft_p95_s", "s")) if run.endswith("stream") else (
+            ("p50_s", "s"), ("p95_s", "s"), ("req_per_s", "req/s"))  # fmt: skip
+        for key, unit in keys:
+            a, b = modes["guarded"][key], modes["plain"][key]
+            ratios[f"{run}.{key}"] = a / b
+            table.add_row(f"{run} {key} ({unit})", f"{a:.3f}", f"{b:.3f}", f"{a / b:.2f}")
     result["ratios_guarded_over_plain"] = ratios
     Console().print(table)
-    print(
-        "finish reasons (concurrent): guarded",
-        g["concurrent"]["finish_reasons"],
-        "plain",
-        p["concurrent"]["finish_reasons"],
-    )
+    conc = result["runs"]["concurrent_plain"]
+    print("finish reasons (concurrent): guarded", conc["guarded"]["finish_reasons"], "plain", conc["plain"]["finish_reasons"])
     OUT.parent.mkdir(parents=True, exist_ok=True)
     OUT.write_text(json.dumps(result, indent=2))
     print(f"wrote {OUT}")

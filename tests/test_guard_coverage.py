@@ -14,8 +14,8 @@ import json
 import pytest
 from forewarn.config import GenerationParams, build_config
 from forewarn.guard import ServeConfig
-from forewarn.guard.config import GuardPolicy, GuardStage, Limits
-from forewarn.guard.engine import GenerationResult, Generated
+from forewarn.guard.config import GuardPolicy, Limits
+from forewarn.guard.engine import Generated, GenerationResult
 from forewarn.guard.openai_schema import ApiError, parse_body
 from forewarn.guard.pipeline import GuardedPipeline
 from forewarn.guard.policy import GuardJudge
@@ -79,7 +79,7 @@ def test_input_is_judged_on_exactly_the_window_the_model_reads(tokenizer, testbe
     judge = OfflineToxicityJudge()
     whole = judge.judge([prompt[0]["content"]], [prompt[0]["content"]])[0]
     assert not whole.unsafe  # the padding dilutes the whole prompt below the threshold: the old evasion
-    pipe, calls = _pipeline(tokenizer, max_input_tokens=64)
+    pipe, _ = _pipeline(tokenizer, max_input_tokens=64)
     view = pipe.view(prompt)
     assert view.truncated and view.prompt_tokens == 64 and TOXIC.split()[-1] in view.text
     assert len(view.text) < 1000

@@ -22,6 +22,8 @@ from forewarn.config import GenerationParams, ModelSpec, build_config
 from forewarn.guard import ServeConfig
 
 KEY = "sk-forewarn-test"
+ENV_KEY = "sk-forewarn-from-env"  # reaches the ingress replica through its runtime_env
+FILE_KEY = "sk-forewarn-from-file"
 MODEL = "forewarn-guarded"
 
 
@@ -37,6 +39,7 @@ class Server:
     cfg: ServeConfig
     metrics_port: int
     world: object
+    key_file: Path
 
     @property
     def base_url(self) -> str:
@@ -47,7 +50,9 @@ class Server:
 
 
 @pytest.fixture(scope="module")
-def server(testbed) -> Iterator[Server]:
+def server(testbed, tmp_path_factory) -> Iterator[Server]:
+    import os
+
     import ray
     from forewarn.guard.serving import app_from_config
     from ray import serve
@@ -59,6 +64,8 @@ def server(testbed) -> Iterator[Server]:
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _metrics_export_port=metrics_port)
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     judge = {"kind": "offline_toxicity", "threshold": 0.5, "resources": {"num_cpus": 0.25}}
+    key_file = tmp_path_factory.mktemp("keys") / "keys.txt"
+    key_file.write_text(f"# rotated by the tests\n{FILE_KEY}\n")
     cfg = build_config(
         ServeConfig,
         {
@@ -68,13 +75,19 @@ def server(testbed) -> Iterator[Server]:
                 "resources": {"num_cpus": 1},
                 "batching": {"max_batch_size": 8, "batch_wait_timeout_s": 0.02},
             },
-            "guard": {"input": {"judge": judge}, "output": {"judge": judge}},
-            "auth": {"api_keys": [KEY], "api_keys_env": None},
+            "guard": {"input": {"judge": judge}, "output": {"judge": judge}, "expose_verdicts": True},
+            "auth": {"api_keys": [KEY], "api_keys_env": "FOREWARN_TEST_SERVE_KEYS", "api_keys_file": str(key_file)},
             "ingress": {"num_cpus": 0.1},
+            "limits": {"max_in_flight": 128},  # the 100-concurrent test stays under the 503 bound
         },
     )
-    serve.run(app_from_config(cfg), name="forewarn", route_prefix="/")
-    yield Server(f"http://127.0.0.1:{port}", cfg, metrics_port, world)
+    os.environ["FOREWARN_TEST_SERVE_KEYS"] = ENV_KEY
+    try:
+        app = app_from_config(cfg)
+    finally:
+        del os.environ["FOREWARN_TEST_SERVE_KEYS"]  # from here on only the replica's runtime_env holds it
+    serve.run(app, name="forewarn", route_prefix="/")
+    yield Server(f"http://127.0.0.1:{port}", cfg, metrics_port, world, key_file)
     serve.shutdown()
     ray.shutdown()
 
@@ -113,6 +126,7 @@ def test_openai_client_models_chat_and_completions(server: Server) -> None:
         and fw["input"]["judge"] == "offline_toxicity"
         and not fw["output"][0]["blocked"]
     )
+    assert "score" not in json.dumps(fw)  # labels only: exact scores are an oracle for tuning evasions
     c = client.completions.create(
         model=MODEL, prompt="Water boils at", max_tokens=12, temperature=0.8, seed=3
     )
@@ -146,7 +160,8 @@ def test_streaming_matches_the_plain_answer(server: Server) -> None:
     assert text == plain.choices[0].message.content
     finals = [ch for ch in chunks if ch.choices and ch.choices[0].finish_reason]
     assert len(finals) == 1 and finals[0].choices[0].finish_reason == plain.choices[0].finish_reason
-    assert finals[0].model_extra["forewarn"]["blocked"] is None
+    (fw,) = [ch.model_extra["forewarn"] for ch in chunks if (ch.model_extra or {}).get("forewarn")]
+    assert fw["blocked"] is None and "score" not in json.dumps(fw)
     assert (
         chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == plain.usage.completion_tokens
     )
@@ -157,7 +172,79 @@ def test_api_keys_and_health(server: Server) -> None:
         server.client("sk-wrong").models.list()
     r = httpx.post(f"{server.base_url}/chat/completions", json={"model": MODEL, "messages": []})
     assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
+    assert KEY not in r.text and ENV_KEY not in r.text and FILE_KEY not in r.text
     assert httpx.get(f"{server.url}/health").json()["status"] == "ok"
+    # the driver's env key reached the replica through runtime_env; the file's key too
+    for key in (ENV_KEY, FILE_KEY):
+        assert [m.id for m in server.client(key).models.list().data] == [MODEL]
+
+
+def test_keys_rotate_through_the_key_file_without_a_redeploy(server: Server) -> None:
+    rotated = "sk-forewarn-rotated"
+    with pytest.raises(openai.AuthenticationError):
+        server.client(rotated).models.list()
+    server.key_file.write_text(f"{rotated}\n")  # the old file key is revoked, the new one added
+    assert [m.id for m in server.client(rotated).models.list().data] == [MODEL]
+    with pytest.raises(openai.AuthenticationError):
+        server.client(FILE_KEY).models.list()
+    server.key_file.write_text(f"{FILE_KEY}\n")
+
+
+_BAD_VALUES = {
+    "seed": 2**64,
+    "temperature": 1e-300,
+    "repetition_penalty": 1e-300,
+    "top_k": 10**30,
+}
+
+
+@pytest.mark.parametrize("field,value", list(_BAD_VALUES.items()))
+def test_a_bad_value_fails_alone_among_concurrent_requests(server: Server, field: str, value: object) -> None:
+    prompts = [r["prompt"] for r in server.world.read_jsonl("heldout_benign")][:7]
+    bodies = [{"model": MODEL, "messages": [{"role": "user", "content": p}], "max_tokens": 16, "temperature": 0.7,
+               "seed": 1} for p in prompts]  # fmt: skip
+    bodies.insert(3, bodies[0] | {field: value})
+    with httpx.Client(base_url=server.url, timeout=120) as http:
+
+        def send(body: dict) -> httpx.Response:
+            return http.post("/v1/chat/completions", json=body, headers={"authorization": f"Bearer {KEY}"})
+
+        got = _pool_map(send, bodies, workers=8)
+    codes = [r.status_code for r in got]
+    assert codes[:3] + codes[4:] == [200] * 7, codes
+    assert codes[3] == 400 and got[3].json()["error"]["param"] == field
+
+
+def test_every_error_status_has_openai_shape(server: Server) -> None:
+    auth = {"authorization": f"Bearer {KEY}"}
+    cases = [
+        ("GET", "/v1/nowhere", None, 404),
+        ("GET", "/v1/chat/completions", None, 405),
+        ("POST", "/v1/chat/completions", {"model": MODEL, "messages": "x"}, 400),
+        ("POST", "/v1/chat/completions", {"model": "gpt-4o", "messages": [{"role": "user", "content": "x"}]}, 404),
+        ("POST", "/v1/completions", {"model": MODEL, "prompt": "x" * 50_000}, 413),
+    ]
+    with httpx.Client(base_url=server.url, timeout=60) as http:
+        for method, path, body, status in cases:
+            r = http.request(method, path, json=body, headers=auth)
+            err = r.json()["error"]
+            assert r.status_code == status and set(err) == {"message", "type", "param", "code"}, (path, r.text)
+        big = http.post("/v1/chat/completions", content=b"x" * 2_000_000, headers=auth | {"content-type": "application/json"})
+        assert big.status_code == 413 and big.json()["error"]["code"] == "request_too_large"
+
+
+def test_in_batch_failure_is_isolated_to_its_request(server: Server) -> None:
+    """Inside the generator deployment: a request that passed validation but fails in ``generate`` (built
+    here directly, as no valid HTTP request fails any more) is answered with an error alone."""
+    from forewarn.guard.deployments import GeneratorDeployment
+
+    cls = GeneratorDeployment.func_or_class
+    dep = cls(server.cfg.generator.model_dump(mode="json"))
+    ok = GenerationParams(max_new_tokens=8, temperature=0.7, seed=1)
+    bad = GenerationParams(max_new_tokens=8, temperature=0.7, seed=2**64)  # torch.manual_seed refuses it
+    out = dep._run_groups([("hello", ok), ("hello", bad), ("good day", bad), ("good day", ok)])
+    assert [r.error is None for r in out] == [True, False, False, True], [r.error for r in out]
+    assert all(len(r.choices) == 1 for r in (out[0], out[3]))
 
 
 # ---------------------------------------------------------------- what the guard is for

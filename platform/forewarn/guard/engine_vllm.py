@@ -22,9 +22,9 @@ from dataclasses import dataclass, field
 
 from forewarn.config import GenerationParams, Section
 from forewarn.guard.detectors import StopDetector, StopReason
-from forewarn.guard.engine import GenerationResult, Generated, OnTokens
+from forewarn.guard.engine import Generated, GenerationResult, OnTokens
 from forewarn.models.base import Completion, Prompt, apply_stop
-from forewarn.models.vllm import VLLMGenerator, import_vllm, sampling_kwargs
+from forewarn.models.vllm import VLLMGenerator, request_seeds
 
 CHUNK_TOKENS = 8  # tokens per chunk without detectors (streaming only)
 
@@ -58,23 +58,11 @@ class VLLMEngine:
         encoded = [e["prompt_token_ids"] for e in self.generator.encode(prompts)]
         if not self.detectors and on_tokens is None:
             with self.lock:
-                outs = self.generator.llm.generate(
-                    [{"prompt_token_ids": ids} for ids in encoded],
-                    import_vllm().SamplingParams(**sampling_kwargs(params)),
-                    use_tqdm=False,
-                )
-            from forewarn.models.vllm import completions_from_output
-
-            return [
-                GenerationResult([Generated(c) for c in completions_from_output(o)], len(ids))
-                for o, ids in zip(outs, encoded)
-            ]
-        per_prompt = 1 if params.greedy else params.n
-        rows = [
-            _Row(list(ids), None if params.seed is None else params.seed + k)
-            for ids in encoded
-            for k in range(per_prompt)
-        ]
+                rows_out = self.generator.generate(prompts, params)
+            return [GenerationResult([Generated(c) for c in comps], len(ids)) for comps, ids in zip(rows_out, encoded)]
+        seeds = request_seeds(params, params.seed)  # one per request: greedy runs once and is copied
+        per_prompt = len(seeds)
+        rows = [_Row(list(ids), seed) for ids in encoded for seed in seeds]
         self._chunked(rows, params, on_tokens)
         out = []
         for i, ids in enumerate(encoded):
@@ -86,7 +74,6 @@ class VLLMEngine:
         return out
 
     def _chunked(self, rows: list[_Row], params: GenerationParams, on_tokens: OnTokens | None) -> None:
-        vllm = import_vllm()
         round_no = 0
         while True:
             active = [r for r in rows if r.finish is None]
@@ -94,9 +81,8 @@ class VLLMEngine:
                 return
             sps = []
             for r in active:
-                kw = sampling_kwargs(params, n=1, seed=None if r.seed is None else r.seed + 7919 * round_no)
-                kw["max_tokens"] = min(self.chunk, params.max_new_tokens - len(r.gen))
-                sps.append(vllm.SamplingParams(**kw))
+                chunk = params.model_copy(update={"max_new_tokens": min(self.chunk, params.max_new_tokens - len(r.gen))})
+                sps.append(self.generator.sampling_params(chunk, None if r.seed is None else r.seed + 7919 * round_no))
             with self.lock:
                 outs = self.generator.llm.generate(
                     [{"prompt_token_ids": r.prompt + r.gen} for r in active], sps, use_tqdm=False
