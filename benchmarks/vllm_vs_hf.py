@@ -106,7 +106,7 @@ def print_table(result: dict[str, Any]) -> None:
             table.add_row(name, b, f"{r['startup_s']:.1f}", f"{r['seconds']:.2f}", str(r["tokens"]),
                           f"{r['tokens_per_s']:.0f}", f"{m['ratio_vllm_over_hf']:.2f}" if b == "vllm" else "",
                           f"{m['greedy_identical']:.0%}" if b == "vllm" else "")
-    Console().print(table)
+    Console(width=130).print(table)
 
 
 if __name__ == "__main__":  # the vLLM engine spawns processes: nothing may start at import time
