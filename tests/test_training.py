@@ -15,9 +15,7 @@ from pathlib import Path
 
 import pyarrow as pa
 import pytest
-import ray
-from mlflow.tracking import MlflowClient
-
+import torch
 from forewarn.config import GenerationParams, ModelSpec, TrackingConfig
 from forewarn.models.hf import HFGenerator
 from forewarn.models.tiny import build_tiny_model, train_tokenizer
@@ -25,6 +23,7 @@ from forewarn.tracking import NullTracker, make_tracker
 from forewarn.training.api import compute_reference_logps, train_dpo, train_sft
 from forewarn.training.config import DPOConfig, TrainConfig
 from forewarn.training.runner import lr_factor, read_metrics
+from mlflow.tracking import MlflowClient
 
 ANIMALS = ["cat", "dog", "cow", "owl", "fox", "bee", "ant", "elk"]
 
@@ -41,13 +40,6 @@ def toy_pairs(n: int, seed: int) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def ray_cluster():
-    ray.init(num_cpus=2, include_dashboard=False)
-    yield ray.get_runtime_context().gcs_address
-    ray.shutdown()
-
-
-@pytest.fixture(scope="module")
 def models(tmp_path_factory) -> dict[str, Path]:
     """A policy and a different reference (so step-1 DPO losses are not trivially log 2)."""
     root = tmp_path_factory.mktemp("models")
@@ -58,7 +50,7 @@ def models(tmp_path_factory) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="module")
-def dpo_data(ray_cluster, models) -> dict[str, pa.Table]:
+def dpo_data(ray_local, models) -> dict[str, pa.Table]:
     """Pairs with reference log-probs from ONE Ray Data pass; train_dpo passes such columns through."""
     cfg = dpo_config(0)
     train = compute_reference_logps(pa.Table.from_pylist(toy_pairs(128, 1)), models["reference"], cfg)
@@ -80,6 +72,17 @@ def eval_rows(out: Path) -> list[dict]:
     return [r for r in read_metrics(out / "metrics.jsonl") if "eval/loss" in r]
 
 
+def final_deepspeed_dir(out: Path, name: str) -> Path:
+    """The DeepSpeed part of the last Ray Train checkpoint of a run (what training left in the engine)."""
+    return max((out / "ray" / name).glob("checkpoint_0*")) / "deepspeed"  # checkpoint_NNNNNNN folders
+
+
+def hf_weights(model_dir: Path) -> dict[str, torch.Tensor]:
+    from transformers import AutoModelForCausalLM
+
+    return {k: v.detach().float() for k, v in AutoModelForCausalLM.from_pretrained(model_dir).state_dict().items()}
+
+
 @pytest.fixture(scope="module")
 def zero_runs(tmp_path_factory, models, dpo_data) -> dict[int, Path]:
     runs = {}
@@ -91,6 +94,7 @@ def zero_runs(tmp_path_factory, models, dpo_data) -> dict[int, Path]:
     return runs
 
 
+@pytest.mark.slow
 def test_dpo_raises_margin_and_accuracy(zero_runs) -> None:
     evals = eval_rows(zero_runs[0])
     first, last = evals[0], evals[-1]
@@ -101,6 +105,7 @@ def test_dpo_raises_margin_and_accuracy(zero_runs) -> None:
     assert step_losses(zero_runs[0])[12] < step_losses(zero_runs[0])[1]
 
 
+@pytest.mark.slow
 def test_zero0_and_zero3_match(zero_runs) -> None:
     l0, l3 = step_losses(zero_runs[0]), step_losses(zero_runs[3])
     assert abs(l0[1] - 0.6931) > 1e-3  # policy != reference: the check is not trivially log 2
@@ -109,12 +114,32 @@ def test_zero0_and_zero3_match(zero_runs) -> None:
         assert l3[step] == pytest.approx(l0[step], rel=1e-3)
 
 
+@pytest.mark.slow
 def test_checkpoint_is_a_hf_folder(zero_runs) -> None:
     model_dir = zero_runs[3] / "model"
     assert (model_dir / "config.json").is_file() and (model_dir / "tokenizer.json").is_file()
     gen = HFGenerator(ModelSpec(path=str(model_dir), device="cpu"))
     out = gen.generate(["Tell me about the owl number 7."], GenerationParams(max_new_tokens=8))
     assert out[0][0].token_ids
+
+
+@pytest.mark.slow
+def test_zero3_export_equals_the_trained_weights(zero_runs, models) -> None:
+    """The HF folder exported under ZeRO-3 (parameters gathered from both ranks' partitions) holds the weights
+    DeepSpeed trained: the fp32 partitions of the final checkpoint, consolidated on their own by DeepSpeed's
+    zero_to_fp32, and the ZeRO-0 run's export; not the starting policy."""
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    trained = get_fp32_state_dict_from_zero_checkpoint(str(final_deepspeed_dir(zero_runs[3], "dpo")), tag="state")
+    exported, start = hf_weights(zero_runs[3] / "model"), hf_weights(models["policy"])
+    zero0 = hf_weights(zero_runs[0] / "model")
+    assert trained and set(trained) <= set(exported)
+    for name, w in trained.items():
+        assert torch.allclose(exported[name], w.float(), rtol=0, atol=1e-6), name
+    moved = max(float((exported[k] - start[k]).abs().max()) for k in trained)
+    assert moved > 1e-3, "the export holds the untrained policy"
+    off_zero0 = max(float((exported[k] - zero0[k]).abs().max()) for k in exported)
+    assert off_zero0 < 0.05 * moved, (off_zero0, moved)
 
 
 KILLED_RUN = textwrap.dedent("""
@@ -129,7 +154,8 @@ KILLED_RUN = textwrap.dedent("""
 """)
 
 
-def test_kill_after_checkpoint_then_resume_zero2(tmp_path, ray_cluster, models, dpo_data, zero_runs) -> None:
+@pytest.mark.slow
+def test_kill_after_checkpoint_then_resume_zero2(tmp_path, ray_local, models, dpo_data, zero_runs) -> None:
     """A ZeRO-2 run is SIGKILLed after its first checkpoint; the rerun resumes from that checkpoint."""
     import pyarrow.parquet as pq
 
@@ -140,7 +166,7 @@ def test_kill_after_checkpoint_then_resume_zero2(tmp_path, ray_cluster, models, 
     (tmp_path / "run.py").write_text(KILLED_RUN)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     with open(tmp_path / "killed.log", "w") as log:
-        proc = subprocess.Popen([sys.executable, str(tmp_path / "run.py"), ray_cluster, str(tmp_path / "cfg.json"),
+        proc = subprocess.Popen([sys.executable, str(tmp_path / "run.py"), ray_local, str(tmp_path / "cfg.json"),
                                  str(tmp_path / "train.parquet"), str(models["reference"]), str(out),
                                  str(models["policy"])], stdout=log, stderr=subprocess.STDOUT, env=env)
         deadline = time.time() + 300
@@ -184,7 +210,8 @@ def test_lr_schedule() -> None:
     assert lr_factor(50, TrainConfig(), 13) == 1.0
 
 
-def test_sft_with_lora_lowers_heldout_loss(tmp_path, ray_cluster, models) -> None:
+@pytest.mark.slow
+def test_sft_with_lora_lowers_heldout_loss(tmp_path, ray_local, models) -> None:
     rows = [{"prompt": p["prompt"], "target": p["chosen"]} for p in toy_pairs(128, 3)]
     held = [{"prompt": p["prompt"], "target": p["chosen"]} for p in toy_pairs(32, 4)]
     cfg = TrainConfig(num_workers=2, lr=1e-2, micro_batch_size=8, max_steps=12, epochs=2, max_length=64,
@@ -201,5 +228,20 @@ def test_sft_with_lora_lowers_heldout_loss(tmp_path, ray_cluster, models) -> Non
     assert evals[-1]["eval/loss"] < 0.8 * evals[0]["eval/loss"]
     # merged: a plain HF folder with no adapter files, loadable by the hf backend
     assert not (model_dir / "adapter_config.json").exists()
+    # ... whose weights are the base plus the trained adapters, W + (alpha / r) B A, computed here from the
+    # final DeepSpeed state (ZeRO-2: the whole module on rank 0) rather than by peft's merge
+    ds_state = final_deepspeed_dir(tmp_path, "sft") / "state" / "mp_rank_00_model_states.pt"
+    adapters = torch.load(ds_state, map_location="cpu", weights_only=False)["module"]
+    base, merged = hf_weights(models["policy"]), hf_weights(model_dir)
+    trained = 0
+    for name, w in base.items():
+        stem = f"base_model.model.{name.removesuffix('.weight')}"
+        if f"{stem}.lora_A.default.weight" not in adapters:
+            assert torch.equal(merged[name], w), f"{name} is not a LoRA target but changed"
+            continue
+        a, b = adapters[f"{stem}.lora_A.default.weight"].float(), adapters[f"{stem}.lora_B.default.weight"].float()
+        assert torch.allclose(merged[name], w + (16 / 8) * (b @ a), rtol=0, atol=1e-5), name
+        trained += int(float(b.abs().max()) > 0)  # B starts at zero: non-zero means the adapter learned
+    assert trained == sum(k.endswith("lora_B.default.weight") for k in adapters) > 0
     gen = HFGenerator(ModelSpec(path=str(model_dir), device="cpu"))
     assert gen.generate(["Tell me about the cat number 3."], GenerationParams(max_new_tokens=6))[0][0].token_ids

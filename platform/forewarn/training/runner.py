@@ -102,9 +102,18 @@ class MetricsLog:
         if self.client is not None:
             from mlflow.entities import Metric
 
+            from forewarn.tracking import short_error, unreachable
+
             now = int(time.time() * 1000)
-            self.client.log_batch(self.run_id, metrics=[Metric(f"{self.prefix}{k}", float(v), now, step)
-                                                        for k, v in metrics.items()])
+            try:
+                self.client.log_batch(self.run_id, metrics=[Metric(f"{self.prefix}{k}", float(v), now, step)
+                                                            for k, v in metrics.items()])
+            except Exception as e:  # a tracking server gone mid-run costs the MLflow copy, not the training
+                if not unreachable(e):
+                    raise
+                self.client = None
+                with self.path.open("a") as f:
+                    f.write(json.dumps({"step": step, "event": "tracking_gap", "error": short_error(e)}) + "\n")
 
 
 def read_metrics(path: str | Path) -> list[dict]:
@@ -226,10 +235,11 @@ def fit(task: Task, cfg: TrainConfig, model_path: str | Path, train: pa.Table, o
         tracker: Any, eval_table: pa.Table | None = None, name: str | None = None) -> Path:
     """Train ``model_path`` on ``train`` with ``task``; returns ``OUTPUT_DIR/model`` (a HF folder).
 
-    A rerun with the same ``output_dir`` (and name) resumes from the latest checkpoint of the first run.
+    A rerun with the same ``output_dir`` (and name) resumes from the latest checkpoint of the first run; within
+    one run, a dead worker restarts the worker group (``cfg.max_failures`` times), which resumes the same way.
     """
     import ray
-    from ray.train import CheckpointConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     out = Path(output_dir).resolve()
@@ -252,7 +262,8 @@ def fit(task: Task, cfg: TrainConfig, model_path: str | Path, train: pa.Table, o
         },
         scaling_config=ScalingConfig(num_workers=world, use_gpu=cfg.use_gpu, resources_per_worker=resources),
         run_config=RunConfig(name=name or task.name, storage_path=cfg.storage_path or str(out / "ray"),
-                             checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_checkpoints)),
+                             checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_checkpoints),
+                             failure_config=FailureConfig(max_failures=cfg.max_failures)),
     )
     result = trainer.fit()
     if result.checkpoint is None:
