@@ -70,6 +70,7 @@ def test_contexts_cost_one_generation_each(ray2, tiny_llama_dir, tmp_path):
     assert exp[0]["prompt"].startswith("Tell me about ")
 
 
+@pytest.mark.slow
 def test_tune_sweep_runs_four_trials_and_logs_each_to_mlflow(ray2, tiny_llama_dir, tmp_path):
     import mlflow
 

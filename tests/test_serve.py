@@ -21,6 +21,8 @@ import pytest
 from forewarn.config import GenerationParams, ModelSpec, build_config
 from forewarn.guard import ServeConfig
 
+pytestmark = pytest.mark.slow  # a real Ray Serve app on the testbed (minutes to start): not in the inner loop
+
 KEY = "sk-forewarn-test"
 ENV_KEY = "sk-forewarn-from-env"  # reaches the ingress replica through its runtime_env
 FILE_KEY = "sk-forewarn-from-file"
@@ -245,6 +247,14 @@ def test_in_batch_failure_is_isolated_to_its_request(server: Server) -> None:
     out = dep._run_groups([("hello", ok), ("hello", bad), ("good day", bad), ("good day", ok)])
     assert [r.error is None for r in out] == [True, False, False, True], [r.error for r in out]
     assert all(len(r.choices) == 1 for r in (out[0], out[3]))
+    # a replica whose every request fails reports unhealthy (Serve then replaces it); a success resets it
+    from forewarn.guard.deployments import BROKEN_AFTER
+
+    dep._run_groups([("hello", bad)] * BROKEN_AFTER)
+    with pytest.raises(RuntimeError, match="all failed"):
+        dep.check_health()
+    dep._run_groups([("hello", ok)])
+    dep.check_health()
 
 
 # ---------------------------------------------------------------- what the guard is for

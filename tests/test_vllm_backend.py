@@ -241,6 +241,7 @@ def hf(target: str) -> Any:
 SAMPLE = GenerationParams(n=3, temperature=1.0, top_p=0.95, max_new_tokens=16, seed=3)
 
 
+@pytest.mark.slow
 def test_per_row_seeds_are_batch_invariant_and_samples_differ(engine: fv.VLLMGenerator, prompts: list[str]) -> None:
     batch, seeds = prompts[:6], [row_seed(3, f"row{i}") for i in range(6)]
     full = engine.generate(batch, SAMPLE, seeds=seeds)
@@ -258,6 +259,7 @@ def test_per_row_seeds_are_batch_invariant_and_samples_differ(engine: fv.VLLMGen
         engine.generate(batch, SAMPLE, seeds=seeds[:2])
 
 
+@pytest.mark.slow
 def test_max_tokens_stop_strings_and_logprobs(engine: fv.VLLMGenerator, hf: Any, prompts: list[str]) -> None:
     from forewarn.models.base import apply_stop
 
@@ -288,6 +290,7 @@ def test_max_tokens_stop_strings_and_logprobs(engine: fv.VLLMGenerator, hf: Any,
         full[0][0].text] * 2
 
 
+@pytest.mark.slow
 def test_bad_values_name_the_field(engine: fv.VLLMGenerator, prompts: list[str]) -> None:
     with pytest.raises(ConfigError, match=r"^temperature=3\.0: the vllm backend refuses it \(temperature must be"):
         engine.generate(prompts[:1], GenerationParams(temperature=3.0))
@@ -297,6 +300,7 @@ def test_bad_values_name_the_field(engine: fv.VLLMGenerator, prompts: list[str])
         fv.VLLMGenerator(ModelSpec(backend="vllm", path="/nowhere", device="cuda"))
 
 
+@pytest.mark.slow
 def test_greedy_agreement_with_hf(engine: fv.VLLMGenerator, hf: Any, prompts: list[str]) -> None:
     """Same model, same prompts, greedy: vLLM's completions equal the hf backend's."""
     params = GenerationParams(max_new_tokens=32)
@@ -308,6 +312,7 @@ def test_greedy_agreement_with_hf(engine: fv.VLLMGenerator, hf: Any, prompts: li
     assert same / len(prompts) >= 0.9
 
 
+@pytest.mark.slow
 def test_ray_data_llm_stage_for_real(ray_local: None, engine: fv.VLLMGenerator, target: str,
                                      prompts: list[str]) -> None:
     """``generate_stage`` on ``backend: vllm`` runs ray.data.llm's processor with a CPU engine; its rows carry
