@@ -43,6 +43,12 @@ from forewarn.errors import ForewarnError
 START_TIMEOUT_S = float(os.environ.get("FOREWARN_POOL_START_TIMEOUT_S", "900"))
 
 
+def _actor_lost() -> tuple[type[BaseException], ...]:
+    from ray.exceptions import OutOfMemoryError, RayActorError
+
+    return RayActorError, OutOfMemoryError  # an actor killed, crashed, or killed by Ray's memory monitor
+
+
 class PoolError(ForewarnError):
     """A pool could not start (no room on the cluster, the model failed to load) or kept losing actors."""
 
@@ -131,7 +137,6 @@ class RolePool:
 
     def _await_ready(self, actors: list[Any]) -> None:
         import ray
-        from ray.exceptions import RayActorError
 
         start = time.perf_counter()
         refs = [a.ready.remote() for a in actors]
@@ -142,7 +147,7 @@ class RolePool:
                             "(see `ray status`). FOREWARN_POOL_START_TIMEOUT_S sets the wait.")
         try:
             seconds = ray.get(done)
-        except RayActorError as e:
+        except _actor_lost() as e:
             raise PoolError(f"role {self.name!r}: an actor failed while loading its model: {e}") from None
         self.stats.loads += len(seconds)
         self.stats.load_s += sum(seconds)
@@ -161,7 +166,6 @@ class RolePool:
         ``max_replacements`` times per call; every other slice is collected once.
         """
         import ray
-        from ray.exceptions import RayActorError
 
         lengths = {len(v) for v in columns.values()}
         if len(lengths) != 1:
@@ -182,13 +186,11 @@ class RolePool:
             b, slot = inflight.pop(ref)
             try:
                 out, seconds = ray.get(ref)
-            except RayActorError as e:
+            except _actor_lost() as e:
                 replaced += 1
                 if replaced > self.max_replacements:
                     raise PoolError(f"role {self.name!r}: lost {replaced} actors in one call; last: {e}") from None
-                self.actors[slot] = self._spawn()
-                self._await_ready([self.actors[slot]])
-                self.stats.replaced_actors += 1
+                self._replace(slot)
                 queue.appendleft(b)
                 idle.append(slot)
                 continue
@@ -203,15 +205,30 @@ class RolePool:
         """:meth:`map_batches` with the outputs concatenated: one output per input row, in order."""
         return [x for out, _ in self.map_batches(method, columns, batch_size, **const) for x in out]
 
+    def _replace(self, slot: int) -> None:
+        """A new actor (loading ``self.factory``) in place of the lost one at ``slot``."""
+        self.actors[slot] = self._spawn()
+        self._await_ready([self.actors[slot]])
+        self.stats.replaced_actors += 1
+
     def reload(self, factory: Callable[[], Any]) -> None:
-        """Rebuild every actor's object with ``factory`` (e.g. the proposer's new weights), in place."""
+        """Rebuild every actor's object with ``factory`` (e.g. the proposer's new weights), in place; an actor
+        lost meanwhile (killed, out of memory) is replaced by a new one that loads ``factory``."""
         import ray
 
         self.factory = factory
         start = time.perf_counter()
-        seconds = ray.get([a.reload.remote(factory) for a in self.actors])
-        self.stats.loads += len(seconds)
-        self.stats.load_s += sum(seconds)
+        refs = [a.reload.remote(factory) for a in self.actors]
+        for slot, ref in enumerate(refs):
+            before = self.stats.start_s
+            try:
+                seconds = ray.get(ref)
+            except _actor_lost():
+                self._replace(slot)  # its start is timed by _await_ready
+                start += self.stats.start_s - before
+                continue
+            self.stats.loads += 1
+            self.stats.load_s += seconds
         self.stats.start_s += time.perf_counter() - start
 
     def close(self) -> None:
