@@ -12,10 +12,11 @@ from forewarn.config import ModelSpec
 from forewarn.errors import ConfigError
 from forewarn.recurrence.config import ClassifierSection, FeatureSection, SearchSection
 from forewarn.recurrence.detect import analyse, find_cycle, length_rule, repeated_ngrams
-from forewarn.recurrence.detector import LoopDetector, classify_stats, train_and_evaluate
-from forewarn.recurrence.features import features, mlp_activation_feature
+from forewarn.recurrence.detector import LoopDetector, LoopMLP, classify_stats, train_and_evaluate
+from forewarn.recurrence.features import features, response_feature
 from forewarn.recurrence.search import Evaluation, Search, crossover, mutate
-from forewarn.recurrence.stopping import CycleCheck, LoopStoppingCriteria
+from forewarn.recurrence.stopping import CycleCheck, DetectorCheck, GenerationWindows, LoopStoppingCriteria
+from transformers import StoppingCriteria
 
 # ------------------------------------------------------------------ the cycle detector
 
@@ -152,18 +153,74 @@ def tiny_model(tiny_llama_dir):
 
 
 def test_features_rank_a_loop_above_a_non_loop(tiny_model):
+    from forewarn.models.hf import HFGenerator
+
     model, tok = tiny_model
+    gen = HFGenerator(ModelSpec(path="tiny"), model, tok)
     rng = random.Random(0)
     loop = [30, 31, 32, 33, 34, 35] * 8
     noise = rng.sample(range(20, len(tok)), 48)
     for kind in ("mlp_activation", "hidden_state"):
         fc = FeatureSection(kind=kind, detection_length=64)
-        x = features(model, [loop, noise, loop[:5]], fc)
+        x = features(gen, [("say it", loop), ("say it", noise), ("say it", loop[:5])], fc)
         assert x.shape == (3, 64)
         assert x[0, :40].mean() > x[1, :40].mean()  # repeated positions agree with their earlier copies
         assert x[0, 48:].sum() == 0 and x[2, 5:].sum() == 0  # zero padding past the response
-    f = mlp_activation_feature(model, loop, 64)
-    assert np.all(np.diff(f[:48]) <= 1e-6)  # sorted descending
+        assert np.all(np.diff(x[0, :48]) <= 1e-6)  # sorted descending
+
+
+class _Record(StoppingCriteria):
+    """Records ``windows.profile(ids)`` of every row at every step from the third token on."""
+
+    def __init__(self, windows: GenerationWindows):
+        self.windows, self.prompt_len, self.seen = windows, None, {}
+
+    def __call__(self, input_ids, scores, **kwargs):
+        if self.prompt_len is None:
+            self.prompt_len = input_ids.shape[1] - 1
+        for row, ids in enumerate(input_ids[:, self.prompt_len:].tolist()):
+            if len(ids) >= 3:
+                self.seen[row] = (ids, self.windows.profile(ids).numpy().copy())
+        return torch.zeros(input_ids.shape[0], dtype=torch.bool)
+
+
+@pytest.mark.parametrize("kind", ["mlp_activation", "hidden_state"])
+def test_generation_features_equal_training_features(tiny_model, kind):
+    """Run-time features (hooks during a batched, left-padded, sampled generate; window wraps at 12 tokens)
+    equal the training features of the same tokens in the same context."""
+    from forewarn.config import GenerationParams
+    from forewarn.models.hf import HFGenerator
+
+    model, tok = tiny_model
+    gen = HFGenerator(ModelSpec(path="tiny"), model, tok)
+    prompts = ["tell me a long story about the sea", "hi"]
+    for length in (64, 12):
+        with GenerationWindows(model, kind, length) as windows:
+            rec = _Record(windows)
+            gen.generate(prompts, GenerationParams(max_new_tokens=30, temperature=1.0, n=2, seed=3),
+                         stopping_criteria=[rec])
+        assert len(rec.seen) == 4
+        for row, (ids, got) in rec.seen.items():
+            prompt_ids = gen.encode([prompts[row // 2]])["input_ids"][0].tolist()
+            fed = ids[:-1]  # the newest token has not been through the model yet
+            start = max(0, len(fed) - length)
+            want = response_feature(model, prompt_ids + fed[:start], fed[start:], length, kind)
+            assert np.abs(got - want).max() < 1e-4, (length, row)
+
+
+def test_detector_check_needs_its_generation(tiny_model):
+    model, _ = tiny_model
+    fc = FeatureSection(kind="mlp_activation", detection_length=16)
+    clf = ClassifierSection()
+    det = LoopDetector(fc, clf, LoopMLP(16, clf.hidden).eval(), np.zeros(16, np.float32), np.ones(16, np.float32))
+    check = DetectorCheck(det, model)
+    try:
+        assert check.min_tokens == 17
+        with pytest.raises(RuntimeError, match="generation's own activations"):
+            check([1, 2, 3])
+    finally:
+        check.close()
+    assert not model._forward_pre_hooks and not model._forward_hooks  # close() unhooks
 
 
 def test_stats_formulas():
