@@ -92,3 +92,35 @@ def test_vllm_generator_with_decoding_mitigations_is_a_config_error() -> None:
             ServeConfig,
             {"generator": {"model": {"path": "m", "backend": "vllm"}, "decoding": [{"kind": "no_repeat_ngram"}]}},
         )
+
+
+def test_framework_errors_are_openai_shaped() -> None:
+    """FastAPI's own 404 / 405 / 422 and an unhandled 500 go through the app's handlers (the Serve tests
+    check 404 / 405 over HTTP; 422 and 500 need a route the app does not have)."""
+    from fastapi import FastAPI
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.testclient import TestClient
+    from forewarn.guard.serving import _http_error, _server_error, _validation_error
+    from starlette.exceptions import HTTPException
+
+    app = FastAPI()
+    app.add_exception_handler(HTTPException, _http_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(Exception, _server_error)
+
+    @app.get("/typed/{n}")
+    def typed(n: int) -> dict:
+        return {"n": n}
+
+    @app.get("/boom")
+    def boom() -> dict:
+        raise RuntimeError("kaboom sk-secret")
+
+    client = TestClient(app, raise_server_exceptions=False)
+    for path, method, status in (("/typed/x", "GET", 422), ("/nowhere", "GET", 404), ("/typed/1", "POST", 405),
+                                 ("/boom", "GET", 500)):  # fmt: skip
+        r = client.request(method, path)
+        err = r.json()["error"]
+        assert r.status_code == status and set(err) == {"message", "type", "param", "code"}, r.text
+        assert "sk-secret" not in r.text
+    assert client.get("/typed/x").json()["error"]["param"] == "path.n"

@@ -68,6 +68,14 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> JS
     return error_response(ApiError(422, f"Invalid request: {err.get('msg', 'validation failed')}.", param, "invalid_value"))
 
 
+async def _server_error(request: Request, exc: Exception) -> JSONResponse:
+    logger.error("forewarn: unhandled %s on %s %s", type(exc).__name__, request.method, request.url.path)
+    return error_response(ApiError(500, f"internal error ({type(exc).__name__})", None, "internal_error"))
+
+
+api.add_exception_handler(Exception, _server_error)
+
+
 @serve.deployment(name="ingress")
 @serve.ingress(api)
 class OpenAIIngress:
