@@ -20,7 +20,7 @@ from typing import Any, Literal
 from pydantic import Field, SecretStr, SerializeAsAny, ValidationError, field_validator, model_validator
 
 from forewarn.config import ModelSpec, RayConfig, Resources, Section, format_validation_error
-from forewarn.judges.spec import JudgeSpec
+from forewarn.judges.spec import JudgeSpec, kinds_for
 
 
 class GuardStage(Section):
@@ -77,11 +77,9 @@ class GuardPolicy(Section):
             )
         for stage in ("input", "output"):
             j = getattr(self, stage).judge
-            if j is not None and j.kind in ("honesty_entropy", "math_match"):
-                raise ValueError(
-                    f"guard.{stage}.judge.kind={j.kind!r} is not a safety judge; use offline_toxicity, "
-                    "llama_guard, perspective or classifier"
-                )
+            if j is not None and j.task != "safety":
+                raise ValueError(f"guard.{stage}.judge.kind={j.kind!r} is not a safety judge; use one of "
+                                 f"{', '.join(kinds_for('safety'))}")
         return self
 
 

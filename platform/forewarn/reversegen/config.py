@@ -12,7 +12,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from forewarn.config import GenerationParams, JobConfig, ModelSpec, Resources, RoleConfig, Section
-from forewarn.judges.spec import JudgeSpec, OfflineToxicitySpec
+from forewarn.judges.spec import JudgeSpec, OfflineToxicitySpec, kinds_for
 from forewarn.pipeline.dedup import DedupConfig
 from forewarn.reversegen.pairs import PairConfig
 from forewarn.training.config import DPOConfig, TrainConfig
@@ -96,10 +96,9 @@ class ReverseGenConfig(JobConfig):
     @model_validator(mode="after")
     def _task_fits(self) -> "ReverseGenConfig":
         kind = self.judge.kind
-        want = {"safety": {"offline_toxicity", "llama_guard", "perspective", "classifier"},
-                "honesty": {"honesty_entropy"}, "math": {"math_match", "arithmetic"}}[self.task]
+        want = kinds_for(self.task)
         if kind not in want:
-            raise ValueError(f"task {self.task!r} needs judge.kind in {sorted(want)}, got {kind!r}")
+            raise ValueError(f"task {self.task!r} needs judge.kind in {want}, got {kind!r}")
         if uses_reference(self) and self.reference is None and self.judge.reference_model is None:
             raise ValueError("task 'math' with judge.kind 'math_match' needs a reference model (set "
                              "reference.model.path) for the gold answers of generated questions, or use "
