@@ -31,6 +31,12 @@ class Verdict:
     def ok(self) -> bool:
         return self.error is None
 
+    def columns(self, prefix: str = "judge_") -> dict[str, object]:
+        """The verdict as row columns, the one mapping every stage uses: ``{prefix}score``, ``label``,
+        ``unsafe`` (None where the judge failed), ``categories``, ``error``."""
+        return {f"{prefix}score": self.score, f"{prefix}label": self.label, f"{prefix}unsafe": self.unsafe,
+                f"{prefix}categories": list(self.categories), f"{prefix}error": self.error}
+
 
 @runtime_checkable
 class Judge(Protocol):

@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from forewarn.config import GenerationParams, ModelSpec, Resources, RoleConfig
+from forewarn.judges.base import Verdict
 from forewarn.models.base import row_seed
 from forewarn.pools import data_stage, set_torch_threads
 
@@ -79,13 +80,12 @@ class JudgeUDF:
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
         verdicts = self.judge.judge([str(p) for p in batch[self.prompt_column]],
                                     [str(r) for r in batch[self.response_column]])
+        rows = [v.columns(self.prefix) for v in verdicts]
         out = batch.copy()
-        p = self.prefix
-        out[f"{p}score"] = [v.score for v in verdicts]
-        out[f"{p}label"] = [v.label for v in verdicts]
-        out[f"{p}unsafe"] = pd.array([v.unsafe for v in verdicts], dtype="boolean")
-        out[f"{p}categories"] = [list(v.categories) for v in verdicts]
-        out[f"{p}error"] = [v.error for v in verdicts]
+        for name in Verdict.failed("").columns(self.prefix):
+            out[name] = [r[name] for r in rows]
+        unsafe = f"{self.prefix}unsafe"
+        out[unsafe] = pd.array(list(out[unsafe]), dtype="boolean")  # nullable: None where the judge failed
         return out
 
 

@@ -107,13 +107,7 @@ def expand(rows: Sequence[dict], outs: Sequence[Sequence[Completion]], prefix: s
 
 def with_verdicts(rows: list[dict], verdicts: Sequence[Any]) -> pd.DataFrame:
     """Rows with the judge's columns and ``failure`` (None where the judge failed), sorted by id."""
-    df = pd.DataFrame(rows)
-    df["judge_score"] = [v.score for v in verdicts]
-    df["judge_label"] = [v.label for v in verdicts]
-    df["judge_unsafe"] = [v.unsafe for v in verdicts]
-    df["judge_categories"] = [list(v.categories) for v in verdicts]
-    df["judge_error"] = [v.error for v in verdicts]
-    df["failure"] = [v.unsafe for v in verdicts]
+    df = pd.DataFrame([{**row, **v.columns("judge_"), "failure": v.unsafe} for row, v in zip(rows, verdicts)])
     return df.sort_values("id", kind="stable").reset_index(drop=True)
 
 
