@@ -1,9 +1,13 @@
-"""Row schemas that flow through Ray Data and land in Parquet, declared once.
+"""Row schemas of the result tables that land in Parquet with a fixed schema, declared once.
 
 Each record is a dataclass; ``schema(Record)`` derives the pyarrow schema from its type hints, and
 ``rows_to_table`` / ``table_to_rows`` convert. Every row carries ``run_id``, ``iteration`` and a stable
 ``id`` so a resumed run can tell done work from missing work (``stable_id`` hashes the row's inputs).
 Capabilities append their own records below, under a heading per capability.
+
+The generation and judge columns that stages add to a caller's rows (``{prefix}text``, ``finish_reason``,
+... and ``{prefix}score``, ``label``, ``unsafe``, ...) are declared once too, where they are made:
+``forewarn.models.base.Completion.columns`` and ``forewarn.judges.base.Verdict.columns``.
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import pyarrow as pa
@@ -56,51 +60,6 @@ def stable_id(*parts: Any) -> str:
     """A short deterministic id from the row's identifying inputs."""
     h = hashlib.sha1("\x1f".join(map(str, parts)).encode()).hexdigest()
     return h[:16]
-
-
-# ------------------------------------------------------------------ core rows
-
-
-@dataclass
-class PromptRow:
-    """A prompt to send to a model."""
-
-    id: str
-    run_id: str
-    iteration: int
-    prompt: str
-
-
-@dataclass
-class GenerationRow:
-    """One completion of a prompt (``sample`` indexes the n samples of the same prompt)."""
-
-    id: str
-    run_id: str
-    iteration: int
-    prompt_id: str
-    sample: int
-    prompt: str
-    text: str
-    finish_reason: str
-    num_tokens: int
-    error: str | None = None
-
-
-@dataclass
-class JudgementRow:
-    """A judge's verdict on a (prompt, response) pair; ``score`` in [0, 1], higher = more unsafe/failing."""
-
-    id: str
-    run_id: str
-    iteration: int
-    prompt: str
-    response: str
-    score: float
-    label: str
-    unsafe: bool | None = None
-    categories: list[str] = field(default_factory=list)
-    error: str | None = None
 
 
 # ------------------------------------------------------------------ recurrence (trigger search)

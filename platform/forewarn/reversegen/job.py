@@ -30,10 +30,6 @@ CONFIG = ReverseGenConfig
 PLACEMENT = JobLayout(pools_during_training=True)
 
 
-class NoPairs(ForewarnError):
-    """An iteration produced no (failing, passing) pair from one prompt: DPO has nothing to learn."""
-
-
 def resolve_names(cfg: ReverseGenConfig) -> tuple[ReverseGenConfig, Any]:
     """Testbed names -> local paths; returns the config and the testbed manifest (or None)."""
     from forewarn.names import resolve_model, resolve_path
