@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from forewarn.config import GenerationParams
 from forewarn.guard.config import Limits
 from forewarn.models.base import Prompt
+from forewarn.models.openai_api import params_from_request
 
 ERROR_TYPES = {
     400: "invalid_request_error",
@@ -290,18 +291,8 @@ def parse_body(
             "temperature",
             "invalid_value",
         )
-    params = GenerationParams(
-        max_new_tokens=max_tokens or limits.default_max_tokens,
-        temperature=1.0 if req.temperature is None else float(req.temperature),
-        top_p=1.0 if req.top_p is None else float(req.top_p),
-        top_k=0 if req.top_k in (None, -1) else req.top_k,
-        n=n,
-        seed=req.seed,
-        stop=[s for s in stop if s],
-        repetition_penalty=float(req.repetition_penalty or 1.0),
-        presence_penalty=float(req.presence_penalty or 0.0),
-        frequency_penalty=float(req.frequency_penalty or 0.0),
-    )
+    # logprobs were refused above (a completions request may still carry logprobs=0)
+    params = params_from_request({**req.model_dump(), "logprobs": None}, limits.default_max_tokens)
     return ParsedRequest(
         endpoint,
         prompt,

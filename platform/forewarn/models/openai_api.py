@@ -29,6 +29,7 @@ import random
 import threading
 import time
 from collections import Counter
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -92,6 +93,29 @@ def request_kwargs(prompt: Prompt, params: GenerationParams, spec: ModelSpec) ->
     if extra:
         kw["extra_body"] = extra
     return endpoint, kw
+
+
+def params_from_request(body: Mapping[str, Any], default_max_tokens: int = 64) -> GenerationParams:
+    """The inverse of :func:`request_kwargs`: an OpenAI request body (chat or completions) to
+    GenerationParams, with OpenAI's defaults (temperature 1, top_p 1) and vLLM's ``top_k`` /
+    ``repetition_penalty`` extensions. Every server of this project (the guarded endpoint, the test
+    server) maps requests with it; range checks are the caller's (its errors name the field)."""
+    stop = body.get("stop")
+    top_k = body.get("top_k")
+    logprobs = body.get("logprobs")
+    return GenerationParams(
+        max_new_tokens=body.get("max_completion_tokens") or body.get("max_tokens") or default_max_tokens,
+        temperature=1.0 if body.get("temperature") is None else float(body["temperature"]),
+        top_p=1.0 if body.get("top_p") is None else float(body["top_p"]),
+        top_k=0 if top_k in (None, -1) else int(top_k),
+        n=body.get("n") or 1,
+        seed=body.get("seed"),
+        stop=[s for s in ([stop] if isinstance(stop, str) else list(stop or [])) if s],
+        repetition_penalty=float(body.get("repetition_penalty") or 1.0),
+        presence_penalty=float(body.get("presence_penalty") or 0.0),
+        frequency_penalty=float(body.get("frequency_penalty") or 0.0),
+        logprobs=bool(logprobs) if isinstance(logprobs, bool) else logprobs is not None,
+    )
 
 
 def _finish(reason: str | None) -> str:

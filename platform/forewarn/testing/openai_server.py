@@ -36,6 +36,7 @@ from pydantic import ValidationError
 
 from forewarn.config import GenerationParams, format_validation_error
 from forewarn.models.base import Completion, Generator, Prompt, apply_stop
+from forewarn.models.openai_api import params_from_request
 
 Endpoint = Literal["chat", "completions"]
 ResponderOutput = Union[str, Sequence[str], Sequence[Completion]]
@@ -120,25 +121,9 @@ class GeneratorResponder:
 
 
 def request_params(body: dict[str, Any]) -> GenerationParams:
-    """Map an OpenAI request body to GenerationParams (OpenAI defaults; vLLM's top_k and
-    repetition_penalty extensions accepted)."""
-    stop = body.get("stop")
-    logprobs = body.get("logprobs")
-    top_k = body.get("top_k")
-    raw = dict(
-        max_new_tokens=body.get("max_completion_tokens") or body.get("max_tokens") or 64,
-        temperature=1.0 if body.get("temperature") is None else body["temperature"],
-        top_p=1.0 if body.get("top_p") is None else body["top_p"],
-        top_k=0 if top_k in (None, -1) else top_k,
-        n=body.get("n") or 1,
-        seed=body.get("seed"),
-        stop=[stop] if isinstance(stop, str) else list(stop or []),
-        repetition_penalty=body.get("repetition_penalty") or 1.0,
-        presence_penalty=body.get("presence_penalty") or 0.0,
-        frequency_penalty=body.get("frequency_penalty") or 0.0,
-        logprobs=bool(logprobs) if isinstance(logprobs, bool) else logprobs is not None,
-    )
-    return GenerationParams.model_validate(raw)
+    """An OpenAI request body to GenerationParams: the mapping the guarded endpoint uses, with a 64-token
+    default (logprobs accepted here: the ``openai`` backend's tests ask for them)."""
+    return params_from_request(body)
 
 
 class OpenAIServer:
