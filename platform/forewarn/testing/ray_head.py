@@ -15,7 +15,7 @@ import socket
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,6 +63,29 @@ def stop_processes(markers: list[str]) -> None:
             pass
 
 
+def init_with_retries(start: Callable[[], object], attempts: int = 5) -> None:
+    """Run ``start`` (a ``ray.init``); on a machine so loaded that the raylet misses Ray's fixed 30 s
+    registration window ("timed out during startup"), end the processes that attempt started (this
+    process's new children, by pid) and try again."""
+    import psutil
+
+    for attempt in range(attempts):
+        before = {p.pid for p in psutil.Process().children(recursive=True)}
+        try:
+            start()
+            return
+        except Exception as e:
+            if "timed out during startup" not in str(e) or attempt == attempts - 1:
+                raise
+            left = [p for p in psutil.Process().children(recursive=True) if p.pid not in before]
+            for p in left:
+                try:
+                    p.kill()
+                except psutil.Error:
+                    pass
+            psutil.wait_procs(left, timeout=10)
+
+
 @contextmanager
 def local_ray(num_cpus: int = 2, **init_kwargs: object) -> Iterator[str]:
     """A fresh Ray started in this process (one already running is shut down first); yields its GCS address
@@ -73,7 +96,7 @@ def local_ray(num_cpus: int = 2, **init_kwargs: object) -> Iterator[str]:
     if ray.is_initialized():
         ray.shutdown()
     kwargs = {"include_dashboard": False, "log_to_driver": False, **init_kwargs}
-    ray.init(num_cpus=num_cpus, **kwargs)
+    init_with_retries(lambda: ray.init(num_cpus=num_cpus, **kwargs))
     try:
         yield ray.get_runtime_context().gcs_address
     finally:
@@ -89,9 +112,12 @@ def local_cluster(head_cpus: int = 1, worker_cpus: list[int] | None = None) -> I
 
     if ray.is_initialized():
         ray.shutdown()
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": head_cpus, "include_dashboard": False})
+    cluster = Cluster()
+    init_with_retries(lambda: cluster.add_node(num_cpus=head_cpus, include_dashboard=False))  # the head
     try:
-        workers = [cluster.add_node(num_cpus=n) for n in (worker_cpus if worker_cpus is not None else [2])]
+        workers: list = []
+        for n in worker_cpus if worker_cpus is not None else [2]:
+            init_with_retries(lambda n=n: workers.append(cluster.add_node(num_cpus=n)))
         cluster.wait_for_nodes()
         ray.init(address=cluster.address, log_to_driver=False)
         yield cluster, workers
