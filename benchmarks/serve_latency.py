@@ -136,7 +136,14 @@ def main() -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    for attempt in range(3):  # the raylet gets 30 s to register: a busy shared machine can miss that
+        try:
+            ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+            break
+        except Exception:
+            ray.shutdown()
+            if attempt == 2:
+                raise
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     for guarded in (True, False):
         cfg = config(model, guarded, args.concurrency)

@@ -173,6 +173,26 @@ def test_loop_stop_while_streaming_ends_with_the_mapped_finish_reason(server: Se
         assert n >= 2  # streamed in several chunks before the loop was stopped
 
 
+def test_input_block_while_streaming_sends_only_the_refusal_and_cancels_generation(server: Server) -> None:
+    from ray import serve
+
+    gen = serve.get_deployment_handle("generator", app_name="g")
+    before = gen.stats.remote().result()
+    toxic = "You are a fucking idiot and a moron. " + server.world.read_jsonl("trigger_prompts")[0]["prompt"]
+    text, finish, fw = "", None, None
+    for _, ev in _events(server, "g", _chat(toxic, max_tokens=256)):
+        for ch in ev.get("choices", []):
+            text += ch["delta"].get("content") or ""
+            finish = ch["finish_reason"] or finish
+        fw = ev.get("forewarn") or fw
+    assert text == server.cfgs["g"].guard.refusal_message and finish == "content_filter" and fw["blocked"] == "input"
+    deadline, stats = time.monotonic() + 30, before
+    while time.monotonic() < deadline and stats["cancelled"] == before["cancelled"]:
+        time.sleep(0.5)
+        stats = gen.stats.remote().result()
+    assert stats["cancelled"] == before["cancelled"] + 1  # generation started with the judge, then was stopped
+
+
 def test_completions_stream_in_the_completions_shape(server: Server) -> None:
     client = server.client("g")
     chunks = list(client.completions.create(model=MODEL, prompt="Water boils at", max_tokens=24, temperature=0,

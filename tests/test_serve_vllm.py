@@ -13,7 +13,7 @@ import pytest
 from forewarn.config import build_config
 from forewarn.guard import ServeConfig
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]  # engine start: minutes on 2 shared cores
 MODEL = "forewarn-vllm"
 
 
@@ -30,7 +30,14 @@ def base_url(testbed) -> Iterator[str]:
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     if ray.is_initialized():
         ray.shutdown()
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    for attempt in range(3):  # the raylet gets 30 s to register; on a machine shared by many it can miss that
+        try:
+            ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+            break
+        except Exception:
+            ray.shutdown()
+            if attempt == 2:
+                raise
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     judge = {"kind": "offline_toxicity", "threshold": 0.5, "resources": {"num_cpus": 0.1}}
     spec = {"path": str(testbed.path("target")), "backend": "vllm", "dtype": "float32", "max_model_len": 512,
