@@ -20,6 +20,7 @@ import pytest
 from forewarn.config import GenerationParams, ModelSpec, Resources, RoleConfig
 from forewarn.errors import ConfigError
 from forewarn.models import vllm as fv
+from forewarn.models import vllm_stage as fs
 from forewarn.models.base import row_seed, sample_seed
 
 MAX_MODEL_LEN = 256
@@ -97,9 +98,9 @@ def test_sampling_kwargs_and_seeds() -> None:
     assert fv.request_seeds(params, None) == [None] * 3
     assert fv.request_seeds(GenerationParams(n=3), 9) == [9]
     # the stage derives a row's seed from its id (as the hf stage), else from params.seed
-    assert fv.stage_seed({"id": "a"}, params, 2) == sample_seed(row_seed(11, "a"), 2)
-    assert fv.stage_seed({"prompt": "x"}, params, 1) == sample_seed(11, 1)
-    assert fv.stage_seed({"id": "a"}, params.model_copy(update={"seed": None}), 0) is None
+    assert fs.stage_seed({"id": "a"}, params, 2) == sample_seed(row_seed(11, "a"), 2)
+    assert fs.stage_seed({"prompt": "x"}, params, 1) == sample_seed(11, 1)
+    assert fs.stage_seed({"id": "a"}, params.model_copy(update={"seed": None}), 0) is None
 
 
 @dataclass
@@ -138,24 +139,24 @@ def test_completions_from_vllm_outputs() -> None:
 def test_processor_config_fields() -> None:
     spec = ModelSpec(backend="vllm", path="/models/target", tensor_parallel_size=2, gpu_memory_utilization=0.7,
                      max_model_len=2048, dtype="float16")
-    cfg = fv.processor_config(spec, Resources(replicas=3, batch_size=64, num_gpus=2), "cuda")
+    cfg = fs.processor_config(spec, Resources(replicas=3, batch_size=64, num_gpus=2), "cuda")
     assert type(cfg).__module__ == "ray.data.llm"
     assert (cfg.model_source, cfg.batch_size, cfg.concurrency) == ("/models/target", 64, 3)
     assert cfg.engine_kwargs == {**fv.engine_kwargs(spec, "cuda"), "task_type": "generate"}
     assert cfg.should_continue_on_error and cfg.placement_group_config is None
     # a fraction of a GPU (TP 1) shares it with another role
-    shared = fv.processor_config(ModelSpec(backend="vllm", path="m", gpu_memory_utilization=0.4),
+    shared = fs.processor_config(ModelSpec(backend="vllm", path="m", gpu_memory_utilization=0.4),
                                  Resources(num_gpus=0.5, num_cpus=1), "cuda")
     assert shared.placement_group_config["bundle_per_worker"] == {"CPU": 1.0, "GPU": 0.5}
     with pytest.raises(ConfigError, match=r"resources.num_gpus=1 with model.tensor_parallel_size=2"):
-        fv.processor_config(spec, Resources(num_gpus=1), "cuda")
+        fs.processor_config(spec, Resources(num_gpus=1), "cuda")
     # CPU: CPU bundles only, an eager engine with its own KV cache size, light stages around it
-    cpu = fv.processor_config(ModelSpec(backend="vllm", path="m"), Resources(num_cpus=1), "cpu")
+    cpu = fs.processor_config(ModelSpec(backend="vllm", path="m"), Resources(num_cpus=1), "cpu")
     assert cpu.placement_group_config["bundle_per_worker"] == {"CPU": 1.0, "GPU": 0.0}
     assert cpu.engine_kwargs["enforce_eager"] and "gpu_memory_utilization" not in cpu.engine_kwargs
-    assert cpu.tokenize_stage["num_cpus"] == fv.LIGHT_STAGE_CPUS
+    assert cpu.tokenize_stage["num_cpus"] == fs.LIGHT_STAGE_CPUS
     with pytest.raises(ConfigError, match=r"resources.num_gpus=1 with the CPU build of vLLM"):
-        fv.processor_config(ModelSpec(backend="vllm", path="m"), Resources(num_gpus=1), "cpu")
+        fs.processor_config(ModelSpec(backend="vllm", path="m"), Resources(num_gpus=1), "cpu")
 
 
 def test_pre_and_postprocess_map_our_columns() -> None:
@@ -163,16 +164,16 @@ def test_pre_and_postprocess_map_our_columns() -> None:
 
     params = GenerationParams(n=2, temperature=1.0, seed=7, max_new_tokens=4, stop=["!"], logprobs=True)
     row = {"id": "a1", "run_id": "r", "iteration": 2, "prompt": "say hi", "gen_sample": 1}
-    pre = fv.preprocess_row(row, params=params, use_chat_template=True, prompt_column="prompt",
+    pre = fs.preprocess_row(row, params=params, use_chat_template=True, prompt_column="prompt",
                             sample_column="gen_sample")
     assert pre["messages"] == [{"role": "user", "content": "say hi"}]
     assert pre["sampling_params"] == {**fv.sampling_kwargs(params, sample_seed(row_seed(7, "a1"), 1)),
                                       "include_stop_str_in_output": True}
-    raw = fv.preprocess_row(row, params=params, use_chat_template=False, prompt_column="prompt",
+    raw = fs.preprocess_row(row, params=params, use_chat_template=False, prompt_column="prompt",
                             sample_column="gen_sample")
     assert raw["prompt"] == "say hi" and "messages" not in raw
     with pytest.raises(ValueError, match="collide"):
-        fv.preprocess_row({**row, "model": "x"}, params=params, use_chat_template=True, prompt_column="prompt",
+        fs.preprocess_row({**row, "model": "x"}, params=params, use_chat_template=True, prompt_column="prompt",
                           sample_column="gen_sample")
 
     # what the engine stage hands to postprocess: our row, the stage outputs, the rendered prompt
@@ -182,27 +183,27 @@ def test_pre_and_postprocess_map_our_columns() -> None:
                                       {11: {"logprob": -0.125}}]).model_dump()
     done = {**row, **pre, **engine, "request_id": 0, "__inference_error__": ""}
     post = {"params": params, "prefix": "gen_", "end_ids": frozenset({2})}
-    out = fv.postprocess_row(done, **post)
+    out = fs.postprocess_row(done, **post)
     assert out == {"id": "a1", "run_id": "r", "iteration": 2, "prompt": "say hi", "gen_sample": 1,
                    "gen_text": "hi hi hi hi", "gen_finish_reason": "length", "gen_num_tokens": 4, "gen_error": None,
                    "gen_logprobs": [-0.5, -0.25, -1.0, -0.125]}
     # the end token on the last step: left out, finish stop (as the hf backend)
-    ended = fv.postprocess_row({**done, "generated_tokens": [8, 9, 10, 2], "generated_text": "hi hi hi",
+    ended = fs.postprocess_row({**done, "generated_tokens": [8, 9, 10, 2], "generated_text": "hi hi hi",
                                 "logprobs": [*done["logprobs"][:3], {2: {"logprob": -0.01}}]}, **post)
     assert (ended["gen_finish_reason"], ended["gen_num_tokens"], ended["gen_logprobs"]) == (
         "stop", 3, [-0.5, -0.25, -1.0])
     # a stop string the engine kept in the text: cut there, finish stop
-    cut = fv.postprocess_row({**done, "generated_text": "hi hi! hi"}, **post)
+    cut = fs.postprocess_row({**done, "generated_text": "hi hi! hi"}, **post)
     assert (cut["gen_text"], cut["gen_finish_reason"]) == ("hi hi", "stop")
-    short = fv.postprocess_row({**done, "generated_tokens": [8], "num_generated_tokens": 1,
+    short = fs.postprocess_row({**done, "generated_tokens": [8], "num_generated_tokens": 1,
                                 "logprobs": [{"8": {"logprob": -0.5}}]}, **post)
     assert short["gen_finish_reason"] == "stop" and short["gen_logprobs"] == [-0.5]
     # error rows skip postprocess inside the processor; finalize_row converts them
     failed = {**row, **pre, "prompt": "<|user|>say hi", "generated_text": "", "__inference_error__": "ValueError: x"}
-    err = fv.finalize_row(failed, params=params, prefix="gen_")
+    err = fs.finalize_row(failed, params=params, prefix="gen_")
     assert err["prompt"] == "say hi" and err["gen_finish_reason"] == "error" and err["gen_text"] == ""
     assert err["gen_error"] == "ValueError: x" and err["gen_num_tokens"] == 0
-    assert fv.finalize_row({**out, "__inference_error__": ""}, params=params, prefix="gen_") == out
+    assert fs.finalize_row({**out, "__inference_error__": ""}, params=params, prefix="gen_") == out
 
 
 # ------------------------------------------------------------------ the engine, for real on CPU
