@@ -5,7 +5,7 @@
 Paths: ``direct`` (one process, a loaded model, torch threads = replicas), ``ray_data`` (the Ray Data generate
 stage: actor start-up and model loads included, as a job pays them per stage), ``pool_cold`` (a long-lived
 ``forewarn.pools.RolePool``: start-up, loads and the work) and ``pool_warm`` (the same pool called again, as
-every stage after the first in an iterative job). Workloads: ``small`` (1024 prompts x 64 tokens, a few
+every stage after the first in an iterative job; small workload only). Workloads: ``small`` (1024 prompts x 64 tokens, a few
 seconds of compute: start-up dominates) and ``big`` (sized so the direct loop takes over a minute: where a
 stage should win). Prints a table per workload with the ratios over direct, and writes
 benchmarks/results/generate_throughput.json. Without --model a tiny random Llama is built locally.
@@ -32,7 +32,10 @@ from forewarn.pipeline.stages import generate_stage
 from forewarn.pools import RolePool
 
 OUT = Path(__file__).resolve().parent / "results" / "generate_throughput.json"
-WORKLOADS = {"small": {"prompts": 1024, "max_new_tokens": 64}, "big": {"prompts": 8192, "max_new_tokens": 96}}
+# small: start-up dominates, and the warm pool shows what every later stage of an iterative job pays; big: the
+# direct loop takes over a minute (a warm pool there would only repeat the cold figure minus start-up)
+WORKLOADS = {"small": {"prompts": 1024, "max_new_tokens": 64, "warm": True},
+             "big": {"prompts": 8192, "max_new_tokens": 96, "warm": False}}
 
 
 def direct(spec: ModelSpec, prompts: list[str], params: GenerationParams, batch_size: int) -> tuple[float, int]:
@@ -50,12 +53,13 @@ def ray_data(role: RoleConfig, prompts: list[str], params: GenerationParams) -> 
     return time.perf_counter() - start, int(df["num_tokens"].sum())
 
 
-def pool(role: RoleConfig, prompts: list[str], params: GenerationParams) -> dict[str, tuple[float, int]]:
+def pool(role: RoleConfig, prompts: list[str], params: GenerationParams, warm: bool
+         ) -> dict[str, tuple[float, int]]:
     start = time.perf_counter()
     p = RolePool("target", partial(load_generator, role.model), role.resources)
     out = {}
     try:
-        for name in ("pool_cold", "pool_warm"):
+        for name in ("pool_cold", "pool_warm")[:2 if warm else 1]:
             rows = p.map("generate", {"prompts": prompts}, params=params)
             out[name] = (time.perf_counter() - start, sum(len(r[0].token_ids) for r in rows))
             start = time.perf_counter()
@@ -75,7 +79,7 @@ def run_workload(name: str, spec: ModelSpec, args: argparse.Namespace) -> dict:
     ray.init(num_cpus=args.replicas, include_dashboard=False, log_to_driver=False)
     try:
         paths["ray_data"] = ray_data(role, prompts, params)
-        paths.update(pool(role, prompts, params))
+        paths.update(pool(role, prompts, params, w["warm"]))
     finally:
         ray.shutdown()
     result: dict = {"prompts": len(prompts), "max_new_tokens": w["max_new_tokens"]}
