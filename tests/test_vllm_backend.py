@@ -206,7 +206,8 @@ def test_pre_and_postprocess_map_our_columns() -> None:
     assert fs.finalize_row({**out, "__inference_error__": ""}, params=params, prefix="gen_") == out
 
 
-# ------------------------------------------------------------------ the engine, for real on CPU
+# ------------------------------------------------------------------ the engine, for real on CPU (marked slow:
+# two engine starts take minutes on two busy cores; CI runs the slow set too)
 
 
 @pytest.fixture(scope="module")
@@ -243,6 +244,7 @@ SAMPLE = GenerationParams(n=3, temperature=1.0, top_p=0.95, max_new_tokens=16, s
 
 
 @pytest.mark.slow
+@pytest.mark.slow
 def test_per_row_seeds_are_batch_invariant_and_samples_differ(engine: fv.VLLMGenerator, prompts: list[str]) -> None:
     batch, seeds = prompts[:6], [row_seed(3, f"row{i}") for i in range(6)]
     full = engine.generate(batch, SAMPLE, seeds=seeds)
@@ -260,6 +262,7 @@ def test_per_row_seeds_are_batch_invariant_and_samples_differ(engine: fv.VLLMGen
         engine.generate(batch, SAMPLE, seeds=seeds[:2])
 
 
+@pytest.mark.slow
 @pytest.mark.slow
 def test_max_tokens_stop_strings_and_logprobs(engine: fv.VLLMGenerator, hf: Any, prompts: list[str]) -> None:
     from forewarn.models.base import apply_stop
@@ -292,6 +295,7 @@ def test_max_tokens_stop_strings_and_logprobs(engine: fv.VLLMGenerator, hf: Any,
 
 
 @pytest.mark.slow
+@pytest.mark.slow
 def test_bad_values_name_the_field(engine: fv.VLLMGenerator, prompts: list[str]) -> None:
     with pytest.raises(ConfigError, match=r"^temperature=3\.0: the vllm backend refuses it \(temperature must be"):
         engine.generate(prompts[:1], GenerationParams(temperature=3.0))
@@ -301,6 +305,7 @@ def test_bad_values_name_the_field(engine: fv.VLLMGenerator, prompts: list[str])
         fv.VLLMGenerator(ModelSpec(backend="vllm", path="/nowhere", device="cuda"))
 
 
+@pytest.mark.slow
 @pytest.mark.slow
 def test_greedy_agreement_with_hf(engine: fv.VLLMGenerator, hf: Any, prompts: list[str]) -> None:
     """Same model, same prompts, greedy: vLLM's completions equal the hf backend's."""
@@ -313,6 +318,7 @@ def test_greedy_agreement_with_hf(engine: fv.VLLMGenerator, hf: Any, prompts: li
     assert same / len(prompts) >= 0.9
 
 
+@pytest.mark.slow
 @pytest.mark.slow
 def test_ray_data_llm_stage_for_real(ray_local: None, engine: fv.VLLMGenerator, target: str,
                                      prompts: list[str]) -> None:
