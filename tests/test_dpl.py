@@ -21,6 +21,7 @@ def ray_cluster():
     ray.shutdown()
 
 
+@pytest.mark.slow
 def test_toy_experiment_shows_hidden_context(tmp_path, ray_cluster) -> None:
     """Reduced settings (batch 512, hidden 64, 500 iterations) keep every seed-independent check of dpl.md §2."""
     cfg = resolve("dpl", overrides=["mode=toy", "tracking.enabled=false", "toy.batch_size=512", "toy.hidden=64",

@@ -10,7 +10,7 @@ import pytest
 
 from forewarn.runner import resolve, run_job
 
-pytestmark = pytest.mark.usefixtures("ray_local")
+pytestmark = [pytest.mark.usefixtures("ray_local"), pytest.mark.slow]  # ReverseGen runs on the testbed
 
 COMMON = [
     "proposer.model.path=testbed:proposer@small", "target.model.path=testbed:target@small", "iterations=1",
