@@ -76,6 +76,7 @@ def test_server_killed_mid_run_run_finishes_and_reports_the_gap(tmp_path: Path, 
     assert (lost, dup) == (0, 0) and summary["n_generations"] == len(expected)
 
 
+@pytest.mark.slow
 def test_server_down_at_start_stops_before_work(tmp_path: Path, fault_report) -> None:
     out = tmp_path / "run"
     with mlflow_server(tmp_path / "mlflow") as server:
