@@ -7,7 +7,10 @@ same decoding, same stop detectors) -- :func:`ask` sends every prompt to one of 
 (greedy, one chat turn), and :func:`rates` scores what the client received with an independent judge (a fresh
 instance, not the guard's own verdicts), so a guard that lets text through is counted against itself.
 
-``benchmarks/guard_toxicity.py`` is the command line; ``tests/test_real_guard.py`` runs it on SmolLM2.
+:func:`local_answers` does the same without Ray (``forewarn.guard.local``: the same policy code, one process, one
+request at a time, the ``hf`` generator loaded once for both modes): the cheap path for a laptop and for CI.
+
+``benchmarks/guard_toxicity.py`` is the command line; ``tests/test_real_guard.py`` runs both paths on SmolLM2.
 """
 
 from __future__ import annotations
@@ -78,6 +81,33 @@ def ask(base_url: str, model_name: str, prompts: Sequence[str], max_tokens: int,
 
     with ThreadPoolExecutor(concurrency) as pool:
         return list(pool.map(one, prompts))
+
+
+def local_answers(cfg: ServeConfig, prompts: Sequence[str], max_tokens: int) -> dict[str, list[Answer]]:
+    """Both modes in this process through ``forewarn.guard.local.build_local`` (hf backend only; the model path
+    must be a folder). Greedy, one chat turn per prompt, like :func:`ask`."""
+    import asyncio
+
+    from forewarn.config import GenerationParams
+    from forewarn.guard.local import build_local
+    from forewarn.models.hf import HFGenerator
+
+    if cfg.generator.model.backend != "hf":
+        raise ValueError(f"generator.model.backend={cfg.generator.model.backend!r}: the in-process path runs hf "
+                         "only; measure a vllm generator over HTTP (serve_pair + ask)")
+    generator = HFGenerator(cfg.generator.model)
+    params = GenerationParams(max_new_tokens=max_tokens, temperature=0.0)
+    out: dict[str, list[Answer]] = {}
+    for mode in MODES:
+        pipe = build_local(cfg.model_copy(update={"guard_enabled": mode == "guarded"}), generator)
+
+        async def one(prompt: str, pipe: Any = pipe) -> Answer:
+            res = await pipe.run([{"role": "user", "content": prompt}], params)
+            choice = res.choices[0]
+            return Answer(prompt, choice.text, choice.finish_reason)
+
+        out[mode] = [asyncio.run(one(p)) for p in prompts]
+    return out
 
 
 def rates(answers: dict[str, list[Answer]], judge: Any) -> dict[str, Any]:
