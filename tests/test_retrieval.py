@@ -160,6 +160,40 @@ def test_top_p_filter_matches_transformers_and_patch_is_per_row():
     assert patch_log_probs(x).tolist() == [[-1.0, -1.0, -1.0], [-2.0, -3.0, -3.0]]
 
 
+def test_top_p_filter_grows_its_top_k_until_the_nucleus_is_inside():
+    """Peaked rows are decided in the first top-k, flat ones need the whole vocabulary: same as a full sort."""
+    from transformers import TopPLogitsWarper
+
+    g = torch.Generator().manual_seed(4)
+    logits = torch.cat([torch.randn(3, 5000, generator=g) * 8, torch.randn(2, 5000, generator=g) * 0.1])
+    lp = torch.log_softmax(logits, -1)
+    for p in (0.5, 0.9, 0.99):
+        ours = top_p_filter(lp, p, first_k=16)
+        assert torch.equal(torch.isinf(ours), torch.isinf(TopPLogitsWarper(p)(None, lp.clone())))
+        assert torch.equal(ours[~torch.isinf(ours)], lp[~torch.isinf(ours)])
+
+
+def test_sparse_votes_equal_the_dense_distribution_and_ensemble():
+    from forewarn.retrieval.store import knn_votes
+
+    g = torch.Generator().manual_seed(5)
+    vals = torch.randint(0, 40, (300,), generator=g)
+    ids = torch.randint(0, 300, (4, 32), generator=g)
+    ids[1, 5:] = -1  # few neighbours found
+    ids[2] = -1  # none: uniform
+    dists = torch.rand(4, 32, generator=g) * 50
+    votes = knn_votes(dists, ids, vals, 40, 10.0)
+    dense = knn_log_probs(dists, ids, vals, 40, 10.0)
+    torch.testing.assert_close(votes.dense(), dense)
+    lm = top_p_filter(torch.log_softmax(torch.randn(4, 40, generator=g), -1), 0.9)
+    other = knn_log_probs(dists.flip(0), ids.flip(0), vals, 40, 10.0)
+    other_votes = knn_votes(dists.flip(0), ids.flip(0), vals, 40, 10.0)
+    for order in (("subtract", "add"), ("add", "subtract")):
+        torch.testing.assert_close(ensemble(lm, votes, other_votes, 2.0, order),
+                                   ensemble(lm, dense, other, 2.0, order))
+    torch.testing.assert_close(ensemble(lm, votes, None, 2.0), ensemble(lm, dense, None, 2.0))
+
+
 def test_ensemble_order_is_honoured():
     g = torch.Generator().manual_seed(2)
     lm, tox, non = (torch.log_softmax(torch.randn(3, 20, generator=g), -1) for _ in range(3))
