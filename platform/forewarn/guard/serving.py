@@ -298,7 +298,9 @@ def app_from_config(cfg: ServeConfig) -> serve.Application:
                     num_replicas=spec.resources.replicas,
                     ray_actor_options={"num_cpus": spec.resources.num_cpus, "num_gpus": spec.resources.num_gpus},
                     max_ongoing_requests=per_replica,
-                ).bind(spec.model_dump(mode="json"), g.batching.max_batch_size, g.batching.batch_wait_timeout_s)
+                ).bind(spec.model_dump(mode="json"), g.batching.max_batch_size, 0.0)
+                # a judge call never waits for batch-mates: the output guard is on the request's critical
+                # path; concurrent calls still merge into one batch while a batch runs
             handles[stage] = judges[key]
     actor: dict[str, Any] = {"num_cpus": cfg.ingress.num_cpus}
     if env:
