@@ -117,7 +117,14 @@ def test_plugin_kinds_match_their_config_unions() -> None:
     from forewarn.judges.spec import JudgeSpec
     from forewarn.models import BUILDERS as BACKENDS
 
+    from forewarn.guard.config import DecodingSpec, StopSpec
+    from forewarn.guard.detectors import STOP_BUILDERS
+    from forewarn.guard.mitigations import DECODING_BUILDERS
+
+    def kinds(union: object) -> set[str]:
+        return {typing.get_args(m.model_fields["kind"].annotation)[0] for m in typing.get_args(typing.get_args(union)[0])}
+
     assert set(typing.get_args(ModelSpec.model_fields["backend"].annotation)) == set(BACKENDS)
-    union = typing.get_args(typing.get_args(JudgeSpec)[0])
-    kinds = {typing.get_args(m.model_fields["kind"].annotation)[0] for m in union}
-    assert kinds == set(JUDGES)
+    assert kinds(JudgeSpec) == set(JUDGES)
+    assert kinds(DecodingSpec) == set(DECODING_BUILDERS)
+    assert kinds(StopSpec) == set(STOP_BUILDERS)

@@ -12,7 +12,8 @@ from forewarn.config import GenerationParams, build_config
 from forewarn.errors import ConfigError
 from forewarn.guard import ServeConfig, StopDetector, build_local
 from forewarn.guard.config import GuardStage, Limits
-from forewarn.guard.detectors import CycleDetector, DetectorStoppingCriteria
+from forewarn.guard.detectors import CycleDetector, build_stop_detector
+from forewarn.models.stopping import DetectorStoppingCriteria
 from forewarn.guard.mitigations import OpenAIPenaltyProcessor
 from forewarn.guard.openai_schema import ApiError, parse_body
 from forewarn.guard.policy import GuardJudge, decide, redact, split_sentences
@@ -54,7 +55,7 @@ def test_stop_detector_kinds_plug_in_by_config() -> None:
         },
     )
     assert [type(s).__name__ for s in cfg.generator.stop_detectors] == ["CycleSpec", "LoopDetectorSpec"]
-    assert isinstance(cfg.generator.stop_detectors[0].build(None), StopDetector)
+    assert isinstance(build_stop_detector(cfg.generator.stop_detectors[0], None), StopDetector)
 
 
 def test_stopping_criteria_flags_only_looping_rows_and_skips_finished_rows() -> None:
@@ -90,11 +91,12 @@ def test_config_entries_are_validated_by_kind() -> None:
     cfg = build_config(ServeConfig, base)
     assert [s.kind for s in cfg.generator.stop_detectors] == ["cycle"]  # the default
     assert json.loads(cfg.model_dump_json())["generator"]["stop_detectors"][0]["check_every"] == 8
-    with pytest.raises(ConfigError, match=r"decoding\[0\].kind = 'goodtriever_typo': expected one of"):
+    with pytest.raises(ConfigError, match=r"generator.decoding.0.kind = 'goodtriever_typo': expected one of "
+                                          r"no_repeat_ngram, banned_words, knn_lm, dexperts"):
         build_config(
             ServeConfig, {"generator": {"model": {"path": "x"}, "decoding": [{"kind": "goodtriever_typo"}]}}
         )
-    with pytest.raises(ConfigError, match=r"stop_detectors\[0\] \(cycle\): bogus: unknown key"):
+    with pytest.raises(ConfigError, match=r"stop_detectors.0.cycle.bogus: unknown key"):
         build_config(
             ServeConfig,
             {"generator": {"model": {"path": "x"}, "stop_detectors": [{"kind": "cycle", "bogus": 1}]}},

@@ -85,14 +85,15 @@ def test_detector_on_held_out_samples(detector_run):
 
 
 def test_guard_stop_detector_ends_a_looping_request_early(detector_run, testbed):
-    from forewarn.guard.detectors import DetectorStoppingCriteria
+    from forewarn.guard.detectors import build_stop_detector
+    from forewarn.models.stopping import DetectorStoppingCriteria
     from forewarn.models.hf import HFGenerator
     from forewarn.recurrence.stopping import LoopDetectorSpec
 
     _, rd = detector_run
     torch.set_num_threads(1)
     gen = HFGenerator(ModelSpec(path=str(testbed.path("target"))))
-    stop = LoopDetectorSpec(path=str(rd.path("detector")), check_every=8).build(gen)
+    stop = build_stop_detector(LoopDetectorSpec(path=str(rd.path("detector")), check_every=8), gen)
     trigger = [r["prompt"] for r in testbed.read_jsonl("trigger_prompts")][:2]
     benign = [r["prompt"] for r in testbed.read_jsonl("heldout_benign")][:2]
     crit = DetectorStoppingCriteria([stop], [gen.tokenizer.eos_token_id, gen.tokenizer.pad_token_id])

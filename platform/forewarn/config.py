@@ -208,6 +208,12 @@ def format_validation_error(err: ValidationError, source: str = "config") -> str
             lines.append(f"{path}: unknown key (remove it or check the spelling; "
                          f"`forewarn config show` lists valid keys)")
             continue
+        if e["type"] == "union_tag_invalid":  # a plug-in kind that no builder knows
+            ctx = e.get("ctx", {})
+            field = str(ctx.get("discriminator", "kind")).strip("'")
+            valid = str(ctx.get("expected_tags", "")).replace("'", "")
+            lines.append(f"{path}.{field} = {ctx.get('tag')!r}: expected one of {valid}")
+            continue
         value = e.get("input")
         shown = json.dumps(value, default=str) if not isinstance(value, dict) else "{...}"
         if len(shown) > 80:

@@ -7,15 +7,16 @@ runs it without Ray, and ``cli`` is ``forewarn serve``.
 """
 
 from forewarn.guard.config import GuardPolicy, GuardStage, ServeConfig
-from forewarn.guard.detectors import STOP_KINDS, CycleDetector, StopDetector, StopReason
+from forewarn.guard.detectors import STOP_BUILDERS, CycleDetector
 from forewarn.guard.engine import GenerationEngine
 from forewarn.guard.local import build_local
-from forewarn.guard.mitigations import DECODING_KINDS
+from forewarn.guard.mitigations import DECODING_BUILDERS
 from forewarn.guard.pipeline import GuardedPipeline, GuardedResult
+from forewarn.models.stopping import StopDetector, StopReason
 
 __all__ = [
-    "DECODING_KINDS",
-    "STOP_KINDS",
+    "DECODING_BUILDERS",
+    "STOP_BUILDERS",
     "CycleDetector",
     "GenerationEngine",
     "GuardPolicy",

@@ -3,24 +3,29 @@
 The pipeline is *input guard → generation (+ decoding mitigations) → stop detectors → output guard*.
 Two lists make later capabilities one config entry each:
 
-``generator.decoding``        logits processors, e.g. ``{kind: no_repeat_ngram, size: 4}``; Goodtriever /
-                              DExperts add their kind to :data:`forewarn.guard.mitigations.DECODING_KINDS`.
-``generator.stop_detectors``  detectors checked every K tokens, e.g. ``{kind: cycle}``; the learned
-                              recurrence detector adds its kind to
-                              :data:`forewarn.guard.detectors.STOP_KINDS`.
+``generator.decoding``        logits processors (:data:`DecodingSpec`), e.g. ``{kind: no_repeat_ngram,
+                              size: 4}``, ``{kind: knn_lm, ...}`` (Goodtriever), ``{kind: dexperts, ...}``;
+                              built by :data:`forewarn.guard.mitigations.DECODING_BUILDERS`.
+``generator.stop_detectors``  detectors checked every K tokens (:data:`StopSpec`), e.g. ``{kind: cycle}`` or
+                              the learned ``{kind: loop_detector, path: DIR}``; built by
+                              :data:`forewarn.guard.detectors.STOP_BUILDERS`.
 
-Each entry is validated against the spec class its ``kind`` names (unknown keys are errors, as
-everywhere), so a typo fails at config time with the dotted field path.
+Each is a union discriminated by ``kind`` (the plug-in pattern of backends and judges): an unknown kind
+lists the valid ones, unknown keys are errors, so a typo fails at config time with the dotted field path.
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Literal, Union
 
-from pydantic import Field, SecretStr, SerializeAsAny, ValidationError, field_validator, model_validator
+from pydantic import Field, SecretStr, model_validator
 
-from forewarn.config import ModelSpec, RayConfig, Resources, Section, format_validation_error
+from forewarn.config import ModelSpec, RayConfig, Resources, Section
+from forewarn.guard.detectors import CycleSpec
+from forewarn.guard.mitigations import BannedWordsSpec, NoRepeatNGramSpec
 from forewarn.judges.spec import JudgeSpec, kinds_for
+from forewarn.recurrence.stopping import LoopDetectorSpec
+from forewarn.retrieval.config import DExpertsSpec, KnnLMSpec
 
 
 class GuardStage(Section):
@@ -83,26 +88,9 @@ class GuardPolicy(Section):
         return self
 
 
-def _validate_entries(value: Any, kinds: dict[str, str], field: str) -> list[Section]:
-    from forewarn.guard.registry import load_spec_class
-
-    if value is None:
-        return []
-    if not isinstance(value, list):
-        raise ValueError(f"{field} must be a list of {{kind: ...}} entries")
-    out = []
-    for i, entry in enumerate(value):
-        if isinstance(entry, Section):
-            out.append(entry)
-            continue
-        if not isinstance(entry, dict) or "kind" not in entry:
-            raise ValueError(f"{field}[{i}] must be a mapping with a 'kind' (one of {', '.join(kinds)})")
-        cls = load_spec_class(kinds, entry["kind"], f"{field}[{i}].kind")
-        try:
-            out.append(cls.model_validate(entry))
-        except ValidationError as e:
-            raise ValueError(format_validation_error(e, f"{field}[{i}] ({entry['kind']})")) from None
-    return out
+DecodingSpec = Annotated[Union[NoRepeatNGramSpec, BannedWordsSpec, KnnLMSpec, DExpertsSpec],
+                         Field(discriminator="kind")]
+StopSpec = Annotated[Union[CycleSpec, LoopDetectorSpec], Field(discriminator="kind")]
 
 
 class Batching(Section):
@@ -118,28 +106,13 @@ class GeneratorSection(Section):
     model: ModelSpec
     resources: Resources = Field(default_factory=Resources)
     batching: Batching = Field(default_factory=Batching)
-    decoding: list[SerializeAsAny[Section]] = Field(
+    decoding: list[DecodingSpec] = Field(
         default_factory=list, description="decoding mitigations (logits processors), each {kind: ...}"
     )
-    stop_detectors: list[SerializeAsAny[Section]] = Field(
-        default_factory=lambda: [{"kind": "cycle"}],
-        validate_default=True,
+    stop_detectors: list[StopSpec] = Field(
+        default_factory=lambda: [CycleSpec()],
         description="detectors checked every K tokens that end a row early (finish_reason 'recurrence')",
     )
-
-    @field_validator("decoding", mode="before")
-    @classmethod
-    def _decoding(cls, v: Any) -> list[Section]:
-        from forewarn.guard.mitigations import DECODING_KINDS
-
-        return _validate_entries(v, DECODING_KINDS, "decoding")
-
-    @field_validator("stop_detectors", mode="before")
-    @classmethod
-    def _stops(cls, v: Any) -> list[Section]:
-        from forewarn.guard.detectors import STOP_KINDS
-
-        return _validate_entries(v, STOP_KINDS, "stop_detectors")
 
     @model_validator(mode="after")
     def _backend(self) -> GeneratorSection:

@@ -1,11 +1,11 @@
-"""Stop detectors: checks on a row's generated token ids that end generation early.
+"""Stop detectors of the guarded generator: the ``cycle`` detector and the kind -> builder table.
 
-A detector implements :class:`StopDetector`: ``check(token_ids) -> StopReason | None``, called every
-``check_every`` generated tokens. :class:`DetectorStoppingCriteria` runs the configured detectors inside
-``model.generate`` as a ``transformers.StoppingCriteria`` and remembers which row stopped and why, so the
-pipeline can report ``finish_reason: "recurrence"``.
+A detector implements :class:`forewarn.models.stopping.StopDetector` (``check(token_ids) -> StopReason |
+None`` every ``check_every`` tokens). A config entry (``generator.stop_detectors``) is a spec of the
+:data:`forewarn.guard.config.StopSpec` union; :data:`STOP_BUILDERS` maps its kind to the function that
+builds the detector, the same plug-in pattern as backends, judges and decoding mitigations.
 
-Registered kinds (:data:`STOP_KINDS`): ``cycle`` -- the tail of the output repeats a block of ``period``
+Kinds: ``cycle`` -- the tail of the output repeats a block of ``period``
 tokens back to back at least ``min_repeats`` times, found by the recurrence package's
 :func:`forewarn.recurrence.detect.find_cycle` (one cycle test for the search, the tables and the guard);
 ``loop_detector`` -- the learned RecurrentDetector (:mod:`forewarn.recurrence.stopping`), which reads the
@@ -14,38 +14,14 @@ target's own activations.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
-from typing import Any, Literal, Protocol, runtime_checkable
+from collections.abc import Callable, Sequence
+from typing import Any, Literal
 
 import torch
 from pydantic import Field, model_validator
-from transformers import StoppingCriteria
 
 from forewarn.config import Section
-
-
-@dataclass
-class StopReason:
-    """Why a detector stopped a row: ``finish_reason`` goes to the client, ``detail`` to ``forewarn``."""
-
-    detector: str
-    finish_reason: str = "recurrence"
-    detail: dict[str, Any] = field(default_factory=dict)
-    at_token: int = 0  # generated tokens when the detector fired
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-@runtime_checkable
-class StopDetector(Protocol):
-    """A check on one row's generated ids (prompt excluded, no padding); ``None`` means keep going."""
-
-    name: str
-    check_every: int
-
-    def check(self, token_ids: Sequence[int]) -> StopReason | None: ...
+from forewarn.models.stopping import StopDetector, StopReason
 
 
 # ---------------------------------------------------------------- the cycle detector
@@ -98,59 +74,31 @@ class CycleSpec(Section):
             raise ValueError(f"min_period ({self.min_period}) must be <= max_period ({self.max_period})")
         return self
 
-    def build(self, generator: Any = None) -> CycleDetector:
-        return CycleDetector(
-            self.min_period, self.max_period, self.min_repeats, self.min_span, self.check_every
-        )
+
+# ---------------------------------------------------------------- kind -> builder
 
 
-# kind -> "module:SpecClass"; a new detector (e.g. the learned recurrence detector) is one line here.
-STOP_KINDS: dict[str, str] = {
-    "cycle": "forewarn.guard.detectors:CycleSpec",
-    "loop_detector": "forewarn.recurrence.stopping:LoopDetectorSpec",
-}
+def _cycle(spec: CycleSpec, generator: Any) -> StopDetector:
+    return CycleDetector(spec.min_period, spec.max_period, spec.min_repeats, spec.min_span, spec.check_every)
 
 
-# ---------------------------------------------------------------- inside model.generate
+def _loop_detector(spec: Any, generator: Any) -> StopDetector:
+    """The learned detector reads the target's internals: ``generator.model`` of the hf backend."""
+    # lazy: loading the detector and hooking the model is needed only when the kind is configured
+    from forewarn.recurrence.stopping import LoopDetector, LoopDetectorStop
+
+    model = getattr(generator, "model", None)
+    if not isinstance(model, torch.nn.Module):
+        raise ValueError(f"stop detector loop_detector needs a generator with a torch model (the hf backend); "
+                         f"got {type(generator).__name__}; use {{kind: cycle}} for other backends")
+    det = LoopDetector.load(spec.path)
+    return LoopDetectorStop(det, model, spec.check_every, spec.min_tokens or det.features.detection_length + 1)
 
 
-class DetectorStoppingCriteria(StoppingCriteria):
-    """Runs stop detectors on every row of one ``generate`` call; one instance per call (it keeps state).
+# A new detector is a spec in guard.config.StopSpec and one line here.
+STOP_BUILDERS: dict[str, Callable[[Any, Any], StopDetector]] = {"cycle": _cycle, "loop_detector": _loop_detector}
 
-    ``stopped[row]`` holds the :class:`StopReason` of each row a detector ended; rows are in
-    ``generate``'s output order (prompt i, sample j at ``i * num_return_sequences + j``). A row's ids are
-    cut at its first end/pad token, so rows that already finished are never checked on their padding.
-    """
 
-    def __init__(self, detectors: Sequence[StopDetector], end_ids: Sequence[int]):
-        self.detectors = list(detectors)
-        self.end_ids = {int(t) for t in end_ids if t is not None}
-        self.prompt_len: int | None = None
-        self.batch_rows = 0  # rows of the generate call (prompts x num_return_sequences)
-        self.stopped: dict[int, StopReason] = {}
-
-    def __call__(
-        self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any
-    ) -> torch.BoolTensor:
-        if self.prompt_len is None:  # called first after the first new token is appended
-            self.prompt_len = input_ids.shape[1] - 1
-            self.batch_rows = input_ids.shape[0]
-        gen_len = input_ids.shape[1] - self.prompt_len
-        flags = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
-        due = [d for d in self.detectors if gen_len % d.check_every == 0]
-        if not due:
-            return flags
-        gen = input_ids[:, self.prompt_len :].tolist()
-        for row, ids in enumerate(gen):
-            if row in self.stopped:
-                continue
-            cut = next((k for k, t in enumerate(ids) if t in self.end_ids), None)
-            if cut is not None:
-                continue  # the row already ended on its own
-            for det in due:
-                reason = det.check(ids)
-                if reason is not None:
-                    self.stopped[row] = reason
-                    flags[row] = True
-                    break
-        return flags
+def build_stop_detector(spec: Any, generator: Any) -> StopDetector:
+    """The detector a ``generator.stop_detectors`` entry describes, for ``generator``."""
+    return STOP_BUILDERS[spec.kind](spec, generator)

@@ -26,7 +26,9 @@ import torch
 from transformers import StoppingCriteria
 
 from forewarn.config import GenerationParams, Section
-from forewarn.guard.detectors import DetectorStoppingCriteria, StopDetector, StopReason
+from forewarn.guard.detectors import build_stop_detector
+from forewarn.guard.mitigations import build_decoding
+from forewarn.models.stopping import DetectorStoppingCriteria, StopDetector, StopReason
 from forewarn.guard.mitigations import OpenAIPenaltyProcessor
 from forewarn.models.base import Completion, Prompt
 from forewarn.models.hf import HFGenerator, render_prompt
@@ -86,8 +88,8 @@ class GenerationEngine:
     ):
         self.generator = generator
         self.tokenizer = generator.tokenizer
-        self.processors = [spec.build(generator) for spec in decoding]  # type: ignore[attr-defined]
-        self.detectors: list[StopDetector] = [spec.build(generator) for spec in stop_detectors]  # type: ignore[attr-defined]
+        self.processors = [build_decoding(spec, generator) for spec in decoding]
+        self.detectors: list[StopDetector] = [build_stop_detector(spec, generator) for spec in stop_detectors]
         self.end_ids = [t for t in (self.tokenizer.eos_token_id, self.tokenizer.pad_token_id) if t is not None]
 
     def prompt_tokens(self, prompt: Prompt) -> int:

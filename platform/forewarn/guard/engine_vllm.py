@@ -21,7 +21,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from forewarn.config import GenerationParams, Section
-from forewarn.guard.detectors import StopDetector, StopReason
+from forewarn.guard.detectors import build_stop_detector
+from forewarn.models.stopping import StopDetector, StopReason
 from forewarn.guard.engine import Generated, GenerationResult, OnTokens
 from forewarn.models.base import Completion, Prompt, apply_stop
 from forewarn.models.vllm import VLLMGenerator, request_seeds
@@ -44,7 +45,7 @@ class VLLMEngine:
     def __init__(self, generator: VLLMGenerator, stop_detectors: Sequence[Section] = ()):
         self.generator = generator
         self.tokenizer = generator.tokenizer
-        self.detectors: list[StopDetector] = [spec.build(generator) for spec in stop_detectors]  # type: ignore[attr-defined]
+        self.detectors: list[StopDetector] = [build_stop_detector(spec, generator) for spec in stop_detectors]
         self.end_ids = [t for t in (self.tokenizer.eos_token_id, self.tokenizer.pad_token_id) if t is not None]
         self.chunk = min((d.check_every for d in self.detectors), default=CHUNK_TOKENS)
         self.lock = threading.Lock()

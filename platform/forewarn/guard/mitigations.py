@@ -1,14 +1,15 @@
 """Decoding-time mitigations: config entries that become ``transformers.LogitsProcessor`` objects.
 
-Each mitigation is a :class:`forewarn.config.Section` with a ``kind`` literal and
-``build(generator) -> LogitsProcessor``; :data:`DECODING_KINDS` maps kinds to those classes. The
+Each mitigation is a spec (a :class:`forewarn.config.Section` with a ``kind`` literal) in the
+:data:`forewarn.guard.config.DecodingSpec` union, and :data:`DECODING_BUILDERS` maps its kind to the
+function that builds its processor: the plug-in pattern of backends, judges and stop detectors. The
 processor is built once per generator replica (Goodtriever's faiss index, DExperts' expert models are
 loaded then) and called on every decoding step of every batch, so it must not carry per-call state
 from one ``generate`` call to the next.
 
-Shipped kinds are transformers' own processors: ``no_repeat_ngram`` (a classic anti-loop decoding
-constraint) and ``banned_words`` (word-list filtering, the simplest toxicity baseline). Goodtriever
-(kNN-LM over toxic / non-toxic datastores) and DExperts register here when they land.
+Kinds: transformers' own processors ``no_repeat_ngram`` (a classic anti-loop decoding constraint) and
+``banned_words`` (word-list filtering, the simplest toxicity baseline), and the retrieval package's
+``knn_lm`` (Goodtriever: kNN-LM over toxic / non-toxic datastores) and ``dexperts``.
 
 :class:`OpenAIPenaltyProcessor` is not a mitigation: it honours the request's ``presence_penalty`` and
 ``frequency_penalty`` exactly as OpenAI defines them (counts over generated tokens only).
@@ -16,6 +17,7 @@ constraint) and ``banned_words`` (word-list filtering, the simplest toxicity bas
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Literal
 
 import torch
@@ -31,9 +33,6 @@ class NoRepeatNGramSpec(Section):
     kind: Literal["no_repeat_ngram"] = "no_repeat_ngram"
     size: int = Field(4, ge=1, description="n of the n-grams that may not repeat")
 
-    def build(self, generator: Any) -> LogitsProcessor:
-        return NoRepeatNGramLogitsProcessor(self.size)
-
 
 class BannedWordsSpec(Section):
     """``{kind: banned_words, words: [...]}``: never generate the token sequences of these words
@@ -42,24 +41,41 @@ class BannedWordsSpec(Section):
     kind: Literal["banned_words"] = "banned_words"
     words: list[str] = Field(min_length=1, description="words or phrases that may not be generated")
 
-    def build(self, generator: Any) -> LogitsProcessor:
-        tok = generator.tokenizer
-        seqs: list[list[int]] = []
-        for w in self.words:
-            for variant in (w, " " + w):
-                ids = tok(variant, add_special_tokens=False)["input_ids"]
-                if ids and ids not in seqs:
-                    seqs.append(ids)
-        return NoBadWordsLogitsProcessor(seqs, eos_token_id=tok.eos_token_id)
+
+def _no_repeat_ngram(spec: NoRepeatNGramSpec, generator: Any) -> LogitsProcessor:
+    return NoRepeatNGramLogitsProcessor(spec.size)
 
 
-# kind -> "module:SpecClass"; each decoding-time mitigation is one line here.
-DECODING_KINDS: dict[str, str] = {
-    "no_repeat_ngram": "forewarn.guard.mitigations:NoRepeatNGramSpec",
-    "banned_words": "forewarn.guard.mitigations:BannedWordsSpec",
-    "knn_lm": "forewarn.retrieval.config:KnnLMSpec",
-    "dexperts": "forewarn.retrieval.config:DExpertsSpec",
+def _banned_words(spec: BannedWordsSpec, generator: Any) -> LogitsProcessor:
+    tok = generator.tokenizer
+    seqs: list[list[int]] = []
+    for w in spec.words:
+        for variant in (w, " " + w):
+            ids = tok(variant, add_special_tokens=False)["input_ids"]
+            if ids and ids not in seqs:
+                seqs.append(ids)
+    return NoBadWordsLogitsProcessor(seqs, eos_token_id=tok.eos_token_id)
+
+
+def _retrieval(spec: Any, generator: Any) -> LogitsProcessor:
+    """kNN-LM / DExperts: ``testbed:`` names in the spec resolved, stores or expert models loaded once."""
+    # lazy: faiss and the datastores (kNN-LM) or two more models (DExperts) load only when configured
+    from forewarn.retrieval.config import resolve_mitigation_names
+    from forewarn.retrieval.processors import build_processor
+
+    return build_processor(resolve_mitigation_names(spec), generator.model, generator.tokenizer)
+
+
+# A new mitigation is a spec in guard.config.DecodingSpec and one line here.
+DECODING_BUILDERS: dict[str, Callable[[Any, Any], LogitsProcessor]] = {
+    "no_repeat_ngram": _no_repeat_ngram, "banned_words": _banned_words, "knn_lm": _retrieval,
+    "dexperts": _retrieval,
 }
+
+
+def build_decoding(spec: Any, generator: Any) -> LogitsProcessor:
+    """The logits processor a ``generator.decoding`` entry describes, for ``generator`` (hf backend)."""
+    return DECODING_BUILDERS[spec.kind](spec, generator)
 
 
 class OpenAIPenaltyProcessor(LogitsProcessor):

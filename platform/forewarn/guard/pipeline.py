@@ -20,7 +20,7 @@ from typing import Any
 
 from forewarn.config import GenerationParams
 from forewarn.guard.config import GuardPolicy
-from forewarn.guard.detectors import StopReason
+from forewarn.models.stopping import StopReason
 from forewarn.guard.engine import Generated, GenerationEngine, GenerationResult, StreamChunk  # noqa: F401
 from forewarn.guard.openai_schema import ApiError
 from forewarn.guard.policy import Decision, GuardJudge, decide, redact

@@ -16,7 +16,7 @@ its index, so the row is found by its fed tokens; rows with identical ids so far
 the first one not yet checked at this step (the order both criteria visit rows in).
 
 In the guarded generator, :class:`LoopDetectorSpec` (``{kind: loop_detector, path: DIR}``) builds a guard
-``StopDetector`` (registered in ``forewarn.guard.detectors.STOP_KINDS``).
+``StopDetector`` (built by ``forewarn.guard.detectors.STOP_BUILDERS``).
 
 With the HF backend::
 
@@ -33,7 +33,6 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
-import numpy as np
 import torch
 from pydantic import Field
 from transformers import StoppingCriteria
@@ -178,18 +177,6 @@ class LoopStoppingCriteria(StoppingCriteria):
         return torch.tensor([i in self.stopped for i in range(len(gen))], device=input_ids.device)
 
 
-def check_cost_ms(check: Check, token_ids: Sequence[int], repeats: int = 20) -> float:
-    """Median wall time of one ``check`` call in milliseconds (used by benchmarks/detector_latency.py)."""
-    import time
-
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        check(token_ids)
-        times.append((time.perf_counter() - t) * 1000)
-    return float(np.median(times))
-
-
 # ------------------------------------------------------------------ the guard's stop-detector plug-in
 
 
@@ -205,7 +192,7 @@ class LoopDetectorStop:
         self.check_every, self.min_tokens = check_every, min_tokens
 
     def check(self, token_ids: Sequence[int]) -> Any:
-        from forewarn.guard.detectors import StopReason
+        from forewarn.models.stopping import StopReason
 
         if len(token_ids) < self.min_tokens:
             return None
@@ -227,12 +214,3 @@ class LoopDetectorSpec(Section):
     check_every: int = Field(16, ge=1, description="check after every this many generated tokens")
     min_tokens: int | None = Field(None, ge=2, description="first check at this length (default: the "
                                    "detector's detection_length + 1, the first full window)")
-
-    def build(self, generator: Any) -> LoopDetectorStop:
-        """Needs the target's internals: ``generator.model`` of the HF backend."""
-        model = getattr(generator, "model", None)
-        if not isinstance(model, torch.nn.Module):
-            raise ValueError(f"stop detector loop_detector needs a generator with a torch model (the hf backend); "
-                             f"got {type(generator).__name__}; use {{kind: cycle}} for other backends")
-        det = LoopDetector.load(self.path)
-        return LoopDetectorStop(det, model, self.check_every, self.min_tokens or det.features.detection_length + 1)

@@ -8,7 +8,7 @@ k 1024, T 100, alpha 2.0, filter_p 0.9, probe 32, IVFPQ 4096 x 64 x 8 bits).
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal, Union, get_args
 
 from pydantic import Field, TypeAdapter, field_validator, model_validator
 
@@ -92,10 +92,6 @@ class KnnLMSpec(Section):
             raise ValueError("ensemble_order must be ('subtract', 'add') or ('add', 'subtract')")
         return self
 
-    def build(self, generator: Any) -> Any:
-        """The guard's plug-in hook: a ``KnnLMProcessor`` on ``generator.model`` (see ``build_processor``)."""
-        return _build(self, generator)
-
 
 class DExpertsSpec(Section):
     """DExperts: ``log_softmax(filter_p(log_softmax(z)) + alpha * (z_expert - z_anti_expert))``.
@@ -110,20 +106,10 @@ class DExpertsSpec(Section):
     alpha: float = 2.0
     filter_p: float = Field(0.9, ge=0.0, le=1.0, description="top-p filter of the base LM (0 or 1 disables)")
 
-    def build(self, generator: Any) -> Any:
-        """The guard's plug-in hook: a ``DExpertsProcessor`` for ``generator`` (experts loaded once, here)."""
-        return _build(self, generator)
-
-
-def _build(spec: Any, generator: Any) -> Any:
-    """Resolve ``testbed:`` names (the spec comes straight from a user config) and build the processor."""
-    from forewarn.retrieval.processors import build_processor
-
-    return build_processor(resolve_mitigation_names(spec), generator.model, generator.tokenizer)
-
 
 MitigationSpec = Annotated[Union[KnnLMSpec, DExpertsSpec], Field(discriminator="kind")]
-MITIGATION_KINDS = ("knn_lm", "dexperts")
+MITIGATION_KINDS = tuple(get_args(m.model_fields["kind"].annotation)[0]
+                         for m in get_args(get_args(MitigationSpec)[0]))
 _ADAPTER: TypeAdapter = TypeAdapter(MitigationSpec)
 
 

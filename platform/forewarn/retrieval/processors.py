@@ -13,6 +13,7 @@ models for ``dexperts`` (on the base model's device). Close a processor to remov
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from transformers import LogitsProcessor
@@ -20,29 +21,39 @@ from transformers import LogitsProcessor
 from forewarn.retrieval.config import DExpertsSpec, KnnLMSpec, parse_mitigation
 
 
+def _knn_lm(spec: KnnLMSpec, model: Any, tokenizer: Any) -> LogitsProcessor:
+    from forewarn.retrieval.knn_lm import KnnLMProcessor  # lazy: faiss
+    from forewarn.retrieval.store import Datastore
+
+    device = next(model.parameters()).device
+
+    def open_store(path: str | None) -> Datastore | None:
+        return None if path is None else Datastore(path, device=device, gpu=spec.gpu, nprobe=spec.nprobe)
+
+    return KnnLMProcessor(spec, model, toxic=open_store(spec.toxic), nontoxic=open_store(spec.nontoxic))
+
+
+def _dexperts(spec: DExpertsSpec, model: Any, tokenizer: Any) -> LogitsProcessor:
+    from forewarn.models.hf import load_hf  # lazy: two more models
+    from forewarn.retrieval.dexperts import DExpertsProcessor
+
+    device = next(model.parameters()).device
+
+    def load(ms: Any) -> Any:
+        m, _ = load_hf(ms.model_copy(update={"device": str(device), "device_map": None}))
+        return m
+
+    return DExpertsProcessor(spec, load(spec.expert), load(spec.anti_expert), tokenizer.pad_token_id,
+                             base_vocab_size=int(model.config.vocab_size))
+
+
+PROCESSORS: dict[str, Callable[[Any, Any, Any], LogitsProcessor]] = {"knn_lm": _knn_lm, "dexperts": _dexperts}
+
+
 def build_processor(spec: Any, model: Any, tokenizer: Any) -> LogitsProcessor:
     """Build the processor a ``KnnLMSpec`` / ``DExpertsSpec`` (or its dict) describes, for ``model``."""
     spec = parse_mitigation(spec)
-    device = next(model.parameters()).device
-    if isinstance(spec, KnnLMSpec):
-        from forewarn.retrieval.knn_lm import KnnLMProcessor
-        from forewarn.retrieval.store import Datastore
-
-        def open_store(path: str | None) -> Datastore | None:
-            return None if path is None else Datastore(path, device=device, gpu=spec.gpu, nprobe=spec.nprobe)
-
-        return KnnLMProcessor(spec, model, toxic=open_store(spec.toxic), nontoxic=open_store(spec.nontoxic))
-    if isinstance(spec, DExpertsSpec):
-        from forewarn.models.hf import load_hf
-        from forewarn.retrieval.dexperts import DExpertsProcessor
-
-        def load(ms: Any) -> Any:
-            m, _ = load_hf(ms.model_copy(update={"device": str(device), "device_map": None}))
-            return m
-
-        return DExpertsProcessor(spec, load(spec.expert), load(spec.anti_expert), tokenizer.pad_token_id,
-                                 base_vocab_size=int(model.config.vocab_size))
-    raise TypeError(f"unknown mitigation spec {type(spec).__name__}")
+    return PROCESSORS[spec.kind](spec, model, tokenizer)
 
 
 def close_processors(processors: list[Any]) -> None:
