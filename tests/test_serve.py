@@ -63,7 +63,14 @@ def server(testbed, tmp_path_factory) -> Iterator[Server]:
     port, metrics_port = _free_port(), _free_port()
     if ray.is_initialized():
         ray.shutdown()
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _metrics_export_port=metrics_port)
+    for attempt in range(3):  # the raylet gets 30 s to register; on a machine shared by many it can miss that
+        try:
+            ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _metrics_export_port=metrics_port)
+            break
+        except Exception:
+            ray.shutdown()
+            if attempt == 2:
+                raise
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     judge = {"kind": "offline_toxicity", "threshold": 0.5, "resources": {"num_cpus": 0.25}}
     key_file = tmp_path_factory.mktemp("keys") / "keys.txt"

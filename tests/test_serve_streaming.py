@@ -74,7 +74,14 @@ def server(testbed) -> Iterator[Server]:
     port = _free_port()
     if ray.is_initialized():
         ray.shutdown()
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    for attempt in range(3):  # the raylet gets 30 s to register; on a machine shared by many it can miss that
+        try:
+            ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+            break
+        except Exception:
+            ray.shutdown()
+            if attempt == 2:
+                raise
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     strict = {"streaming": {"chunk_tokens": CHUNK, "lookback_chars": LOOKBACK, "strict": True}, "compat": "openai"}
     cfgs = {
