@@ -73,6 +73,12 @@ def test_vllm_replicas_take_tensor_parallel_gpus_on_one_node() -> None:
              parse_nodes(["2xCPU=48,GPU=4"]), "reversegen")
 
 
+def test_a_vllm_role_on_cpu_asks_for_no_gpu() -> None:
+    t = demands_of(rg("target.model.backend=vllm", "target.model.device=cpu", "target.resources.num_cpus=2"))["target"]
+    assert t.kind == "vllm" and t.per_replica == {"CPU": 2.0, "GPU": 0.0}
+    assert plan(rg("target.model.backend=vllm", "target.model.device=cpu"), parse_nodes(["CPU=8"]), "reversegen")
+
+
 def test_hf_settings_that_do_nothing_are_flagged() -> None:
     _, warnings = role_demands(rg("target.model.tensor_parallel_size=2", "proposer.resources.num_gpus=2"))
     assert any("target.model.tensor_parallel_size=2 is a vllm setting" in w for w in warnings)

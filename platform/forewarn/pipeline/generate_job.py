@@ -21,7 +21,7 @@ from forewarn.records import stable_id
 
 
 class GenerateConfig(JobConfig):
-    prompts: str = Field("testbed:prompts/benign_heldout.jsonl",
+    prompts: str = Field("testbed:heldout_benign",
                          description="JSONL/Parquet with a 'prompt' column, a .txt file, or testbed:<file>")
     limit: int | None = Field(None, ge=1, description="use only the first N prompts")
     target: RoleConfig = Field(default_factory=lambda: RoleConfig(model=ModelSpec(path="testbed:target")))

