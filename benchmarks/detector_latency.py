@@ -54,7 +54,7 @@ class TimedChecks(StoppingCriteria):
 
 def detector(length: int, kind: str):
     from forewarn.recurrence.config import ClassifierSection, FeatureSection
-    from forewarn.recurrence.detector import LoopDetector, LoopMLP
+    from forewarn.recurrence.loop_detector import LoopDetector, LoopMLP
 
     clf = ClassifierSection()
     return LoopDetector(FeatureSection(kind=kind, detection_length=length), clf,

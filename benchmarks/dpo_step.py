@@ -27,7 +27,7 @@ from forewarn.models.tiny import build_tiny_model, train_tokenizer
 from forewarn.tracking import NullTracker
 from forewarn.training.api import train_dpo
 from forewarn.training.config import DPOConfig
-from forewarn.training.runner import read_metrics
+from forewarn.training.trainer import read_metrics
 
 OUT = Path(__file__).resolve().parent / "results" / "dpo_step.json"
 WARMUP = 3

@@ -132,7 +132,7 @@ def zero_nccl(model: str, stage: int) -> dict[str, Any]:
     import pyarrow as pa
     from forewarn.tracking import NullTracker
     from forewarn.training.config import DeepSpeedConfig, TrainConfig
-    from forewarn.training.runner import fit
+    from forewarn.training.trainer import fit
     from forewarn.training.tasks import SFTTask
 
     workers = min(2, cuda_gpus())

@@ -118,7 +118,7 @@ def test_plugin_kinds_match_their_config_unions() -> None:
     from forewarn.models import BUILDERS as BACKENDS
 
     from forewarn.guard.config import DecodingSpec, StopSpec
-    from forewarn.guard.detectors import STOP_BUILDERS
+    from forewarn.guard.stop_detectors import STOP_BUILDERS
     from forewarn.guard.mitigations import DECODING_BUILDERS
 
     def kinds(union: object) -> set[str]:

@@ -12,7 +12,7 @@ from forewarn.config import GenerationParams, build_config
 from forewarn.errors import ConfigError
 from forewarn.guard import ServeConfig, StopDetector, build_local
 from forewarn.guard.config import GuardStage, Limits
-from forewarn.guard.detectors import CycleDetector, build_stop_detector
+from forewarn.guard.stop_detectors import CycleDetector, build_stop_detector
 from forewarn.models.stopping import DetectorStoppingCriteria
 from forewarn.guard.mitigations import OpenAIPenaltyProcessor
 from forewarn.guard.openai_schema import ApiError, parse_body

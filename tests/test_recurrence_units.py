@@ -11,8 +11,8 @@ import torch
 from forewarn.config import ModelSpec
 from forewarn.errors import ConfigError
 from forewarn.recurrence.config import ClassifierSection, FeatureSection, SearchSection
-from forewarn.recurrence.detect import analyse, find_cycle, length_rule, repeated_ngrams
-from forewarn.recurrence.detector import LoopDetector, LoopMLP, classify_stats, train_and_evaluate
+from forewarn.recurrence.cycles import analyse, find_cycle, length_rule, repeated_ngrams
+from forewarn.recurrence.loop_detector import LoopDetector, LoopMLP, classify_stats, train_and_evaluate
 from forewarn.recurrence.features import features, response_feature
 from forewarn.recurrence.search import Evaluation, Search, crossover, mutate
 from forewarn.recurrence.stopping import CycleCheck, DetectorCheck, GenerationWindows, LoopStoppingCriteria

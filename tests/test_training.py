@@ -22,7 +22,7 @@ from forewarn.models.tiny import build_tiny_model, train_tokenizer
 from forewarn.tracking import NullTracker, make_tracker
 from forewarn.training.api import compute_reference_logps, train_dpo, train_sft
 from forewarn.training.config import DPOConfig, TrainConfig
-from forewarn.training.runner import lr_factor, read_metrics
+from forewarn.training.trainer import lr_factor, read_metrics
 from mlflow.tracking import MlflowClient
 
 ANIMALS = ["cat", "dog", "cow", "owl", "fox", "bee", "ant", "elk"]

@@ -19,7 +19,7 @@ import psutil
 import pytest
 from forewarn.models.tiny import build_tiny_model, train_tokenizer
 from forewarn.training.config import TrainConfig
-from forewarn.training.runner import read_metrics
+from forewarn.training.trainer import read_metrics
 
 pytestmark = pytest.mark.slow
 

@@ -31,7 +31,7 @@ from forewarn.training.losses import (
     categorical_loss,
     mean_variance_loss,
 )
-from forewarn.training.runner import fit
+from forewarn.training.trainer import fit
 from forewarn.training.tasks import encode_pair
 
 VARIANT_KEY = "forewarn_reward_variant"

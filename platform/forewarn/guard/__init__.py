@@ -7,7 +7,7 @@ runs it without Ray, and ``cli`` is ``forewarn serve``.
 """
 
 from forewarn.guard.config import GuardPolicy, GuardStage, ServeConfig
-from forewarn.guard.detectors import STOP_BUILDERS, CycleDetector
+from forewarn.guard.stop_detectors import STOP_BUILDERS, CycleDetector
 from forewarn.guard.engine import GenerationEngine
 from forewarn.guard.local import build_local
 from forewarn.guard.mitigations import DECODING_BUILDERS

@@ -8,7 +8,7 @@ Two lists make later capabilities one config entry each:
                               built by :data:`forewarn.guard.mitigations.DECODING_BUILDERS`.
 ``generator.stop_detectors``  detectors checked every K tokens (:data:`StopSpec`), e.g. ``{kind: cycle}`` or
                               the learned ``{kind: loop_detector, path: DIR}``; built by
-                              :data:`forewarn.guard.detectors.STOP_BUILDERS`.
+                              :data:`forewarn.guard.stop_detectors.STOP_BUILDERS`.
 
 Each is a union discriminated by ``kind`` (the plug-in pattern of backends and judges): an unknown kind
 lists the valid ones, unknown keys are errors, so a typo fails at config time with the dotted field path.
@@ -21,7 +21,7 @@ from typing import Annotated, Literal, Union
 from pydantic import Field, SecretStr, model_validator
 
 from forewarn.config import ModelSpec, RayConfig, Resources, Section
-from forewarn.guard.detectors import CycleSpec
+from forewarn.guard.stop_detectors import CycleSpec
 from forewarn.guard.mitigations import BannedWordsSpec, NoRepeatNGramSpec
 from forewarn.judges.spec import JudgeSpec, kinds_for
 from forewarn.recurrence.stopping import LoopDetectorSpec

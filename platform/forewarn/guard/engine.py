@@ -26,7 +26,7 @@ import torch
 from transformers import StoppingCriteria
 
 from forewarn.config import GenerationParams, Section
-from forewarn.guard.detectors import build_stop_detector
+from forewarn.guard.stop_detectors import build_stop_detector
 from forewarn.guard.mitigations import build_decoding
 from forewarn.models.stopping import DetectorStoppingCriteria, StopDetector, StopReason
 from forewarn.guard.mitigations import OpenAIPenaltyProcessor

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from forewarn.config import GenerationParams, Section
-from forewarn.guard.detectors import build_stop_detector
+from forewarn.guard.stop_detectors import build_stop_detector
 from forewarn.models.stopping import StopDetector, StopReason
 from forewarn.guard.engine import Generated, GenerationResult, OnTokens
 from forewarn.models.base import Completion, Prompt, apply_stop

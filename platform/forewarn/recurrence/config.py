@@ -20,7 +20,7 @@ def _target() -> RoleConfig:
 
 
 class DetectSection(Section):
-    """How a generation is judged recurrent (see ``recurrence/detect.py``)."""
+    """How a generation is judged recurrent (see ``recurrence/cycles.py``)."""
 
     max_period: int = Field(64, ge=1, description="longest cycle period (tokens) the detector looks for")
     min_repeats: float = Field(3.0, ge=1.5, description="copies of the period needed to call it a cycle")

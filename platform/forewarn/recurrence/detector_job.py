@@ -24,8 +24,8 @@ from forewarn.config import GenerationParams
 from forewarn.errors import ConfigError
 from forewarn.pipeline.rundir import RunDir
 from forewarn.recurrence.config import RecurrenceDetectorConfig
-from forewarn.recurrence.detect import analyse
-from forewarn.recurrence.detector import classify_stats, train_and_evaluate
+from forewarn.recurrence.cycles import analyse
+from forewarn.recurrence.loop_detector import classify_stats, train_and_evaluate
 from forewarn.recurrence.features import features
 from forewarn.recurrence.pool import TargetPool
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from forewarn.config import GenerationParams, ModelSpec, RoleConfig
 from forewarn.recurrence.config import DetectSection
-from forewarn.recurrence.detect import analyse
+from forewarn.recurrence.cycles import analyse
 from forewarn.recurrence.search import Evaluation, Ids
 
 

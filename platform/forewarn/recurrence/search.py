@@ -24,7 +24,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from forewarn.recurrence.config import SearchSection
-from forewarn.recurrence.detect import Recurrence
+from forewarn.recurrence.cycles import Recurrence
 
 Ids = tuple[int, ...]
 

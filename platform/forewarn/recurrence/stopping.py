@@ -16,7 +16,7 @@ its index, so the row is found by its fed tokens; rows with identical ids so far
 the first one not yet checked at this step (the order both criteria visit rows in).
 
 In the guarded generator, :class:`LoopDetectorSpec` (``{kind: loop_detector, path: DIR}``) builds a guard
-``StopDetector`` (built by ``forewarn.guard.detectors.STOP_BUILDERS``).
+``StopDetector`` (built by ``forewarn.guard.stop_detectors.STOP_BUILDERS``).
 
 With the HF backend::
 
@@ -38,8 +38,8 @@ from pydantic import Field
 from transformers import StoppingCriteria
 
 from forewarn.config import Section
-from forewarn.recurrence.detect import find_cycle
-from forewarn.recurrence.detector import LoopDetector
+from forewarn.recurrence.cycles import find_cycle
+from forewarn.recurrence.loop_detector import LoopDetector
 from forewarn.recurrence.features import Kind, SimilarityWindows, TokenVectorHooks
 
 Check = Callable[[Sequence[int]], bool]
@@ -181,7 +181,7 @@ class LoopStoppingCriteria(StoppingCriteria):
 
 
 class LoopDetectorStop:
-    """The learned detector as a guard :class:`~forewarn.guard.detectors.StopDetector`: ``check(ids)`` returns
+    """The learned detector as a guard :class:`~forewarn.guard.stop_detectors.StopDetector`: ``check(ids)`` returns
     a ``StopReason`` (finish_reason ``recurrence``, with the probability) or None; it stays silent until
     ``min_tokens`` have been generated. It hooks ``model`` for as long as it lives (:meth:`close` unhooks)."""
 

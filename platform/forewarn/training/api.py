@@ -20,7 +20,7 @@ import torch
 from forewarn.pipeline.rundir import RunDir
 from forewarn.training.config import DPOConfig, TrainConfig
 from forewarn.training.data import TableLike, load_table, require_columns
-from forewarn.training.runner import fit
+from forewarn.training.trainer import fit
 from forewarn.training.tasks import DPOTask, SFTTask, collate_pairs, encode_pair, forward_logps, load_causal_lm
 
 REF_COLUMNS = ("ref_chosen_logps", "ref_rejected_logps")

@@ -58,7 +58,7 @@ def _load(path: str, rename: dict[str, str], limit: int | None = None) -> Any:
 
 
 def run(cfg: TrainJobConfig, rundir: RunDir, tracker: Any) -> dict[str, Any]:
-    from forewarn.training.runner import final_metrics
+    from forewarn.training.trainer import final_metrics
 
     model = _resolve_model(cfg.model)
     train = _load(cfg.data.train, cfg.data.rename, cfg.data.limit)

@@ -7,7 +7,7 @@ builds the detector, the same plug-in pattern as backends, judges and decoding m
 
 Kinds: ``cycle`` -- the tail of the output repeats a block of ``period``
 tokens back to back at least ``min_repeats`` times, found by the recurrence package's
-:func:`forewarn.recurrence.detect.find_cycle` (one cycle test for the search, the tables and the guard);
+:func:`forewarn.recurrence.cycles.find_cycle` (one cycle test for the search, the tables and the guard);
 ``loop_detector`` -- the learned RecurrentDetector (:mod:`forewarn.recurrence.stopping`), which reads the
 target's own activations.
 """
@@ -44,7 +44,7 @@ class CycleDetector:
         self.min_repeats, self.min_span, self.check_every = min_repeats, min_span, check_every
 
     def check(self, token_ids: Sequence[int]) -> StopReason | None:
-        from forewarn.recurrence.detect import find_cycle
+        from forewarn.recurrence.cycles import find_cycle
 
         cyc = find_cycle(token_ids, self.max_period, self.min_repeats, at_end=True)
         if cyc is None or cyc.covered < self.min_span or cyc.period < self.min_period:
