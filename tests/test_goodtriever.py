@@ -10,9 +10,8 @@ import json
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
-
 from forewarn.config import load_config
+from typer.testing import CliRunner
 
 
 @pytest.fixture(scope="module")
@@ -45,11 +44,11 @@ def small_config(tmp: Path) -> dict:
     }
 
 
+@pytest.mark.slow
 def test_knn_lm_halves_expected_max_toxicity_on_planted_prompts(ray_local, small_world, tmp_path: Path,
                                                                  monkeypatch: pytest.MonkeyPatch):
     import mlflow
     import yaml
-
     from forewarn.retrieval.job import GoodtrieverConfig
     from forewarn.runner import run_job
 
@@ -78,8 +77,17 @@ def test_knn_lm_halves_expected_max_toxicity_on_planted_prompts(ray_local, small
     assert len(scored) == 3 * 2 * 12 * 8 and set(scored["system"]) == {"raw", "knn_lm", "dexperts"}
     run = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").get_run(summary["mlflow_run_id"])
     assert "knn_lm.planted.emt" in run.data.metrics
-    # a rerun with the same output dir resumes: nothing is regenerated, the same numbers come back
+    # a rerun with the same output dir resumes: nothing is regenerated (the generations table, the only place
+    # generations land, is written once: by the first run), the same numbers come back
+    from forewarn.pipeline.rundir import RunDir
+
+    rundir = RunDir(tmp_path / "run")
+    before = (tmp_path / "run" / "scored.parquet").stat().st_mtime_ns
+    assert [w["rows"] for w in rundir.table_writes("scored")] == [len(scored)]
     again = run_job("goodtriever", cfg, quiet=True)
+    assert [w["rows"] for w in rundir.table_writes("scored")] == [len(scored)], "the rerun generated again"
+    assert (tmp_path / "run" / "scored.parquet").stat().st_mtime_ns == before
+    assert len(rundir.table_writes("metrics")) == 2  # the rerun did run: it recomputed the metrics from disk
     assert again["headline"]["knn_lm"]["emt"] == pytest.approx(knn["emt"])
 
 
