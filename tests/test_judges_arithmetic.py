@@ -6,7 +6,6 @@ from __future__ import annotations
 import math
 
 import pytest
-
 from forewarn.config import build_config
 from forewarn.errors import ConfigError
 from forewarn.judges import build_judge, parse_judge_spec

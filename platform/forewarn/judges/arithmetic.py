@@ -24,9 +24,9 @@ import re
 from forewarn.errors import ConfigError
 from forewarn.judges.base import Verdict
 
-_WORDS = [(re.compile(r"\bmultiplied\s+by\b", re.I), "*"), (re.compile(r"\bdivided\s+by\b", re.I), "/"),
-          (re.compile(r"\btimes\b", re.I), "*"), (re.compile(r"\bplus\b", re.I), "+"),
-          (re.compile(r"\bminus\b", re.I), "-")]
+_WORDS = [(re.compile(r"\bmultiplied\s+by\b", re.IGNORECASE), "*"), (re.compile(r"\bdivided\s+by\b", re.IGNORECASE), "/"),
+          (re.compile(r"\btimes\b", re.IGNORECASE), "*"), (re.compile(r"\bplus\b", re.IGNORECASE), "+"),
+          (re.compile(r"\bminus\b", re.IGNORECASE), "-")]
 _SIGN_X = re.compile(r"(?<=[\d)])\s*[x×]\s*(?=[\d(])")
 _THOUSANDS = re.compile(r"(?<=\d),(?=\d{3}(?!\d))")
 # a run of numbers, operators, parentheses and spaces that starts at a number or an opening parenthesis
