@@ -72,7 +72,8 @@ def main() -> None:
     from forewarn.config import GenerationParams, ModelSpec
     from forewarn.models.hf import HFGenerator
     from forewarn.recurrence.features import response_feature
-    from forewarn.recurrence.stopping import CycleCheck, DetectorCheck
+    from forewarn.guard.stop_detectors import CycleDetector
+    from forewarn.recurrence.stopping import DetectorCheck
     from forewarn.testbed import build_testbed
 
     manifest = build_testbed(size=args.size, seed=0, progress=False)
@@ -89,7 +90,7 @@ def main() -> None:
             raise RuntimeError(f"the trigger prompt stopped after {len(ids)} tokens; the benchmark needs a loop")
         cycle_window = ids[:length + 1]
         rows.append({"check": "cycle (token ids)", "window": length,
-                     "ms": statistics.median(_time(lambda w=cycle_window: CycleCheck()(w), args.repeats))})
+                     "ms": statistics.median(_time(lambda w=cycle_window: CycleDetector().check(w), args.repeats))})
         for kind in ("mlp_activation", "hidden_state"):
             det = detector(length, kind)
 

@@ -15,7 +15,7 @@ from forewarn.recurrence.cycles import analyse, find_cycle, length_rule, repeate
 from forewarn.recurrence.loop_detector import LoopDetector, LoopMLP, classify_stats, train_and_evaluate
 from forewarn.recurrence.features import features, response_feature
 from forewarn.recurrence.search import Evaluation, Search, crossover, mutate
-from forewarn.recurrence.stopping import CycleCheck, DetectorCheck, GenerationWindows, LoopStoppingCriteria
+from forewarn.recurrence.stopping import DetectorCheck, GenerationWindows
 from transformers import StoppingCriteria
 
 # ------------------------------------------------------------------ the cycle detector
@@ -244,13 +244,3 @@ def test_detector_trains_saves_and_loads(tmp_path):
     assert again.features == fc and again.info["classify_stats"]["f1"] == rep["classify_stats"]["f1"]
     with pytest.raises(FileNotFoundError, match="recurrence detect"):
         LoopDetector.load(tmp_path / "nothing")
-
-
-def test_cycle_stopping_criterion_cuts_a_loop(tiny_model):
-    model, tok = tiny_model
-    prompt = torch.tensor([[40, 41, 42]])
-    crit = LoopStoppingCriteria(CycleCheck(min_tokens=12), prompt_len=3, every=4)
-    loop = torch.tensor([[40, 41, 42] + [7, 8] * 8])
-    assert bool(crit(loop, None)[0]) and crit.stopped == {0}
-    fresh = LoopStoppingCriteria(CycleCheck(min_tokens=12), prompt_len=3, every=4)
-    assert not bool(fresh(torch.cat([prompt, torch.arange(100, 116)[None]], 1), None)[0]) and not fresh.stopped

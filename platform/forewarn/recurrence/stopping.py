@@ -1,11 +1,9 @@
-"""Loop stopping at generation time: a ``check(token_ids) -> bool`` callable and a transformers
-``StoppingCriteria`` that runs it every ``every`` tokens once ``min_tokens`` have been generated.
+"""The learned loop detector at generation time, as a stop detector of the one stopping mechanism
+(:class:`forewarn.models.stopping.DetectorStoppingCriteria`, which also runs the token-cycle detector).
 
-Two checks plug in the same way:
-- :class:`DetectorCheck` -- the trained :class:`LoopDetector` on the target's own activations, captured by
-  hooks while the generation computes them (:class:`GenerationWindows`) and folded into the similarity
-  profile incrementally; a check is a small matrix product, a max, a sort and the MLP;
-- :class:`CycleCheck` -- the token-id cycle detector, which needs no model and no training.
+:class:`DetectorCheck` runs the trained :class:`LoopDetector` on the target's own activations, captured by
+hooks while the generation computes them (:class:`GenerationWindows`) and folded into the similarity
+profile incrementally; a check is a small matrix product, a max, a sort and the MLP.
 
 :class:`GenerationWindows` keeps, for each ``generate`` call running in a thread, one
 :class:`~forewarn.recurrence.features.SimilarityWindows` row per generated sequence: a prefill (empty KV
@@ -20,29 +18,26 @@ In the guarded generator, :class:`LoopDetectorSpec` (``{kind: loop_detector, pat
 
 With the HF backend::
 
-    check = DetectorCheck(LoopDetector.load(dir), gen.model)  # hooks gen.model
-    crit = LoopStoppingCriteria(check, prompt_len, every=16)
+    stop = LoopDetectorStop(LoopDetector.load(dir), gen.model, check_every=16, min_tokens=65)  # hooks gen.model
+    crit = DetectorStoppingCriteria([stop], end_ids=[tok.eos_token_id])
     outs = gen.generate(prompts, params, stopping_criteria=[crit])
-    # crit.stopped holds the rows it cut off: report finish_reason="recurrence" for them
-    check.close()
+    # crit.stopped holds the rows it cut off and why: report finish_reason="recurrence" for them
+    stop.close()
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any, Literal
 
 import torch
 from pydantic import Field
-from transformers import StoppingCriteria
 
 from forewarn.config import Section
-from forewarn.recurrence.cycles import find_cycle
 from forewarn.recurrence.loop_detector import LoopDetector
 from forewarn.recurrence.features import Kind, SimilarityWindows, TokenVectorHooks
 
-Check = Callable[[Sequence[int]], bool]
 
 
 class GenerationWindows:
@@ -139,42 +134,6 @@ class DetectorCheck:
 
     def close(self) -> None:
         self.windows.close()
-
-
-class CycleCheck:
-    """``check(generated_ids)``: True when the tail repeats a period ``min_repeats`` times (no model needed)."""
-
-    def __init__(self, max_period: int = 64, min_repeats: float = 3.0, min_tokens: int = 32):
-        self.max_period, self.min_repeats, self.min_tokens = max_period, min_repeats, min_tokens
-
-    def __call__(self, token_ids: Sequence[int]) -> bool:
-        return find_cycle(token_ids, self.max_period, self.min_repeats, at_end=True) is not None
-
-
-class LoopStoppingCriteria(StoppingCriteria):
-    """Stop rows whose generated tokens ``check`` calls a loop; checked every ``every`` tokens from
-    ``min_tokens`` on (default: the check's own minimum). ``stopped`` collects the row indices it ended, so
-    the caller can report ``finish_reason="recurrence"`` for them. Padding/EOS-finished rows are skipped."""
-
-    def __init__(self, check: Check, prompt_len: int, every: int = 16, min_tokens: int | None = None,
-                 pad_token_id: int | None = None, eos_token_id: int | None = None):
-        self.check, self.prompt_len, self.every = check, prompt_len, max(1, every)
-        self.min_tokens = min_tokens if min_tokens is not None else getattr(check, "min_tokens", 32)
-        self.pad, self.eos = pad_token_id, eos_token_id
-        self.stopped: set[int] = set()
-
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs) -> torch.BoolTensor:
-        n = input_ids.shape[1] - self.prompt_len
-        done = torch.tensor([i in self.stopped for i in range(input_ids.shape[0])], device=input_ids.device)
-        if n < self.min_tokens or (n - self.min_tokens) % self.every:
-            return done
-        gen = input_ids[:, self.prompt_len:].tolist()
-        for i, ids in enumerate(gen):
-            if i in self.stopped or (self.eos is not None and self.eos in ids):
-                continue
-            if self.check(ids):
-                self.stopped.add(i)
-        return torch.tensor([i in self.stopped for i in range(len(gen))], device=input_ids.device)
 
 
 # ------------------------------------------------------------------ the guard's stop-detector plug-in
