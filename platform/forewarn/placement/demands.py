@@ -96,7 +96,7 @@ def role_refs(cfg: BaseModel) -> list[tuple[str, str, Any, ModelSpec | None, str
 def _walk(obj: Any, path: str, out: list) -> None:
     if isinstance(obj, BaseModel):
         fields = type(obj).model_fields
-        if "enabled" in fields and getattr(obj, "enabled") is False:
+        if "enabled" in fields and obj.enabled is False:
             return
         if isinstance(obj, (TrainWorkers, Resources)):
             out.append((path, path, obj, None, None))
