@@ -22,8 +22,9 @@ import pyarrow as pa
 
 from forewarn.pipeline.rundir import RunDir
 from forewarn.records import stable_id
-from forewarn.reversegen.config import ReverseGenConfig, uses_reference
+from forewarn.reversegen.config import ReverseGenConfig, reference_role, uses_reference
 from forewarn.reversegen.loop import IterationContext, Roles, respond_and_judge
+from forewarn.reversegen.proposer import read_seeds
 
 
 def _no_proposals(*_: Any, **__: Any) -> Any:
@@ -40,13 +41,12 @@ def instruction_rows(items: list[dict], name: str) -> pd.DataFrame:
 
 
 def measure_baseline(cfg: ReverseGenConfig, instructions: str, limit: int | None = None) -> dict[str, Any]:
-    """ASR of the (resolved) config's target and judge on the instructions in ``instructions`` (JSONL)."""
+    """ASR of the config's target and judge on the instructions in ``instructions`` (JSONL). The config's
+    names must be resolved to local paths (``forewarn.reversegen.job.resolve_names``, as the CLI does)."""
     from forewarn.judges import build_judge
     from forewarn.metrics import attack_success_rate
     from forewarn.models import load_generator
-    from forewarn.reversegen.job import read_seeds, reference_role, resolve_names
 
-    cfg, _ = resolve_names(cfg)
     items = read_seeds(instructions, cfg.task)[:limit]
     name = Path(instructions).stem
     reference = load_generator(reference_role(cfg).model).generate if uses_reference(cfg) else None

@@ -28,10 +28,11 @@ def baseline(instructions: Path = typer.Option(..., "--instructions", "-i",
     """The target's ASR on fixed instructions under the run's respond settings and judge: the baseline
     beside the loop's ASR. Writes OUTPUT_DIR/baseline/<file stem>.parquet and prints the figures as JSON."""
     from forewarn.reversegen.baseline import measure_baseline
+    from forewarn.reversegen.job import resolve_names
 
     try:
         cfg = resolve("reversegen", str(config) if config else None, overrides or [], output_dir)
-        result = measure_baseline(cfg, str(instructions), limit)
+        result = measure_baseline(resolve_names(cfg)[0], str(instructions), limit)
     except ConfigError as e:
         fail(str(e))
     typer.echo(json.dumps(result, indent=2))

@@ -115,6 +115,11 @@ def uses_reference(cfg: ReverseGenConfig) -> bool:
     return cfg.task == "math" and cfg.judge.kind == "math_match"
 
 
+def reference_role(cfg: ReverseGenConfig) -> RoleConfig:
+    """The role that writes gold answers: ``reference``, else the judge's own ``reference_model``."""
+    return cfg.reference or RoleConfig(model=cfg.judge.reference_model)
+
+
 def model_paths(cfg: ReverseGenConfig) -> dict[str, Any]:
     """The model names a run uses (for MLflow tags)."""
     out = {"proposer": cfg.proposer.model.path, "target": cfg.target.model.path}

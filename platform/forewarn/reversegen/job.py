@@ -11,19 +11,18 @@ logs the same to MLflow with a plot of ASR and Self-BLEU by iteration.
 
 from __future__ import annotations
 
-import json
 import random
 import time
 from pathlib import Path
 from typing import Any
 
-from forewarn.config import RayConfig, RoleConfig, TrackingConfig, config_hash
+from forewarn.config import RayConfig, TrackingConfig, config_hash
 from forewarn.errors import ForewarnError
 from forewarn.pipeline.rundir import RunDir
 from forewarn.placement import JobLayout
-from forewarn.reversegen.config import EnhanceConfig, ReverseGenConfig, model_paths, uses_reference
+from forewarn.reversegen.config import EnhanceConfig, ReverseGenConfig, model_paths, reference_role, uses_reference
 from forewarn.reversegen.loop import IterationContext, Roles, run_iteration
-from forewarn.reversegen.proposer import build_prompt, completion_text, seed_items
+from forewarn.reversegen.proposer import build_prompt, completion_text, read_seeds
 
 CONFIG = ReverseGenConfig
 # Every role is a long-lived pool for the whole run, and stays up while the proposer's DPO steps train.
@@ -44,17 +43,6 @@ def resolve_names(cfg: ReverseGenConfig) -> tuple[ReverseGenConfig, Any]:
         cfg.judge.reference_model.path = resolve_model(cfg.judge.reference_model.path)
     cfg.seeds = resolve_path(cfg.seeds)
     return cfg, manifest
-
-
-def read_seeds(path: str, task: str) -> list[dict]:
-    p = Path(path)
-    if not p.is_file():
-        raise ForewarnError(f"seeds={path!r}: file does not exist")
-    rows = [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
-    try:
-        return seed_items(task, rows)
-    except ValueError as e:
-        raise ForewarnError(f"seeds={path!r}: {e}") from None
 
 
 def testbed_manifest(name: str) -> Any:
@@ -112,10 +100,6 @@ def role_resources(cfg: ReverseGenConfig) -> tuple[dict[str, Any], float]:
     trains = [cfg.dpo] + ([cfg.warmup.train] if cfg.warmup.enabled else []) + (
         [cfg.enhance_target.train] if cfg.enhance_target.enabled else [])
     return res, max(t.num_workers * t.cpus_per_worker for t in trains)
-
-
-def reference_role(cfg: ReverseGenConfig) -> RoleConfig:
-    return cfg.reference or RoleConfig(model=cfg.judge.reference_model)
 
 
 def make_roles(cfg: ReverseGenConfig, pools: Any, policy: str) -> Roles:

@@ -12,10 +12,14 @@ to that one item. Formats per task:
 
 from __future__ import annotations
 
+import json
 import random
 import re
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Literal
+
+from forewarn.errors import ForewarnError
 
 Task = Literal["safety", "honesty", "math"]
 
@@ -69,6 +73,18 @@ def cut_instruction(task: Task, text: str) -> str | None:
 def completion_text(task: Task, item: str) -> str:
     """How an item appears as the proposer's continuation of the open slot (the DPO / SFT target)."""
     return f" {item}\n" if task == "safety" else f" {item}\n\n"
+
+
+def read_seeds(path: str, task: Task) -> list[dict]:
+    """The seed items of a JSONL file, checked for ``task`` (an error names the file and the bad row)."""
+    p = Path(path)
+    if not p.is_file():
+        raise ForewarnError(f"seeds={path!r}: file does not exist")
+    rows = [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
+    try:
+        return seed_items(task, rows)
+    except ValueError as e:
+        raise ForewarnError(f"seeds={path!r}: {e}") from None
 
 
 def seed_items(task: Task, rows: Sequence[dict]) -> list[dict]:
