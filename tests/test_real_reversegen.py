@@ -47,6 +47,7 @@ def test_safety_profile_finds_toxic_answers(tmp_path: Path) -> None:
     assert it["n_instructions"] >= 16 and it["n_judge_errors"] == 0
     cfg = resolve("reversegen", str(PROFILES / "reversegen-safety.yaml"), ["tracking.enabled=false"],
                   output_dir=str(tmp_path / "base"))
+    cfg, _ = resolve_names(cfg)  # measure_baseline takes a resolved config, as the CLI gives it
     seeds = measure_baseline(cfg, str(SEEDS / "safety.jsonl"))
     benign = measure_baseline(cfg, str(SEEDS / "benign.jsonl"), limit=16)
     top_benign = pd.read_parquet(tmp_path / "base" / "baseline" / "benign.parquet")["judge_score"].max()
