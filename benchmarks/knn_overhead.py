@@ -57,7 +57,7 @@ def measure(gen: HFGenerator, systems: dict[str, list[dict]], prompts: list[str]
     procs = {name: [build_processor(s, gen.model, gen.tokenizer) for s in specs] for name, specs in systems.items()}
     secs: dict[str, list[float]] = {name: [] for name in systems}
     tokens: dict[str, int] = {}
-    for name, p in procs.items():
+    for p in procs.values():
         gen.generate(prompts[:2], params.model_copy(update={"n": 2}), logits_processors=p)  # warm-up
     for _ in range(repeats):
         for name, p in procs.items():
