@@ -54,11 +54,11 @@ def test_profiles_validate_and_name_their_job() -> None:
 # ---------------------------------------------------------------- loop search and detector
 
 
-def test_loop_search_goal_is_rare_for_random_inputs_and_the_ga_climbs(ray_local: str, tmp_path: Path) -> None:
-    """Reduced: one seed, 20 individuals per method (the profile: 50). Too few for random search to hit the
-    calibrated goal reliably, so the claim asserted is the calibration (random inputs rarely reach it, unlike
-    the testbed goal's 35 %) and that selection climbs: the GA's best individual is at least as fit as the
-    random arm's. The full-size GA-vs-random figures are in the README."""
+def test_loop_search_goal_is_rare_for_random_inputs(ray_local: str, tmp_path: Path) -> None:
+    """Reduced: one seed, 20 individuals per method (the profile: 50). Too few to compare the arms (at full size
+    on one seed the GA's first hit came at 22 generations, random search's at 32: one hit each in 30
+    individuals, README), so the claim asserted is the calibration: random inputs rarely reach the goal
+    (unlike the testbed goal's 35 %), and the GA spent the same budget on distinct individuals."""
     cfg = profile("recurrence_search", tmp_path, "search.max_evaluations=40")
     assert len(cfg.search.contexts) == 2 and cfg.search.hit_fraction == 1.0 and cfg.search.goal == "both"
     summary = run_job("recurrence_search", cfg, quiet=True)
@@ -67,7 +67,7 @@ def test_loop_search_goal_is_rare_for_random_inputs_and_the_ga_climbs(ray_local:
     ga_rows = [r for r in rows if r["method"] == "ga"]
     assert len(random_rows) >= 10 and len(ga_rows) >= 10, summary  # budget in generations: 2 per individual
     assert sum(r["hit"] for r in random_rows) / len(random_rows) <= 0.15, summary
-    assert max(r["fitness"] for r in ga_rows) >= max(r["fitness"] for r in random_rows), summary
+    assert len({tuple(r["token_ids"]) for r in ga_rows}) == len(ga_rows), summary  # the cache: no paid repeats
 
 
 def test_detector_on_smollm2_generations(ray_local: str, tmp_path: Path) -> None:
