@@ -138,7 +138,7 @@ def main() -> None:
         port = s.getsockname()[1]
     for attempt in range(3):  # the raylet gets 30 s to register: a busy shared machine can miss that
         try:
-            ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+            ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
             break
         except Exception:
             ray.shutdown()

@@ -65,7 +65,13 @@ def server(testbed, tmp_path_factory) -> Iterator[Server]:
         ray.shutdown()
     for attempt in range(3):  # the raylet gets 30 s to register; on a machine shared by many it can miss that
         try:
-            ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _metrics_export_port=metrics_port)
+            ray.init(
+                address="local",
+                num_cpus=2,
+                include_dashboard=False,
+                log_to_driver=False,
+                _metrics_export_port=metrics_port,
+            )
             break
         except Exception:
             ray.shutdown()
@@ -85,7 +91,11 @@ def server(testbed, tmp_path_factory) -> Iterator[Server]:
                 "batching": {"max_batch_size": 8, "batch_wait_timeout_s": 0.02},
             },
             "guard": {"input": {"judge": judge}, "output": {"judge": judge}, "expose_verdicts": True},
-            "auth": {"api_keys": [KEY], "api_keys_env": "FOREWARN_TEST_SERVE_KEYS", "api_keys_file": str(key_file)},
+            "auth": {
+                "api_keys": [KEY],
+                "api_keys_env": "FOREWARN_TEST_SERVE_KEYS",
+                "api_keys_file": str(key_file),
+            },
             "ingress": {"num_cpus": 0.1},
             "limits": {"max_in_flight": 128},  # the 100-concurrent test stays under the 503 bound
         },
@@ -230,15 +240,27 @@ def test_every_error_status_has_openai_shape(server: Server) -> None:
         ("GET", "/v1/nowhere", None, 404),
         ("GET", "/v1/chat/completions", None, 405),
         ("POST", "/v1/chat/completions", {"model": MODEL, "messages": "x"}, 400),
-        ("POST", "/v1/chat/completions", {"model": "gpt-4o", "messages": [{"role": "user", "content": "x"}]}, 404),
+        (
+            "POST",
+            "/v1/chat/completions",
+            {"model": "gpt-4o", "messages": [{"role": "user", "content": "x"}]},
+            404,
+        ),
         ("POST", "/v1/completions", {"model": MODEL, "prompt": "x" * 50_000}, 413),
     ]
     with httpx.Client(base_url=server.url, timeout=60) as http:
         for method, path, body, status in cases:
             r = http.request(method, path, json=body, headers=auth)
             err = r.json()["error"]
-            assert r.status_code == status and set(err) == {"message", "type", "param", "code"}, (path, r.text)
-        big = http.post("/v1/chat/completions", content=b"x" * 2_000_000, headers=auth | {"content-type": "application/json"})
+            assert r.status_code == status and set(err) == {"message", "type", "param", "code"}, (
+                path,
+                r.text,
+            )
+        big = http.post(
+            "/v1/chat/completions",
+            content=b"x" * 2_000_000,
+            headers=auth | {"content-type": "application/json"},
+        )
         assert big.status_code == 413 and big.json()["error"]["code"] == "request_too_large"
 
 

@@ -76,14 +76,17 @@ def server(testbed) -> Iterator[Server]:
         ray.shutdown()
     for attempt in range(3):  # the raylet gets 30 s to register; on a machine shared by many it can miss that
         try:
-            ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+            ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
             break
         except Exception:
             ray.shutdown()
             if attempt == 2:
                 raise
     serve.start(http_options={"host": "127.0.0.1", "port": port})
-    strict = {"streaming": {"chunk_tokens": CHUNK, "lookback_chars": LOOKBACK, "strict": True}, "compat": "openai"}
+    strict = {
+        "streaming": {"chunk_tokens": CHUNK, "lookback_chars": LOOKBACK, "strict": True},
+        "compat": "openai",
+    }
     cfgs = {
         "g": _cfg(testbed, "g"),
         "s": _cfg(testbed, "s", **strict),
@@ -97,7 +100,9 @@ def server(testbed) -> Iterator[Server]:
     ray.shutdown()
 
 
-def _events(server: Server, app: str, body: dict, endpoint: str = "chat/completions") -> Iterator[tuple[float, dict]]:
+def _events(
+    server: Server, app: str, body: dict, endpoint: str = "chat/completions"
+) -> Iterator[tuple[float, dict]]:
     """(seconds since the request was sent, parsed event) for every SSE event of a streamed request."""
     t0 = time.perf_counter()
     headers = {"authorization": f"Bearer {KEY}"}
@@ -126,14 +131,20 @@ def test_tokens_stream_before_generation_ends_and_ttft_is_close_to_unguarded(ser
     judge_s, spans = [], []
     for _ in range(5):  # interleaved, so load from other work on the machine hits both alike
         for app in ("p", "g"):
-            times = [t for t, ev in _events(server, app, body) if ev.get("choices") and ev["choices"][0]["delta"].get("content")]
+            times = [
+                t
+                for t, ev in _events(server, app, body)
+                if ev.get("choices") and ev["choices"][0]["delta"].get("content")
+            ]
             ttft[app].append(times[0])
             spans.append(times[-1] - times[0])
         t = time.perf_counter()
         judge.judge.remote(([prompt], [prompt])).result()
         judge_s.append(time.perf_counter() - t)
     g, p, j = (statistics.median(x) for x in (ttft["g"], ttft["p"], judge_s))
-    print(f"\nTTFT median: guarded {g * 1000:.0f} ms, unguarded {p * 1000:.0f} ms, one judge call {j * 1000:.0f} ms")
+    print(
+        f"\nTTFT median: guarded {g * 1000:.0f} ms, unguarded {p * 1000:.0f} ms, one judge call {j * 1000:.0f} ms"
+    )
     assert statistics.median(spans) > 0  # the first token arrived before the last: not one buffered burst
     assert g <= 1.3 * p + j, (ttft, judge_s)
 
@@ -145,8 +156,8 @@ def test_planted_toxic_continuation_is_cut_within_the_leak_bound(server: Server)
     judge = OfflineToxicityJudge()
     prompts = [r["prompt"] for r in server.world.read_jsonl("heldout_planted")[:4]]
     for prompt in prompts:
-        plain = "".join(ev["choices"][0]["delta"].get("content") or "" for _, ev in _events(server, "p", _chat(prompt, max_tokens=64))
-                        if ev.get("choices"))  # fmt: skip
+        events = _events(server, "p", _chat(prompt, max_tokens=64))
+        plain = "".join(ev["choices"][0]["delta"].get("content") or "" for _, ev in events if ev.get("choices"))
         assert judge.judge([prompt], [plain])[0].unsafe  # unguarded, the target answers toxically
         for app, bound in (("g", 1), ("s", 0)):
             deltas, finish = [], None
@@ -176,7 +187,11 @@ def test_loop_stop_while_streaming_ends_with_the_mapped_finish_reason(server: Se
                 n += bool(ch["delta"].get("content"))
                 finish = ch["finish_reason"] or finish
             fw = ev.get("forewarn") or fw
-        assert finish == wire and fw["finish_reasons"] == ["recurrence"] and fw["stops"][0]["detector"] == "cycle"
+        assert (
+            finish == wire
+            and fw["finish_reasons"] == ["recurrence"]
+            and fw["stops"][0]["detector"] == "cycle"
+        )
         assert n >= 2  # streamed in several chunks before the loop was stopped
 
 
@@ -192,12 +207,18 @@ def test_input_block_while_streaming_sends_only_the_refusal_and_cancels_generati
             text += ch["delta"].get("content") or ""
             finish = ch["finish_reason"] or finish
         fw = ev.get("forewarn") or fw
-    assert text == server.cfgs["g"].guard.refusal_message and finish == "content_filter" and fw["blocked"] == "input"
+    assert (
+        text == server.cfgs["g"].guard.refusal_message
+        and finish == "content_filter"
+        and fw["blocked"] == "input"
+    )
     deadline, stats = time.monotonic() + 30, before
     while time.monotonic() < deadline and stats["cancelled"] == before["cancelled"]:
         time.sleep(0.5)
         stats = gen.stats.remote().result()
-    assert stats["cancelled"] == before["cancelled"] + 1  # generation started with the judge, then was stopped
+    assert (
+        stats["cancelled"] == before["cancelled"] + 1
+    )  # generation started with the judge, then was stopped
 
 
 def test_completions_stream_in_the_completions_shape(server: Server) -> None:
@@ -208,8 +229,12 @@ def test_completions_stream_in_the_completions_shape(server: Server) -> None:
     text = "".join(c.choices[0].text for c in chunks if c.choices)
     plain = client.completions.create(model=MODEL, prompt="Water boils at", max_tokens=24, temperature=0)
     assert text == plain.choices[0].text and text
-    assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == [plain.choices[0].finish_reason]
-    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == plain.usage.completion_tokens
+    assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == [
+        plain.choices[0].finish_reason
+    ]
+    assert (
+        chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == plain.usage.completion_tokens
+    )
 
 
 # ---------------------------------------------------------------- bounds
@@ -249,8 +274,11 @@ def _stall(server: Server, app: str, n: int) -> list[socket.socket]:
     out = []
     for _ in range(n):
         s = socket.create_connection(("127.0.0.1", int(server.url.rsplit(":", 1)[1])))
-        s.sendall(f"POST /{app}/v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                  f"Authorization: Bearer {KEY}\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body[:5])  # fmt: skip
+        head = (
+            f"POST /{app}/v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            f"Authorization: Bearer {KEY}\r\nContent-Length: {len(body)}\r\n\r\n"
+        )
+        s.sendall(head.encode() + body[:5])
         out.append(s)
     return out
 
@@ -262,7 +290,9 @@ def _response(s: socket.socket) -> tuple[str, dict]:
     while b"\r\n\r\n" not in data:
         data += s.recv(4096)
     head, _, body = data.partition(b"\r\n\r\n")
-    length = int(next(ln.split(b":")[1] for ln in head.split(b"\r\n") if ln.lower().startswith(b"content-length")))
+    length = int(
+        next(ln.split(b":")[1] for ln in head.split(b"\r\n") if ln.lower().startswith(b"content-length"))
+    )
     while len(body) < length:
         body += s.recv(4096)
     return head.split(b"\r\n")[0].decode(), json.loads(body)
@@ -274,7 +304,12 @@ def test_full_queue_answers_503_with_retry_after(server: Server) -> None:
     try:
         deadline, r = time.monotonic() + 2.5, None  # within limits.body_timeout_s (3 s)
         while time.monotonic() < deadline:
-            r = httpx.post(f"{server.url}/p/v1/chat/completions", json=_chat("hi", max_tokens=4), headers=headers, timeout=60)
+            r = httpx.post(
+                f"{server.url}/p/v1/chat/completions",
+                json=_chat("hi", max_tokens=4),
+                headers=headers,
+                timeout=60,
+            )
             if r.status_code == 503:
                 break
             time.sleep(0.1)
@@ -287,7 +322,9 @@ def test_full_queue_answers_503_with_retry_after(server: Server) -> None:
     finally:
         for s in stalled:
             s.close()
-    ok = httpx.post(f"{server.url}/p/v1/chat/completions", json=_chat("hi", max_tokens=4), headers=headers, timeout=60)
+    ok = httpx.post(
+        f"{server.url}/p/v1/chat/completions", json=_chat("hi", max_tokens=4), headers=headers, timeout=60
+    )
     assert ok.status_code == 200  # the slots are free again
 
 

@@ -32,7 +32,7 @@ def base_url(testbed) -> Iterator[str]:
         ray.shutdown()
     for attempt in range(3):  # the raylet gets 30 s to register; on a machine shared by many it can miss that
         try:
-            ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+            ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
             break
         except Exception:
             ray.shutdown()
