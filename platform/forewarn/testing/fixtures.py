@@ -56,3 +56,12 @@ def mlflow_uri(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     return uri
+
+
+# A test written against a real engine or model that has not yet run to completion on a development machine
+# is quarantined: skipped, with the reason in the log, until someone runs it (FOREWARN_RUN_UNVERIFIED=1) and
+# removes the mark. A quarantined test is a known gap, never a silent one.
+unverified = pytest.mark.skipif(
+    not os.environ.get("FOREWARN_RUN_UNVERIFIED"),
+    reason="quarantined: not yet run to completion on a development machine; FOREWARN_RUN_UNVERIFIED=1 runs it",
+)
