@@ -129,18 +129,20 @@ def test_tokens_stream_before_generation_ends_and_ttft_is_close_to_unguarded(ser
     judge = serve.get_deployment_handle("judge-0-offline_toxicity", app_name="g")
     ttft: dict[str, list[float]] = {"g": [], "p": []}
     judge_s, spans = [], []
-    for _ in range(5):  # interleaved, so load from other work on the machine hits both alike
+    for round_ in range(7):  # interleaved, so load from other work on the machine hits both alike
         for app in ("p", "g"):
             times = [
                 t
                 for t, ev in _events(server, app, body)
                 if ev.get("choices") and ev["choices"][0]["delta"].get("content")
             ]
-            ttft[app].append(times[0])
-            spans.append(times[-1] - times[0])
+            if round_:  # round 0 warms both apps and the judge up (first calls pay compilation and caches)
+                ttft[app].append(times[0])
+                spans.append(times[-1] - times[0])
         t = time.perf_counter()
         judge.judge.remote(([prompt], [prompt])).result()
-        judge_s.append(time.perf_counter() - t)
+        if round_:
+            judge_s.append(time.perf_counter() - t)
     g, p, j = (statistics.median(x) for x in (ttft["g"], ttft["p"], judge_s))
     print(
         f"\nTTFT median: guarded {g * 1000:.0f} ms, unguarded {p * 1000:.0f} ms, one judge call {j * 1000:.0f} ms"
