@@ -22,7 +22,8 @@ from forewarn.reversegen.baseline import measure_baseline
 from forewarn.reversegen.job import resolve_names
 from forewarn.runner import resolve, run_job
 
-pytestmark = pytest.mark.usefixtures("ray_local", "smollm2_dir")
+# ReverseGen runs on a real model take minutes each on 2 cores: the slow subset
+pytestmark = [pytest.mark.usefixtures("ray_local", "smollm2_dir"), pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[1]
 PROFILES = REPO / "configs" / "smollm2"
@@ -72,7 +73,6 @@ def test_math_profile_finds_wrong_answers(tmp_path: Path) -> None:
     assert it["n_pairs"] >= 1
 
 
-@pytest.mark.slow  # 10 sampled answers per question
 def test_honesty_profile_finds_unstable_answers(tmp_path: Path) -> None:
     summary, judged = _profile("honesty", tmp_path, [])
     it = summary["iterations"][0]
