@@ -21,6 +21,7 @@ import pytest
 from forewarn.reversegen.baseline import measure_baseline
 from forewarn.reversegen.job import resolve_names
 from forewarn.runner import resolve, run_job
+from forewarn.testing.fixtures import unverified
 
 # ReverseGen runs on a real model take minutes each on 2 cores: the slow subset
 pytestmark = [pytest.mark.usefixtures("ray_local", "smollm2_dir"), pytest.mark.slow]
@@ -73,6 +74,7 @@ def test_math_profile_finds_wrong_answers(tmp_path: Path) -> None:
     assert it["n_pairs"] >= 1
 
 
+@unverified
 def test_honesty_profile_finds_unstable_answers(tmp_path: Path) -> None:
     summary, judged = _profile("honesty", tmp_path, [])
     it = summary["iterations"][0]
