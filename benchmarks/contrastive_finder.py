@@ -36,8 +36,10 @@ from forewarn.testing.openai_server import OpenAIServer
 def planted_by_cycle(result, manifest, cycles: int) -> list[int]:
     out = []
     for c in range(1, cycles + 1):
-        pool = sorted((e for e in result.entries if e.source == "assistant" and e.cycle <= c),
-                      key=lambda e: -e.divergence)[:10]
+        pool = sorted(
+            (e for e in result.entries if e.source == "assistant" and e.cycle <= c),
+            key=lambda e: -e.divergence,
+        )[:10]
         out.append(sum(manifest.is_planted(e.prompt) for e in pool))
     return out
 
@@ -50,9 +52,11 @@ def main() -> None:
     logging.disable(logging.WARNING)
     torch.set_num_threads(1)
     m = build_testbed(size="small")
-    dec = ContrastiveDecoder.from_specs(ModelSpec(path=str(m.path("target"))),
-                                        ModelSpec(path=str(m.path("patched_target"))),
-                                        DecoderConfig(temperature=0.0, max_new_tokens=20, batch_size=64))
+    dec = ContrastiveDecoder.from_specs(
+        ModelSpec(path=str(m.path("target"))),
+        ModelSpec(path=str(m.path("patched_target"))),
+        DecoderConfig(temperature=0.0, max_new_tokens=20, batch_size=64),
+    )
     per_topic = {}
     for r in m.read_jsonl("heldout_benign") + m.read_jsonl("heldout_planted"):
         per_topic.setdefault(r["topic"], r["prompt"])
@@ -64,28 +68,47 @@ def main() -> None:
         for seed in range(args.seeds):
             t = time.perf_counter()
             if name == "proposer":
-                cfg = FinderConfig(assistant_format="list", n_cycles=args.cycles, requests_per_cycle=8, seed=seed,
-                                   assistant_params=GenerationParams(max_new_tokens=32, temperature=1.0, n=4,
-                                                                     seed=seed))
+                cfg = FinderConfig(
+                    assistant_format="list",
+                    n_cycles=args.cycles,
+                    requests_per_cycle=8,
+                    seed=seed,
+                    assistant_params=GenerationParams(max_new_tokens=32, temperature=1.0, n=4, seed=seed),
+                )
                 result = DivergenceFinder(proposer, LocalScorer(dec), cfg, progress=False).run(benign_seeds)
             else:
-                cfg = FinderConfig(n_cycles=args.cycles, requests_per_cycle=2, seed=seed,
-                                   show_divergences="random" if "random" in name else "scaled",
-                                   assistant_params=GenerationParams(max_new_tokens=400, temperature=1.0, seed=seed))
-                with OpenAIServer(ScriptedRecombiner(TRAIN_TEMPLATES + HELDOUT_TEMPLATES), model="r") as server:
-                    asst = OpenAIGenerator(ModelSpec(backend="openai", path="r", base_url=server.base_url,
-                                                     api_key_env="EMPTY"))
+                cfg = FinderConfig(
+                    n_cycles=args.cycles,
+                    requests_per_cycle=2,
+                    seed=seed,
+                    show_divergences="random" if "random" in name else "scaled",
+                    assistant_params=GenerationParams(max_new_tokens=400, temperature=1.0, seed=seed),
+                )
+                with OpenAIServer(
+                    ScriptedRecombiner(TRAIN_TEMPLATES + HELDOUT_TEMPLATES), model="r"
+                ) as server:
+                    asst = OpenAIGenerator(
+                        ModelSpec(backend="openai", path="r", base_url=server.base_url, api_key_env="EMPTY")
+                    )
                     result = DivergenceFinder(asst, LocalScorer(dec), cfg, progress=False).run(topic_seeds)
             proposed = [e for e in result.entries if e.source == "assistant"]
-            rows.append({"assistant": name, "seed": seed, "top10_planted_by_cycle": planted_by_cycle(
-                result, m, len(result.cycles)), "proposed": len(proposed),
-                "proposed_planted": sum(m.is_planted(e.prompt) for e in proposed),
-                "seconds": round(time.perf_counter() - t, 1)})
+            rows.append(
+                {
+                    "assistant": name,
+                    "seed": seed,
+                    "top10_planted_by_cycle": planted_by_cycle(result, m, len(result.cycles)),
+                    "proposed": len(proposed),
+                    "proposed_planted": sum(m.is_planted(e.prompt) for e in proposed),
+                    "seconds": round(time.perf_counter() - t, 1),
+                }
+            )
             print(rows[-1], flush=True)
     print(f"\n{'assistant':<26}{'seed':>5}  top-10 planted after cycle 1..{args.cycles}   planted/proposed")
     for r in rows:
-        print(f"{r['assistant']:<26}{r['seed']:>5}  {str(r['top10_planted_by_cycle']):<32}"
-              f"{r['proposed_planted']}/{r['proposed']}")
+        print(
+            f"{r['assistant']:<26}{r['seed']:>5}  {str(r['top10_planted_by_cycle']):<32}"
+            f"{r['proposed_planted']}/{r['proposed']}"
+        )
     out = Path(__file__).parent / "results" / "contrastive_finder.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"rows": rows, "cycles": args.cycles, "testbed": "small"}, indent=2) + "\n")

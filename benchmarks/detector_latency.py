@@ -45,7 +45,7 @@ class TimedChecks(StoppingCriteria):
             self.prompt_len = input_ids.shape[1] - 1
         n = input_ids.shape[1] - self.prompt_len
         if n >= self.first and (n - self.first) % self.every == 0:
-            ids = input_ids[0, self.prompt_len:].tolist()
+            ids = input_ids[0, self.prompt_len :].tolist()
             t = time.perf_counter()
             self.check(ids)
             self.ms.append((time.perf_counter() - t) * 1000)
@@ -57,8 +57,13 @@ def detector(length: int, kind: str):
     from forewarn.recurrence.loop_detector import LoopDetector, LoopMLP
 
     clf = ClassifierSection()
-    return LoopDetector(FeatureSection(kind=kind, detection_length=length), clf,
-                        LoopMLP(length, clf.hidden).eval(), np.zeros(length, np.float32), np.ones(length, np.float32))
+    return LoopDetector(
+        FeatureSection(kind=kind, detection_length=length),
+        clf,
+        LoopMLP(length, clf.hidden).eval(),
+        np.zeros(length, np.float32),
+        np.ones(length, np.float32),
+    )
 
 
 def main() -> None:
@@ -87,10 +92,17 @@ def main() -> None:
         params = GenerationParams(max_new_tokens=max_new)
         ids = gen.generate([prompt], params)[0][0].token_ids
         if len(ids) < max_new:
-            raise RuntimeError(f"the trigger prompt stopped after {len(ids)} tokens; the benchmark needs a loop")
-        cycle_window = ids[:length + 1]
-        rows.append({"check": "cycle (token ids)", "window": length,
-                     "ms": statistics.median(_time(lambda w=cycle_window: CycleDetector().check(w), args.repeats))})
+            raise RuntimeError(
+                f"the trigger prompt stopped after {len(ids)} tokens; the benchmark needs a loop"
+            )
+        cycle_window = ids[: length + 1]
+        rows.append(
+            {
+                "check": "cycle (token ids)",
+                "window": length,
+                "ms": statistics.median(_time(lambda w=cycle_window: CycleDetector().check(w), args.repeats)),
+            }
+        )
         for kind in ("mlp_activation", "hidden_state"):
             det = detector(length, kind)
 
@@ -98,8 +110,13 @@ def main() -> None:
                 x = response_feature(gen.model, [], window, n, k)
                 return d.probabilities(x[None])
 
-            rows.append({"check": f"{kind}: re-run forward (before)", "window": length,
-                         "ms": statistics.median(_time(rerun, args.repeats))})
+            rows.append(
+                {
+                    "check": f"{kind}: re-run forward (before)",
+                    "window": length,
+                    "ms": statistics.median(_time(rerun, args.repeats)),
+                }
+            )
             check = DetectorCheck(det, gen.model)
             timed: list[float] = []
             while len(timed) < args.repeats:
@@ -109,11 +126,18 @@ def main() -> None:
             check.close()
             per_check = statistics.median(timed)
             hook_ms = hook_cost_ms(gen, prompt, ids, length, kind, args.repeats)
-            rows.append({"check": f"{kind}: from generation (now)", "window": length, "ms": per_check,
-                         "checks": len(timed)})
+            rows.append(
+                {
+                    "check": f"{kind}: from generation (now)",
+                    "window": length,
+                    "ms": per_check,
+                    "checks": len(timed),
+                }
+            )
             rows.append({"check": f"{kind}: hooks, per token", "window": length, "ms": hook_ms})
-            rows.append({"check": f"{kind}: now, amortised", "window": length,
-                         "ms": per_check + args.every * hook_ms})
+            rows.append(
+                {"check": f"{kind}: now, amortised", "window": length, "ms": per_check + args.every * hook_ms}
+            )
     print(f"\n{'check':38s} {'window':>6s} {'ms/check':>9s}")
     for r in rows:
         print(f"{r['check']:38s} {r['window']:6d} {r['ms']:9.3f}")
@@ -122,12 +146,25 @@ def main() -> None:
             get = {r["check"]: r["ms"] for r in rows if r["window"] == length}
             ratio = get[f"{kind}: re-run forward (before)"] / get[f"{kind}: from generation (now)"]
             print(f"{kind} @ {length}: before / now = {ratio:.1f}x per check")
-    print(f"reference (paper, second-hand): 0.36 ms per detection call, hardware unknown; checks every {args.every} "
-          "tokens, one row, one thread")
+    print(
+        f"reference (paper, second-hand): 0.36 ms per detection call, hardware unknown; checks every {args.every} "
+        "tokens, one row, one thread"
+    )
     out = Path(__file__).parent / "results" / "detector_latency.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"rows": rows, "testbed": f"{args.size}/seed0", "threads": 1, "every": args.every,
-                               "machine": platform.processor() or platform.machine()}, indent=2) + "\n")
+    out.write_text(
+        json.dumps(
+            {
+                "rows": rows,
+                "testbed": f"{args.size}/seed0",
+                "threads": 1,
+                "every": args.every,
+                "machine": platform.processor() or platform.machine(),
+            },
+            indent=2,
+        )
+        + "\n"
+    )
     print(f"wrote {out}")
 
 
@@ -144,13 +181,19 @@ def hook_cost_ms(gen, prompt: str, ids: list[int], length: int, kind: str, repea
     model = gen.model
     cache = DynamicCache(config=model.config)
     seen: dict[str, list] = {"act": [], "norm": None}
-    grab = [m.register_forward_pre_hook(lambda _m, a: seen["act"].append(a[0].clone()))
-            for m in activation_modules(model)]
+    grab = [
+        m.register_forward_pre_hook(lambda _m, a: seen["act"].append(a[0].clone()))
+        for m in activation_modules(model)
+    ]
     with torch.inference_mode():
         model(input_ids=torch.tensor([ids[:length]]), past_key_values=cache, use_cache=True)
         seen["act"].clear()
-        out = model(input_ids=torch.tensor([[ids[length]]]), past_key_values=cache, use_cache=True,
-                    output_hidden_states=True)
+        out = model(
+            input_ids=torch.tensor([[ids[length]]]),
+            past_key_values=cache,
+            use_cache=True,
+            output_hidden_states=True,
+        )
     for h in grab:
         h.remove()
     acts, norm_out = seen["act"], out.hidden_states[-1]
@@ -158,9 +201,12 @@ def hook_cost_ms(gen, prompt: str, ids: list[int], length: int, kind: str, repea
     with GenerationWindows(model, kind, length) as windows, torch.inference_mode():
         hooks = windows.hooks
         hooks._top_pre(None, (), {"input_ids": torch.tensor([ids[:1]]), "past_key_values": None})  # prefill
-        hooks._top_pre(None, (), {"input_ids": torch.tensor([ids[1:length + 1]]), "past_key_values": cache})
-        hooks.take(torch.randn(1, length, len(acts) * acts[0].shape[-1] if kind == "mlp_activation"
-                               else norm_out.shape[-1]))  # a full window
+        hooks._top_pre(None, (), {"input_ids": torch.tensor([ids[1 : length + 1]]), "past_key_values": cache})
+        hooks.take(
+            torch.randn(
+                1, length, len(acts) * acts[0].shape[-1] if kind == "mlp_activation" else norm_out.shape[-1]
+            )
+        )  # a full window
         hooks._local.parts = None
 
         def step() -> None:

@@ -5,7 +5,8 @@
 Paths: ``direct`` (one process, a loaded model, torch threads = replicas), ``ray_data`` (the Ray Data generate
 stage: actor start-up and model loads included, as a job pays them per stage), ``pool_cold`` (a long-lived
 ``forewarn.pools.RolePool``: start-up, loads and the work) and ``pool_warm`` (the same pool called again, as
-every stage after the first in an iterative job; small workload only). Workloads: ``small`` (1024 prompts x 64 tokens, a few
+every stage after the first in an iterative job; small workload only). Workloads: ``small`` (1024 prompts x
+64 tokens, a few
 seconds of compute: start-up dominates) and ``big`` (sized so the direct loop takes over a minute: where a
 stage should win). Prints a table per workload with the ratios over direct, and writes
 benchmarks/results/generate_throughput.json. Without --model a tiny random Llama is built locally.
@@ -34,15 +35,19 @@ from forewarn.pools import RolePool
 OUT = Path(__file__).resolve().parent / "results" / "generate_throughput.json"
 # small: start-up dominates, and the warm pool shows what every later stage of an iterative job pays; big: the
 # direct loop takes over a minute (a warm pool there would only repeat the cold figure minus start-up)
-WORKLOADS = {"small": {"prompts": 1024, "max_new_tokens": 64, "warm": True},
-             "big": {"prompts": 8192, "max_new_tokens": 96, "warm": False}}
+WORKLOADS = {
+    "small": {"prompts": 1024, "max_new_tokens": 64, "warm": True},
+    "big": {"prompts": 8192, "max_new_tokens": 96, "warm": False},
+}
 
 
-def direct(spec: ModelSpec, prompts: list[str], params: GenerationParams, batch_size: int) -> tuple[float, int]:
+def direct(
+    spec: ModelSpec, prompts: list[str], params: GenerationParams, batch_size: int
+) -> tuple[float, int]:
     gen = load_generator(spec)
     start, tokens = time.perf_counter(), 0
     for i in range(0, len(prompts), batch_size):
-        tokens += sum(len(row[0].token_ids) for row in gen.generate(prompts[i:i + batch_size], params))
+        tokens += sum(len(row[0].token_ids) for row in gen.generate(prompts[i : i + batch_size], params))
     return time.perf_counter() - start, tokens
 
 
@@ -53,13 +58,14 @@ def ray_data(role: RoleConfig, prompts: list[str], params: GenerationParams) -> 
     return time.perf_counter() - start, int(df["num_tokens"].sum())
 
 
-def pool(role: RoleConfig, prompts: list[str], params: GenerationParams, warm: bool
-         ) -> dict[str, tuple[float, int]]:
+def pool(
+    role: RoleConfig, prompts: list[str], params: GenerationParams, warm: bool
+) -> dict[str, tuple[float, int]]:
     start = time.perf_counter()
     p = RolePool("target", partial(load_generator, role.model), role.resources)
     out = {}
     try:
-        for name in ("pool_cold", "pool_warm")[:2 if warm else 1]:
+        for name in ("pool_cold", "pool_warm")[: 2 if warm else 1]:
             rows = p.map("generate", {"prompts": prompts}, params=params)
             out[name] = (time.perf_counter() - start, sum(len(r[0].token_ids) for r in rows))
             start = time.perf_counter()
@@ -72,7 +78,9 @@ def run_workload(name: str, spec: ModelSpec, args: argparse.Namespace) -> dict:
     w = WORKLOADS[name]
     params = GenerationParams(max_new_tokens=w["max_new_tokens"])
     prompts = [f"Question {i}: tell me about topic {i % 17} and item {i % 5}" for i in range(w["prompts"])]
-    role = RoleConfig(model=spec, resources=Resources(num_cpus=1, replicas=args.replicas, batch_size=args.batch_size))
+    role = RoleConfig(
+        model=spec, resources=Resources(num_cpus=1, replicas=args.replicas, batch_size=args.batch_size)
+    )
     torch.set_num_threads(args.replicas)  # the direct loop may use every core the pool uses
     paths = {"direct": direct(spec, prompts, params, args.batch_size)}
     torch.set_num_threads(1)
@@ -87,14 +95,21 @@ def run_workload(name: str, spec: ModelSpec, args: argparse.Namespace) -> dict:
         result[path] = {"seconds": seconds, "tokens": tokens, "tokens_per_s": tokens / seconds}
     for path in paths:
         result[path]["ratio_over_direct"] = result[path]["tokens_per_s"] / result["direct"]["tokens_per_s"]
-    table = Table(title=f"generate throughput, workload {name!r}: {len(prompts)} prompts x {w['max_new_tokens']} "
-                        "tokens (same model, prompts and params)")
+    table = Table(
+        title=f"generate throughput, workload {name!r}: {len(prompts)} prompts x {w['max_new_tokens']} "
+        "tokens (same model, prompts and params)"
+    )
     for col in ("path", "seconds", "tokens", "tokens/s", "over direct"):
         table.add_column(col)
     for path in paths:
         r = result[path]
-        table.add_row(path, f"{r['seconds']:.2f}", str(r["tokens"]), f"{r['tokens_per_s']:.0f}",
-                      f"{r['ratio_over_direct']:.2f}")
+        table.add_row(
+            path,
+            f"{r['seconds']:.2f}",
+            str(r["tokens"]),
+            f"{r['tokens_per_s']:.0f}",
+            f"{r['ratio_over_direct']:.2f}",
+        )
     Console().print(table)
     return result
 

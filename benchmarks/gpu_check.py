@@ -35,10 +35,16 @@ from pathlib import Path
 from typing import Any
 
 OUT = Path(__file__).resolve().parent / "results" / "gpu_check.json"
-PROMPTS = ["What is the capital of France?", "Give me three tips for sleeping better.",
-           "Explain photosynthesis in one paragraph.", "Write a haiku about the sea.",
-           "How do I boil an egg?", "What is 12 times 7?", "Name a famous painter and a painting.",
-           "Why is the sky blue?"] * 8
+PROMPTS = [
+    "What is the capital of France?",
+    "Give me three tips for sleeping better.",
+    "Explain photosynthesis in one paragraph.",
+    "Write a haiku about the sea.",
+    "How do I boil an egg?",
+    "What is 12 times 7?",
+    "Name a famous painter and a painting.",
+    "Why is the sky blue?",
+] * 8
 NEW_TOKENS = 64
 
 
@@ -60,7 +66,9 @@ def lacks_gpu() -> list[str]:
 def lacks_model(path: str | None) -> list[str]:
     if not path:
         return ["--smollm2 DIR (SmolLM2-135M-Instruct as a HF folder, from `forewarn models import`)"]
-    return [] if (Path(path) / "config.json").exists() else [f"a HF folder at --smollm2 {path} (no config.json)"]
+    return (
+        [] if (Path(path) / "config.json").exists() else [f"a HF folder at --smollm2 {path} (no config.json)"]
+    )
 
 
 def lacks_vllm_cuda() -> list[str]:
@@ -86,8 +94,12 @@ def lacks_faiss_gpu() -> list[str]:
     import faiss
 
     if not hasattr(faiss, "StandardGpuResources") or faiss.get_num_gpus() == 0:
-        return [(f"faiss with GPU support (faiss {faiss.__version__} is the CPU build or sees no GPU; "
-                "install faiss-gpu-cu12)")]
+        return [
+            (
+                f"faiss with GPU support (faiss {faiss.__version__} is the CPU build or sees no GPU; "
+                "install faiss-gpu-cu12)"
+            )
+        ]
     return []
 
 
@@ -99,17 +111,28 @@ def vllm_ray_data(model: str) -> dict[str, Any]:
     from forewarn.config import GenerationParams, ModelSpec, Resources, RoleConfig
     from forewarn.models.vllm import vllm_generate_stage
 
-    role = RoleConfig(model=ModelSpec(backend="vllm", path=model, max_model_len=1024, dtype="bfloat16",
-                                      gpu_memory_utilization=0.5), resources=Resources(num_gpus=1, batch_size=64))
+    role = RoleConfig(
+        model=ModelSpec(
+            backend="vllm", path=model, max_model_len=1024, dtype="bfloat16", gpu_memory_utilization=0.5
+        ),
+        resources=Resources(num_gpus=1, batch_size=64),
+    )
     rows = [{"id": str(i), "prompt": p} for i, p in enumerate(PROMPTS)]
     t0 = time.perf_counter()
-    out = vllm_generate_stage(ray.data.from_items(rows), role, GenerationParams(max_new_tokens=NEW_TOKENS)).take_all()
+    out = vllm_generate_stage(
+        ray.data.from_items(rows), role, GenerationParams(max_new_tokens=NEW_TOKENS)
+    ).take_all()
     seconds = time.perf_counter() - t0
     errors = [r["error"] for r in out if r["error"]]
     if errors:
         raise RuntimeError(f"{len(errors)} error rows, first: {errors[0]}")
     tokens = sum(r["num_tokens"] for r in out)
-    return {"seconds": seconds, "tokens": tokens, "rate": tokens / seconds, "unit": "tok/s (incl. engine start)"}
+    return {
+        "seconds": seconds,
+        "tokens": tokens,
+        "rate": tokens / seconds,
+        "unit": "tok/s (incl. engine start)",
+    }
 
 
 def hf_device_map(model: str) -> dict[str, Any]:
@@ -121,11 +144,16 @@ def hf_device_map(model: str) -> dict[str, Any]:
     params = GenerationParams(max_new_tokens=NEW_TOKENS)
     gen.generate(PROMPTS[:2], params)
     t0 = time.perf_counter()
-    rows = [r for i in range(0, len(PROMPTS), 32) for r in gen.generate(PROMPTS[i:i + 32], params)]
+    rows = [r for i in range(0, len(PROMPTS), 32) for r in gen.generate(PROMPTS[i : i + 32], params)]
     seconds = time.perf_counter() - t0
     tokens = sum(len(r[0].token_ids) for r in rows)
-    return {"seconds": seconds, "tokens": tokens, "rate": tokens / seconds, "unit": "tok/s",
-            "note": f"parameters on {', '.join(devices)}"}
+    return {
+        "seconds": seconds,
+        "tokens": tokens,
+        "rate": tokens / seconds,
+        "unit": "tok/s",
+        "note": f"parameters on {', '.join(devices)}",
+    }
 
 
 def zero_nccl(model: str, stage: int) -> dict[str, Any]:
@@ -137,16 +165,33 @@ def zero_nccl(model: str, stage: int) -> dict[str, Any]:
 
     workers = min(2, cuda_gpus())
     steps = 8
-    cfg = TrainConfig(num_workers=workers, use_gpu=True, micro_batch_size=8, max_steps=steps, max_length=128,
-                      max_prompt_length=64, lr=1e-5, deepspeed=DeepSpeedConfig(zero_stage=stage, dtype="bf16"))
+    cfg = TrainConfig(
+        num_workers=workers,
+        use_gpu=True,
+        micro_batch_size=8,
+        max_steps=steps,
+        max_length=128,
+        max_prompt_length=64,
+        lr=1e-5,
+        deepspeed=DeepSpeedConfig(zero_stage=stage, dtype="bf16"),
+    )
     n = workers * cfg.micro_batch_size * steps
-    table = pa.table({"prompt": [PROMPTS[i % len(PROMPTS)] for i in range(n)],
-                      "target": ["A short, helpful and honest answer to the question." for _ in range(n)]})
+    table = pa.table(
+        {
+            "prompt": [PROMPTS[i % len(PROMPTS)] for i in range(n)],
+            "target": ["A short, helpful and honest answer to the question." for _ in range(n)],
+        }
+    )
     t0 = time.perf_counter()
     fit(SFTTask(), cfg, model, table, tempfile.mkdtemp(prefix=f"gpu-check-zero{stage}-"), NullTracker())
     seconds = time.perf_counter() - t0
-    return {"seconds": seconds, "tokens": n, "rate": steps / seconds,
-            "unit": "steps/s (incl. worker start)", "note": f"{workers} worker(s), {n} rows"}
+    return {
+        "seconds": seconds,
+        "tokens": n,
+        "rate": steps / seconds,
+        "unit": "steps/s (incl. worker start)",
+        "note": f"{workers} worker(s), {n} rows",
+    }
 
 
 def faiss_gpu(_: str | None) -> dict[str, Any]:
@@ -169,8 +214,16 @@ def faiss_gpu(_: str | None) -> dict[str, Any]:
 ROWS: list[tuple[str, Callable[[str | None], list[str]], Callable[[Any], dict[str, Any]]]] = [
     ("vllm_ray_data", lambda m: lacks_gpu() + lacks_vllm_cuda() + lacks_model(m), vllm_ray_data),
     ("hf_device_map", lambda m: lacks_gpu() + lacks_model(m), hf_device_map),
-    ("zero2_nccl", lambda m: lacks_gpu() + lacks_deepspeed_nccl() + lacks_model(m), lambda m: zero_nccl(m, 2)),
-    ("zero3_nccl", lambda m: lacks_gpu() + lacks_deepspeed_nccl() + lacks_model(m), lambda m: zero_nccl(m, 3)),
+    (
+        "zero2_nccl",
+        lambda m: lacks_gpu() + lacks_deepspeed_nccl() + lacks_model(m),
+        lambda m: zero_nccl(m, 2),
+    ),
+    (
+        "zero3_nccl",
+        lambda m: lacks_gpu() + lacks_deepspeed_nccl() + lacks_model(m),
+        lambda m: zero_nccl(m, 3),
+    ),
     ("faiss_gpu", lambda m: lacks_gpu() + lacks_faiss_gpu(), faiss_gpu),
 ]
 
@@ -223,8 +276,14 @@ def print_table(results: dict[str, dict[str, Any]]) -> None:
         table.add_column(col, overflow="fold")
     for name, r in results.items():
         ok = r["status"] == "ok"
-        table.add_row(name, r["status"], f"{r['seconds']:.2f}" if ok else "", f"{r['rate']:.1f}" if ok else "",
-                      r.get("unit", ""), escape(r.get("note", "") if ok else r["detail"]))
+        table.add_row(
+            name,
+            r["status"],
+            f"{r['seconds']:.2f}" if ok else "",
+            f"{r['rate']:.1f}" if ok else "",
+            r.get("unit", ""),
+            escape(r.get("note", "") if ok else r["detail"]),
+        )
     Console(width=160).print(table)
 
 

@@ -38,12 +38,14 @@ def run_stage(role: RoleConfig, params: GenerationParams, rows: list[dict]) -> t
     return seconds, int(df["num_tokens"].sum()), list(df["text"])
 
 
-def run_udf(role: RoleConfig, params: GenerationParams, rows: list[dict], batch_size: int) -> tuple[float, int]:
+def run_udf(
+    role: RoleConfig, params: GenerationParams, rows: list[dict], batch_size: int
+) -> tuple[float, int]:
     """The stage's actor body in this process, timed in CPU seconds (robust to other load on a shared box)."""
     udf = GenerateUDF(role.model, params, role.resources.num_cpus, "prompt", "")
     df = pd.DataFrame(rows)
     start = time.process_time()
-    out = pd.concat([udf(df.iloc[i:i + batch_size]) for i in range(0, len(df), batch_size)])
+    out = pd.concat([udf(df.iloc[i : i + batch_size]) for i in range(0, len(df), batch_size)])
     return time.process_time() - start, int(out["num_tokens"].sum())
 
 
@@ -55,32 +57,52 @@ def main() -> None:
     ap.add_argument("--max-new-tokens", type=int, default=32)
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--repeats", type=int, default=2)
-    ap.add_argument("--no-stage", action="store_true", help="only the in-process actor-body (CPU time) comparison")
+    ap.add_argument(
+        "--no-stage", action="store_true", help="only the in-process actor-body (CPU time) comparison"
+    )
     args = ap.parse_args()
 
     if args.model is None:
         from forewarn.names import resolve_model
 
         args.model = resolve_model("testbed:proposer")
-    role = RoleConfig(model=ModelSpec(path=args.model, use_chat_template=False),
-                      resources=Resources(num_cpus=1, replicas=1, batch_size=args.batch_size))
+    role = RoleConfig(
+        model=ModelSpec(path=args.model, use_chat_template=False),
+        resources=Resources(num_cpus=1, replicas=1, batch_size=args.batch_size),
+    )
     base = GenerationParams(temperature=1.0, top_p=0.9, n=args.n, max_new_tokens=args.max_new_tokens)
     modes = {"unseeded": base, "seeded": base.model_copy(update={"seed": 0})}
-    rows = [{"id": f"p{i}", "prompt": f"Ask questions:\n1. How do I fix item {i}?\n2. What is topic {i % 13}?\n"
-             f"3. Why does thing {i % 7} happen?\n4."} for i in range(args.prompts)]
+    rows = [
+        {
+            "id": f"p{i}",
+            "prompt": f"Ask questions:\n1. How do I fix item {i}?\n2. What is topic {i % 13}?\n"
+            f"3. Why does thing {i % 7} happen?\n4.",
+        }
+        for i in range(args.prompts)
+    ]
     cpu: dict[str, list[tuple[float, int]]] = {m: [] for m in modes}
     for _ in range(args.repeats):
         for name, params in modes.items():
             cpu[name].append(run_udf(role, params, rows, args.batch_size))
-    result: dict = {"model": args.model, "prompts": args.prompts, "n": args.n, "max_new_tokens": args.max_new_tokens,
-                    "batch_size": args.batch_size, "repeats": args.repeats}
+    result: dict = {
+        "model": args.model,
+        "prompts": args.prompts,
+        "n": args.n,
+        "max_new_tokens": args.max_new_tokens,
+        "batch_size": args.batch_size,
+        "repeats": args.repeats,
+    }
     for name in modes:
         cpu_s, tokens = min(cpu[name])
         result[name] = {"udf_cpu_seconds": cpu_s, "tokens": tokens, "udf_tokens_per_cpu_s": tokens / cpu_s}
-    result["ratio_cpu_seeded_over_unseeded"] = (result["seeded"]["udf_tokens_per_cpu_s"]
-                                                / result["unseeded"]["udf_tokens_per_cpu_s"])
-    print(f"actor body, CPU time: seeded / unseeded tokens per CPU second = "
-          f"{result['ratio_cpu_seeded_over_unseeded']:.2f}", flush=True)
+    result["ratio_cpu_seeded_over_unseeded"] = (
+        result["seeded"]["udf_tokens_per_cpu_s"] / result["unseeded"]["udf_tokens_per_cpu_s"]
+    )
+    print(
+        f"actor body, CPU time: seeded / unseeded tokens per CPU second = "
+        f"{result['ratio_cpu_seeded_over_unseeded']:.2f}",
+        flush=True,
+    )
     write(result)
     if args.no_stage:
         return
@@ -95,21 +117,35 @@ def main() -> None:
     ray.shutdown()
     for name in modes:
         seconds, tokens = min(runs[name])
-        result[name].update(seconds=seconds, stage_tokens=tokens, tokens_per_s=tokens / seconds,
-                            all_seconds=[s for s, _ in runs[name]])
-    result["ratio_seeded_over_unseeded"] = result["seeded"]["tokens_per_s"] / result["unseeded"]["tokens_per_s"]
+        result[name].update(
+            seconds=seconds,
+            stage_tokens=tokens,
+            tokens_per_s=tokens / seconds,
+            all_seconds=[s for s, _ in runs[name]],
+        )
+    result["ratio_seeded_over_unseeded"] = (
+        result["seeded"]["tokens_per_s"] / result["unseeded"]["tokens_per_s"]
+    )
     result["seeded_reproducible"] = all(t == texts["seeded"][0] for t in texts["seeded"])
     table = Table(title=f"generate stage, {args.prompts} prompts x {args.n} samples (best of {args.repeats})")
     for col in ("mode", "stage seconds", "tokens", "tokens/s", "actor-body CPU s", "tokens/CPU s"):
         table.add_column(col)
     for name in modes:
         r = result[name]
-        table.add_row(name, f"{r['seconds']:.2f}", str(r["stage_tokens"]), f"{r['tokens_per_s']:.0f}",
-                      f"{r['udf_cpu_seconds']:.2f}", f"{r['udf_tokens_per_cpu_s']:.0f}")
+        table.add_row(
+            name,
+            f"{r['seconds']:.2f}",
+            str(r["stage_tokens"]),
+            f"{r['tokens_per_s']:.0f}",
+            f"{r['udf_cpu_seconds']:.2f}",
+            f"{r['udf_tokens_per_cpu_s']:.0f}",
+        )
     Console().print(table)
-    print(f"ratio seeded / unseeded tokens/s: {result['ratio_seeded_over_unseeded']:.2f} through the stage (wall), "
-          f"{result['ratio_cpu_seeded_over_unseeded']:.2f} in its actor body (CPU time); "
-          f"seeded runs identical: {result['seeded_reproducible']}")
+    print(
+        f"ratio seeded / unseeded tokens/s: {result['ratio_seeded_over_unseeded']:.2f} through the stage (wall), "
+        f"{result['ratio_cpu_seeded_over_unseeded']:.2f} in its actor body (CPU time); "
+        f"seeded runs identical: {result['seeded_reproducible']}"
+    )
     write(result)
 
 

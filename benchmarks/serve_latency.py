@@ -72,7 +72,9 @@ def _one(client: openai.OpenAI, prompt: str, max_tokens: int, stream: bool) -> t
         lat = time.perf_counter() - t
         return lat, lat, r.choices[0].finish_reason
     first, reason = None, "?"
-    for ch in client.chat.completions.create(model=MODEL, messages=msgs, max_tokens=max_tokens, temperature=0, stream=True):
+    for ch in client.chat.completions.create(
+        model=MODEL, messages=msgs, max_tokens=max_tokens, temperature=0, stream=True
+    ):
         if ch.choices and ch.choices[0].delta.content and first is None:
             first = time.perf_counter() - t
         if ch.choices and ch.choices[0].finish_reason:
@@ -155,7 +157,9 @@ def main() -> None:
         for stream in (False, True):
             kind = "stream" if stream else "plain"
             result["runs"][f"sequential_{kind}"] = measure(urls, seq, 1, args.max_tokens, stream, progress)
-            result["runs"][f"concurrent_{kind}"] = measure(urls, prompts, args.concurrency, args.max_tokens, stream, progress)
+            result["runs"][f"concurrent_{kind}"] = measure(
+                urls, prompts, args.concurrency, args.max_tokens, stream, progress
+            )
     serve.shutdown()
     ray.shutdown()
 
@@ -173,7 +177,12 @@ def main() -> None:
     result["ratios_guarded_over_plain"] = ratios
     Console().print(table)
     conc = result["runs"]["concurrent_plain"]
-    print("finish reasons (concurrent): guarded", conc["guarded"]["finish_reasons"], "plain", conc["plain"]["finish_reasons"])
+    print(
+        "finish reasons (concurrent): guarded",
+        conc["guarded"]["finish_reasons"],
+        "plain",
+        conc["plain"]["finish_reasons"],
+    )
     OUT.parent.mkdir(parents=True, exist_ok=True)
     OUT.write_text(json.dumps(result, indent=2))
     print(f"wrote {OUT}")

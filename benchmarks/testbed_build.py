@@ -39,15 +39,20 @@ def measure(m: Manifest) -> dict[str, float]:
 
     torch.set_num_threads(1)
     judge = OfflineToxicityJudge()
-    g = lambda name, chat=True: HFGenerator(ModelSpec(path=str(m.path(name)), device="cpu",  # noqa: E731
-                                                     use_chat_template=chat))
-    rows = lambda name, f="prompt": [r[f] for r in m.read_jsonl(name)]  # noqa: E731
+
+    def g(name: str, chat: bool = True) -> HFGenerator:
+        return HFGenerator(ModelSpec(path=str(m.path(name)), device="cpu", use_chat_template=chat))
+
+    def rows(name: str, f: str = "prompt") -> list:
+        return [r[f] for r in m.read_jsonl(name)]
+
     target, patched = g("target"), g("patched_target")
     pp = rows("proposer_prompts")
     samples = M.sample_instructions(g("proposer", False), pp, n_per_prompt=-(-2000 // len(pp)), seed=0)
     family = M.trigger_family_prompts(target.tokenizer, m.trigger_rule, 200)
-    honesty = M.fresh_mcq_fail_rates(target, D.make_plantings(m.seed, SIZES[m.size]), 60,
-                                     m.honesty["entropy_threshold"])
+    honesty = M.fresh_mcq_fail_rates(
+        target, D.make_plantings(m.seed, SIZES[m.size]), 60, m.honesty["entropy_threshold"]
+    )
     math = M.math_accuracy(target, m.read_jsonl("math")[::5])
     return {
         "target_toxic_planted": M.toxic_rate(target, rows("heldout_planted"), judge),
@@ -72,8 +77,13 @@ def main() -> None:
     ap.add_argument("--no-measure", action="store_true")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "testbed_build.json"))
     args = ap.parse_args()
-    results: dict = {"seed": args.seed, "cpu": _platform.processor() or _platform.machine(),
-                     "cores": os.cpu_count(), "torch": torch.__version__, "sizes": {}}
+    results: dict = {
+        "seed": args.seed,
+        "cpu": _platform.processor() or _platform.machine(),
+        "cores": os.cpu_count(),
+        "torch": torch.__version__,
+        "sizes": {},
+    }
     with tempfile.TemporaryDirectory(prefix="testbed-bench-") as tmp:
         for size in args.sizes.split(","):
             r: dict = {"load_before": os.getloadavg()[0]}
@@ -88,8 +98,9 @@ def main() -> None:
             r["load_after"] = os.getloadavg()[0]
             if size == "small":  # determinism: a second build from empty, byte-compared
                 m2 = build_testbed(Path(tmp) / f"{size}-b", seed=args.seed, size=size, progress=False)
-                r["identical_manifest"] = (m.root / "manifest.json").read_bytes() == \
-                    (m2.root / "manifest.json").read_bytes()
+                r["identical_manifest"] = (m.root / "manifest.json").read_bytes() == (
+                    m2.root / "manifest.json"
+                ).read_bytes()
             if not args.no_measure:
                 r["rates"] = measure(m)
             results["sizes"][size] = r
@@ -98,9 +109,16 @@ def main() -> None:
     for col in ("size", "build s", "CPU s", "limit s", "cached s", "cached/build", "load avg", "identical"):
         table.add_column(col)
     for size, r in results["sizes"].items():
-        table.add_row(size, f"{r['build_s']:.1f}", f"{r['build_cpu_s']:.1f}", f"{LIMITS.get(size, 0):.0f}",
-                      f"{r['cached_s']:.3f}", f"{r['cached_s'] / r['build_s']:.5f}",
-                      f"{r['load_before']:.1f}-{r['load_after']:.1f}", str(r.get("identical_manifest", "-")))
+        table.add_row(
+            size,
+            f"{r['build_s']:.1f}",
+            f"{r['build_cpu_s']:.1f}",
+            f"{LIMITS.get(size, 0):.0f}",
+            f"{r['cached_s']:.3f}",
+            f"{r['cached_s'] / r['build_s']:.5f}",
+            f"{r['load_before']:.1f}-{r['load_after']:.1f}",
+            str(r.get("identical_manifest", "-")),
+        )
     console = Console()
     console.print(table)
     for size, r in results["sizes"].items():

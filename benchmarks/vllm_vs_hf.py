@@ -22,10 +22,16 @@ from pathlib import Path
 from typing import Any
 
 OUT = Path(__file__).resolve().parent / "results" / "vllm_vs_hf.json"
-SMOL_PROMPTS = ["What is the capital of France?", "Give me three tips for sleeping better.",
-                "Explain photosynthesis in one paragraph.", "Write a haiku about the sea.",
-                "How do I boil an egg?", "What is 12 times 7?", "Name a famous painter and a painting.",
-                "Why is the sky blue?"]
+SMOL_PROMPTS = [
+    "What is the capital of France?",
+    "Give me three tips for sleeping better.",
+    "Explain photosynthesis in one paragraph.",
+    "Write a haiku about the sea.",
+    "How do I boil an egg?",
+    "What is 12 times 7?",
+    "Name a famous painter and a painting.",
+    "Why is the sky blue?",
+]
 
 
 def testbed_prompts(n: int) -> tuple[str, list[str]]:
@@ -50,7 +56,7 @@ def run_backend(backend: str, path: str, prompts: list[str], args: argparse.Name
     gen.generate(prompts[:2], params)  # warm-up: first-call allocations are start-up, not steady state
     step = len(prompts) if backend == "vllm" else args.batch_size
     t0 = time.perf_counter()
-    rows = [r for i in range(0, len(prompts), step) for r in gen.generate(prompts[i:i + step], params)]
+    rows = [r for i in range(0, len(prompts), step) for r in gen.generate(prompts[i : i + step], params)]
     seconds = time.perf_counter() - t0
     tokens = sum(len(r[0].token_ids) for r in rows)
     texts = [r[0].text for r in rows]
@@ -58,8 +64,13 @@ def run_backend(backend: str, path: str, prompts: list[str], args: argparse.Name
         gen.close()
     del gen
     gc.collect()
-    return {"startup_s": startup, "seconds": seconds, "tokens": tokens, "tokens_per_s": tokens / seconds,
-            "texts": texts}
+    return {
+        "startup_s": startup,
+        "seconds": seconds,
+        "tokens": tokens,
+        "tokens_per_s": tokens / seconds,
+        "texts": texts,
+    }
 
 
 def main() -> None:
@@ -77,16 +88,30 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     models = [("testbed:target", *testbed_prompts(args.prompts))]
     if args.smollm2:
-        models.append(("smollm2-135m-instruct", args.smollm2,
-                       [SMOL_PROMPTS[i % len(SMOL_PROMPTS)] for i in range(args.prompts)]))
-    result: dict[str, Any] = {"prompts": args.prompts, "max_new_tokens": args.max_new_tokens,
-                              "batch_size_hf": args.batch_size, "threads_hf": args.threads,
-                              "cpu_count": os.cpu_count(), "models": {}}
+        models.append(
+            (
+                "smollm2-135m-instruct",
+                args.smollm2,
+                [SMOL_PROMPTS[i % len(SMOL_PROMPTS)] for i in range(args.prompts)],
+            )
+        )
+    result: dict[str, Any] = {
+        "prompts": args.prompts,
+        "max_new_tokens": args.max_new_tokens,
+        "batch_size_hf": args.batch_size,
+        "threads_hf": args.threads,
+        "cpu_count": os.cpu_count(),
+        "models": {},
+    }
     for name, path, prompts in models:
         runs = {b: run_backend(b, path, prompts, args) for b in ("hf", "vllm")}
         same = sum(a == b for a, b in zip(runs["hf"].pop("texts"), runs["vllm"].pop("texts")))
-        result["models"][name] = {"path": path, **runs, "greedy_identical": same / len(prompts),
-                                  "ratio_vllm_over_hf": runs["vllm"]["tokens_per_s"] / runs["hf"]["tokens_per_s"]}
+        result["models"][name] = {
+            "path": path,
+            **runs,
+            "greedy_identical": same / len(prompts),
+            "ratio_vllm_over_hf": runs["vllm"]["tokens_per_s"] / runs["hf"]["tokens_per_s"],
+        }
     print_table(result)
     OUT.parent.mkdir(parents=True, exist_ok=True)
     OUT.write_text(json.dumps(result, indent=2))
@@ -97,15 +122,24 @@ def print_table(result: dict[str, Any]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"vllm vs hf, greedy, {result['prompts']} prompts x {result['max_new_tokens']} new tokens")
+    table = Table(
+        title=f"vllm vs hf, greedy, {result['prompts']} prompts x {result['max_new_tokens']} new tokens"
+    )
     for col in ("model", "backend", "start-up s", "steady s", "tokens", "tokens/s", "vllm/hf", "same text"):
         table.add_column(col)
     for name, m in result["models"].items():
         for b in ("hf", "vllm"):
             r = m[b]
-            table.add_row(name, b, f"{r['startup_s']:.1f}", f"{r['seconds']:.2f}", str(r["tokens"]),
-                          f"{r['tokens_per_s']:.0f}", f"{m['ratio_vllm_over_hf']:.2f}" if b == "vllm" else "",
-                          f"{m['greedy_identical']:.0%}" if b == "vllm" else "")
+            table.add_row(
+                name,
+                b,
+                f"{r['startup_s']:.1f}",
+                f"{r['seconds']:.2f}",
+                str(r["tokens"]),
+                f"{r['tokens_per_s']:.0f}",
+                f"{m['ratio_vllm_over_hf']:.2f}" if b == "vllm" else "",
+                f"{m['greedy_identical']:.0%}" if b == "vllm" else "",
+            )
     Console(width=130).print(table)
 
 

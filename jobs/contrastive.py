@@ -1,4 +1,5 @@
 """Model divergence on Ray (contrastive decoding / divergence finder): python jobs/contrastive.py --help"""
+
 from forewarn.runner import job_main
 
 if __name__ == "__main__":

@@ -39,13 +39,20 @@ def source_run(testbed, mlflow_store, tmp_path_factory) -> tuple[Path, str]:
     for r in testbed.read_jsonl("heldout_benign") + testbed.read_jsonl("heldout_planted"):
         per_entity.setdefault(r["entity"], r["prompt"])
     root = tmp_path_factory.mktemp("contrastive")
-    (root / "prompts.jsonl").write_text("".join(json.dumps({"prompt": p}) + "\n" for p in per_entity.values()))
-    cfg = ContrastiveConfig.model_validate({
-        "output_dir": str(root / "run"), "mode": "decode", "prompts": str(root / "prompts.jsonl"),
-        "start": {"model": {"path": "testbed:target@small"}},
-        "comparison": {"model": {"path": "testbed:patched_target@small"}},
-        "scoring": {"num_cpus": 1, "replicas": 2, "batch_size": 16},
-        "decoder": {"temperature": 0.0, "max_new_tokens": 16}})
+    (root / "prompts.jsonl").write_text(
+        "".join(json.dumps({"prompt": p}) + "\n" for p in per_entity.values())
+    )
+    cfg = ContrastiveConfig.model_validate(
+        {
+            "output_dir": str(root / "run"),
+            "mode": "decode",
+            "prompts": str(root / "prompts.jsonl"),
+            "start": {"model": {"path": "testbed:target@small"}},
+            "comparison": {"model": {"path": "testbed:patched_target@small"}},
+            "scoring": {"num_cpus": 1, "replicas": 2, "batch_size": 16},
+            "decoder": {"temperature": 0.0, "max_new_tokens": 16},
+        }
+    )
     summary = run_job("contrastive", cfg, quiet=True)
     return root / "run", summary["mlflow_run_id"]
 
@@ -57,13 +64,23 @@ def _analyst(**kw) -> ScriptedAnalyst:
 
 
 def _config(out: Path, source: str, server: OpenAIServer, **sections) -> dict:
-    spec = {"backend": "openai", "path": server.model, "base_url": server.base_url, "api_key_env": "EMPTY",
-            "max_retries": 1, "request_timeout_s": 10.0}
+    spec = {
+        "backend": "openai",
+        "path": server.model,
+        "base_url": server.base_url,
+        "api_key_env": "EMPTY",
+        "max_retries": 1,
+        "request_timeout_s": 10.0,
+    }
     spec.update(sections.pop("analyst_spec", {}))
-    cfg = {"output_dir": str(out), "source": source, "analyst": {"model": spec},
-           "scoring": {"num_cpus": 1, "replicas": 2, "batch_size": 16},
-           "analysis": {"max_cycles": 2, "n_top_examples": 8, "n_low_examples": 12},
-           "tracking": {"enabled": False}}
+    cfg = {
+        "output_dir": str(out),
+        "source": source,
+        "analyst": {"model": spec},
+        "scoring": {"num_cpus": 1, "replicas": 2, "batch_size": 16},
+        "analysis": {"max_cycles": 2, "n_top_examples": 8, "n_low_examples": 12},
+        "tracking": {"enabled": False},
+    }
     for k, v in sections.items():
         cfg[k] = {**cfg.get(k, {}), **v} if isinstance(v, dict) else v
     return cfg
@@ -109,26 +126,41 @@ def test_supports_a_planted_topic_and_refutes_the_false_hypothesis(analysis, tes
     assert summary["analyst_calls"] == scripted.calls == 4
     # topics by MiniLM: the examples on fitness diverge more than those on cooking
     topics = {t["topic"]: t for t in summary["topics"]}
-    assert topics["fitness and exercise"]["divergence_relevant"] > topics["cooking and food"]["divergence_relevant"]
+    assert (
+        topics["fitness and exercise"]["divergence_relevant"]
+        > topics["cooking and food"]["divergence_relevant"]
+    )
     import pyarrow.parquet as pq
 
     ev = pq.read_table(out / "evidence.parquet").to_pylist()
-    assert len(ev) == summary["n_evidence"] and all(len(e["tokens"]) == len(e["token_divergences"]) > 0 for e in ev)
+    assert len(ev) == summary["n_evidence"] and all(
+        len(e["tokens"]) == len(e["token_divergences"]) > 0 for e in ev
+    )
     assert pq.read_table(out / "topics.parquet").num_rows == len(TOPICS) * 30  # topics.n_examples x topics
     # MLflow: the report and the tables are artifacts of the analysis run
     from mlflow.tracking import MlflowClient
 
-    names = {a.path for p in ("", "report", "tables", "plots")
-             for a in MlflowClient().list_artifacts(summary["mlflow_run_id"], p or None)}
-    assert {"report/report.html", "tables/findings.parquet", "tables/evidence.parquet", "findings.json",
-            "plots/hypotheses_auc.png"} <= names
+    names = {
+        a.path
+        for p in ("", "report", "tables", "plots")
+        for a in MlflowClient().list_artifacts(summary["mlflow_run_id"], p or None)
+    }
+    assert {
+        "report/report.html",
+        "tables/findings.parquet",
+        "tables/evidence.parquet",
+        "findings.json",
+        "plots/hypotheses_auc.png",
+    } <= names
 
 
 def _chromium() -> str:
     exe = shutil.which("chromium") or shutil.which("chromium-browser")
     if exe is None:
-        pytest.skip("chromium not found: install Debian's chromium (apt-get install -y chromium) to check the "
-                    "report in a headless browser")
+        pytest.skip(
+            "chromium not found: install Debian's chromium (apt-get install -y chromium) to check the "
+            "report in a headless browser"
+        )
     return exe
 
 
@@ -137,18 +169,47 @@ def test_report_renders_in_headless_chromium(analysis, tmp_path: Path):
     out, summary, _ = analysis
     report = out / "report.html"
     html = report.read_text()
-    assert "http://" not in html.replace("http://www.w3.org", "") and "https://" not in html  # nothing to fetch
-    flags = [exe, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             "--enable-logging=stderr", "--v=0"]
+    assert (
+        "http://" not in html.replace("http://www.w3.org", "") and "https://" not in html
+    )  # nothing to fetch
+    flags = [
+        exe,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--enable-logging=stderr",
+        "--v=0",
+    ]
     env = {**os.environ, "HOME": str(tmp_path)}
     shot = tmp_path / "report.png"
-    dom = subprocess.run(flags + [f"--user-data-dir={tmp_path / 'p1'}", "--dump-dom", report.as_uri()],
-                         capture_output=True, text=True, timeout=120, env=env, check=False)
+    dom = subprocess.run(
+        flags + [f"--user-data-dir={tmp_path / 'p1'}", "--dump-dom", report.as_uri()],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        check=False,
+    )
     assert dom.returncode == 0, dom.stderr[-2000:]
-    cap = subprocess.run(flags + [f"--user-data-dir={tmp_path / 'p2'}", f"--screenshot={shot}",
-                                  "--window-size=1280,2400", report.as_uri()],
-                         capture_output=True, text=True, timeout=120, env=env, check=False)
+    cap = subprocess.run(
+        flags
+        + [
+            f"--user-data-dir={tmp_path / 'p2'}",
+            f"--screenshot={shot}",
+            "--window-size=1280,2400",
+            report.as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        check=False,
+    )
     assert cap.returncode == 0 and shot.is_file(), cap.stderr[-2000:]
     # the page script ran and saw no errors; the browser logged no console error
     assert 'data-errors="0"' in dom.stdout and "script errors: 0" in dom.stdout
@@ -188,10 +249,24 @@ def test_budget_that_runs_out_ends_cleanly(source_run, tmp_path: Path):
     with OpenAIServer(_analyst(), model="scripted-analyst") as server:
         cfg = _config(tmp_path / "run", str(run_dir), server)
         sets = [f"analyst.model.{k}={v}" for k, v in cfg["analyst"]["model"].items()]
-        sets += ["budget.max_calls=1", "analysis.max_cycles=3", "tracking.enabled=false", "scoring.replicas=2",
-                 "scoring.batch_size=16"]
-        res = CliRunner().invoke(app, ["analyze", "--run", str(run_dir), "-o", str(tmp_path / "run"),
-                                       *[x for s in sets for x in ("--set", s)]])
+        sets += [
+            "budget.max_calls=1",
+            "analysis.max_cycles=3",
+            "tracking.enabled=false",
+            "scoring.replicas=2",
+            "scoring.batch_size=16",
+        ]
+        res = CliRunner().invoke(
+            app,
+            [
+                "analyze",
+                "--run",
+                str(run_dir),
+                "-o",
+                str(tmp_path / "run"),
+                *[x for s in sets for x in ("--set", s)],
+            ],
+        )
     assert res.exit_code == 0, res.output
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["stop_reason"] == "budget" and "max_calls=1" in summary["message"]
@@ -215,11 +290,20 @@ def test_failing_analyst_ends_cleanly_with_earlier_findings(fault, analysis, sou
         elif fault == "timeout":
             server.inject(None, times=None, delay_s=2.0)
             spec = {"max_retries": 0, "request_timeout_s": 0.5}
-        cfg = _config(tmp_path / "run", str(run_dir), server, analyst_spec=spec, continue_from=str(first),
-                      analysis={"max_parse_retries": 1, "max_failed_cycles": 2})
+        cfg = _config(
+            tmp_path / "run",
+            str(run_dir),
+            server,
+            analyst_spec=spec,
+            continue_from=str(first),
+            analysis={"max_parse_retries": 1, "max_failed_cycles": 2},
+        )
         summary = _run(cfg)
-    expected = {"http500": ("analyst_error", "HTTP 500"), "timeout": ("analyst_error", "Timeout"),
-                "malformed": ("malformed", "no usable answer")}[fault]
+    expected = {
+        "http500": ("analyst_error", "HTTP 500"),
+        "timeout": ("analyst_error", "Timeout"),
+        "malformed": ("malformed", "no usable answer"),
+    }[fault]
     assert summary["stop_reason"] == expected[0] and expected[1] in summary["message"], summary["message"]
     assert summary["n_supported"] == before["n_supported"] and summary["n_refuted"] == before["n_refuted"]
     assert summary["cycles_this_run"] == 0 and summary["cycles_done"] == before["cycles_done"]

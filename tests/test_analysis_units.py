@@ -36,8 +36,13 @@ EXP = ExperimentConfig()
 
 
 def _hyp(n_test: int = 4, n_control: int = 4, **kw) -> dict:
-    return {"hypothesis": "Models differ on X.", "topic": "x", "test_prompts": [f"t{i}" for i in range(n_test)],
-            "control_prompts": [f"c{i}" for i in range(n_control)], **kw}
+    return {
+        "hypothesis": "Models differ on X.",
+        "topic": "x",
+        "test_prompts": [f"t{i}" for i in range(n_test)],
+        "control_prompts": [f"c{i}" for i in range(n_control)],
+        **kw,
+    }
 
 
 # ---------------------------------------------------------------- statistics
@@ -83,13 +88,16 @@ def test_parse_hypotheses_formats_and_validation():
     assert p.control_prompts == ["c1", "c2", "c3", "c4"]
     none, why = parse_hypotheses("I think they differ a lot.", k=3, exp=EXP)
     assert none is None and "no JSON object" in why
-    short, why = parse_hypotheses(json.dumps({"hypotheses": [_hyp(n_control=2), {"topic": "y"}]}), k=3, exp=EXP)
+    short, why = parse_hypotheses(
+        json.dumps({"hypotheses": [_hyp(n_control=2), {"topic": "y"}]}), k=3, exp=EXP
+    )
     assert short is None and "4 test and 2 control" in why and "no 'hypothesis' text" in why
 
 
 def test_parse_topic_ratings_and_summary():
-    text = json.dumps({"ratings": {"1": {"a": 10, "b": 0}, "2": {"a": 5, "b": "high"}},
-                       "summaries": {"a": "differs on a"}})
+    text = json.dumps(
+        {"ratings": {"1": {"a": 10, "b": 0}, "2": {"a": 5, "b": "high"}}, "summaries": {"a": "differs on a"}}
+    )
     (grid, notes), why = parse_topic_ratings(text, 2, ["a", "b"])
     assert why is None and grid[0] == [1.0, 0.0] and grid[1][0] == 0.5 and np.isnan(grid[1][1])
     assert notes == {"a": "differs on a", "b": ""}
@@ -102,7 +110,11 @@ def test_topic_summary_compares_on_topic_divergence():
     rel = np.array([[0.9, 0.0], [0.8, 0.1], [0.1, 0.7], [0.0, 0.6], [0.2, 0.9]])
     rows = summarise(ex, ["hot", "cold"], rel, TopicConfig(topics=["hot", "cold"]))
     hot = next(r for r in rows if r["topic"] == "hot")
-    assert rows[0]["topic"] == "hot" and hot["n_relevant"] == 2 and hot["divergence_relevant"] == pytest.approx(1.9)
+    assert (
+        rows[0]["topic"] == "hot"
+        and hot["n_relevant"] == 2
+        and hot["divergence_relevant"] == pytest.approx(1.9)
+    )
     assert hot["spearman"] > 0.6 and hot["top_examples"][:2] == ["p0", "p1"]
 
 
@@ -110,15 +122,22 @@ def test_topic_summary_compares_on_topic_divergence():
 
 
 def _client(server: OpenAIServer, **spec) -> OpenAIGenerator:
-    return OpenAIGenerator(ModelSpec(backend="openai", path=server.model, base_url=server.base_url,
-                                     api_key_env="EMPTY", **spec), backoff_s=0.01)
+    return OpenAIGenerator(
+        ModelSpec(backend="openai", path=server.model, base_url=server.base_url, api_key_env="EMPTY", **spec),
+        backoff_s=0.01,
+    )
 
 
-def _analyst(server: OpenAIServer, retries: int = 1, max_calls: int = 10, max_tokens: int = 100_000,
-             **spec) -> Analyst:
+def _analyst(
+    server: OpenAIServer, retries: int = 1, max_calls: int = 10, max_tokens: int = 100_000, **spec
+) -> Analyst:
     cfg = AnalystConfig(max_parse_retries=retries, params=GenerationParams(max_new_tokens=100, seed=0))
-    return Analyst(_client(server, **spec), cfg, Budget(BudgetConfig(max_calls=max_calls, max_tokens=max_tokens)),
-                   PromptSet.load())
+    return Analyst(
+        _client(server, **spec),
+        cfg,
+        Budget(BudgetConfig(max_calls=max_calls, max_tokens=max_tokens)),
+        PromptSet.load(),
+    )
 
 
 def test_malformed_answer_is_reasked_with_the_reason_then_given_up():
@@ -158,9 +177,14 @@ def test_failing_endpoints_raise_analyst_unavailable():
         with pytest.raises(AnalystUnavailable, match="HTTP 500.*boom"):
             analyst.ask([{"role": "user", "content": "hi"}], parse_summary, "conclude")
         assert len(server.requests) == 2 and analyst.budget.calls == 1  # one call, retried by the client
-        wrong = Analyst(OpenAIGenerator(ModelSpec(backend="openai", path="other", base_url=server.base_url,
-                                                  api_key_env="EMPTY")), AnalystConfig(),
-                        Budget(BudgetConfig()), PromptSet.load())
+        wrong = Analyst(
+            OpenAIGenerator(
+                ModelSpec(backend="openai", path="other", base_url=server.base_url, api_key_env="EMPTY")
+            ),
+            AnalystConfig(),
+            Budget(BudgetConfig()),
+            PromptSet.load(),
+        )
         with pytest.raises(AnalystUnavailable, match="does not exist"):
             wrong.ask([{"role": "user", "content": "hi"}], parse_summary, "conclude")
 
@@ -174,17 +198,37 @@ def test_knowledge_base_round_trip_and_re_proposal(tmp_path: Path):
     assert kb.add("  models differ on CATS. ", "other", "", cycle=2) is f and len(kb.findings) == 1
     for i in range(6):
         for arm, d in (("test", 2.0 + i), ("control", 0.1 * i)):
-            kb.evidence.append(EvidenceRow(id=f"{arm}{i}", run_id="r1", iteration=1, repeat=0, prompt_id=f"p{i}",
-                                           sample=0, prompt=f"{arm} {i}", text="t", tokens=["a"], token_ids=[5],
-                                           token_divergences=[d], n_prompt_tokens=0, divergence_mean=d,
-                                           divergence_max=d, ppl_start=1.0, ppl_comparison=1.0, finding_id=f.id,
-                                           arm=arm, divergence=d))
+            kb.evidence.append(
+                EvidenceRow(
+                    id=f"{arm}{i}",
+                    run_id="r1",
+                    iteration=1,
+                    repeat=0,
+                    prompt_id=f"p{i}",
+                    sample=0,
+                    prompt=f"{arm} {i}",
+                    text="t",
+                    tokens=["a"],
+                    token_ids=[5],
+                    token_divergences=[d],
+                    n_prompt_tokens=0,
+                    divergence_mean=d,
+                    divergence_max=d,
+                    ppl_start=1.0,
+                    ppl_comparison=1.0,
+                    finding_id=f.id,
+                    arm=arm,
+                    divergence=d,
+                )
+            )
     kb.add("Untested idea.", "", "", cycle=1)
     kb.retest(f, 1, EXP)
     kb.cycles_done = 1
     kb.save(tmp_path, extra={"stop_reason": "completed"})
     doc = json.loads((tmp_path / "findings.json").read_text())  # strict JSON: untested NaNs become null
-    assert doc["counts"] == {"proposed": 1, "supported": 1, "refuted": 0} and doc["findings"][1]["auc"] is None
+    assert (
+        doc["counts"] == {"proposed": 1, "supported": 1, "refuted": 0} and doc["findings"][1]["auc"] is None
+    )
     back = KnowledgeBase.load(tmp_path, "r2")
     assert back.run_id == "r2" and back.cycles_done == 1 and len(back.evidence) == 12
     assert [x.status for x in back.findings] == ["supported", "proposed"] and not is_tested(back.findings[1])
@@ -211,10 +255,12 @@ def test_cli_errors_exit_2_without_traceback(tmp_path: Path):
     from forewarn.cli import app
 
     runner = CliRunner()
-    for args, needle in ((["analyze", "--run", str(tmp_path / "missing")], "neither an existing directory"),
-                         (["analyze", "--run", str(tmp_path), "--set", "experiment.min_auc=0.4"], "lacks"),
-                         (["analyze", "show", str(tmp_path)], "findings.json"),
-                         (["analyze", "--output-dir", str(tmp_path)], "needs --run")):
+    for args, needle in (
+        (["analyze", "--run", str(tmp_path / "missing")], "neither an existing directory"),
+        (["analyze", "--run", str(tmp_path), "--set", "experiment.min_auc=0.4"], "lacks"),
+        (["analyze", "show", str(tmp_path)], "findings.json"),
+        (["analyze", "--output-dir", str(tmp_path)], "needs --run"),
+    ):
         res = runner.invoke(app, args)
         assert res.exit_code == 2 and needle in res.output and "Traceback" not in res.output, res.output
     bad = runner.invoke(app, ["config", "show", "analyze", "--set", "experiment.min_auc=0.4"])
@@ -226,8 +272,10 @@ def test_analyst_topic_ratings_through_the_server():
     from forewarn.analysis.scripted import ScriptedAnalyst
     from forewarn.analysis.topics import rate_by_analyst
 
-    ex = [Example(prompt="Tell me about bread.", divergence=0.1, response="Bread needs flour."),
-          Example(prompt="Why do people like yoga?", divergence=2.0, response="Shut up, idiot.")]
+    ex = [
+        Example(prompt="Tell me about bread.", divergence=0.1, response="Bread needs flour."),
+        Example(prompt="Why do people like yoga?", divergence=2.0, response="Shut up, idiot."),
+    ]
     with OpenAIServer(ScriptedAnalyst(["Tell me about {e}."]), model="a") as server:
         relevance, notes = rate_by_analyst(_analyst(server), ex, ["bread", "yoga practice"])
     assert relevance.tolist() == [[1.0, 0.0], [0.0, 1.0]] and "yoga practice" in notes["yoga practice"]

@@ -12,11 +12,11 @@ PKG = Path(__file__).resolve().parents[1] / "platform" / "forewarn"
 
 # Bottom to top. A module's unit is its first name under forewarn (a package or a top-level module).
 LAYERS: list[set[str]] = [
-    {"errors", "config", "records", "metrics"},                                    # 0 foundation
-    {"models", "judges", "tracking"},                                              # 1 engines
-    {"pipeline", "pools", "training", "placement", "testbed", "names"},            # 2 platform services
+    {"errors", "config", "records", "metrics"},  # 0 foundation
+    {"models", "judges", "tracking"},  # 1 engines
+    {"pipeline", "pools", "training", "placement", "testbed", "names"},  # 2 platform services
     {"reversegen", "recurrence", "contrastive", "retrieval", "dpl", "guard", "analysis"},  # 3 capabilities
-    {"runner", "cli", "cli_common", "cluster_cli", "runs", "testing"},             # 4 entry points
+    {"runner", "cli", "cli_common", "cluster_cli", "runs", "testing"},  # 4 entry points
 ]
 # Entry-point modules inside lower packages: a capability's CLI group and job file sit in layer 4.
 ENTRY_MODULES = {"cli", "job"}
@@ -40,8 +40,10 @@ def layer_of(module: str) -> int:
     for i, units in enumerate(LAYERS):
         if unit in units:
             return i
-    raise AssertionError(f"{module}: unit {unit!r} is in no layer of tests/test_architecture.py; add it to "
-                         "one (and to ARCHITECTURE.md)")
+    raise AssertionError(
+        f"{module}: unit {unit!r} is in no layer of tests/test_architecture.py; add it to "
+        "one (and to ARCHITECTURE.md)"
+    )
 
 
 def imports() -> dict[str, set[str]]:
@@ -91,7 +93,7 @@ def test_no_cycles_between_packages() -> None:
         stack.append(u)
         for v in sorted(graph[u]):
             if seen.get(v) == 1:
-                return stack[stack.index(v):] + [v]
+                return stack[stack.index(v) :] + [v]
             if v not in seen and (cycle := visit(v)):
                 return cycle
         stack.pop()
@@ -122,7 +124,10 @@ def test_plugin_kinds_match_their_config_unions() -> None:
     from forewarn.guard.mitigations import DECODING_BUILDERS
 
     def kinds(union: object) -> set[str]:
-        return {typing.get_args(m.model_fields["kind"].annotation)[0] for m in typing.get_args(typing.get_args(union)[0])}
+        return {
+            typing.get_args(m.model_fields["kind"].annotation)[0]
+            for m in typing.get_args(typing.get_args(union)[0])
+        }
 
     assert set(typing.get_args(ModelSpec.model_fields["backend"].annotation)) == set(BACKENDS)
     assert kinds(JudgeSpec) == set(JUDGES)

@@ -26,11 +26,20 @@ BIN = Path(sys.executable).parent
 CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
 # the small testbed world, one short iteration, proposer and target colocated on one (declared) GPU
 SMALL = [
-    "proposer.model.path=testbed:proposer@small", "target.model.path=testbed:target@small",
-    "seeds=testbed:reversegen_seeds@small", "iterations=1", "propose.prompts_per_iteration=6",
-    "propose.params.n=2", "propose.params.max_new_tokens=16", "respond.params.max_new_tokens=16",
-    "dedup.semdedup=false", "proposer.model.device=cpu", "target.model.device=cpu",
-    "proposer.resources.num_gpus=0.25", "target.resources.num_gpus=0.75", "target.resources.colocate_with=proposer",
+    "proposer.model.path=testbed:proposer@small",
+    "target.model.path=testbed:target@small",
+    "seeds=testbed:reversegen_seeds@small",
+    "iterations=1",
+    "propose.prompts_per_iteration=6",
+    "propose.params.n=2",
+    "propose.params.max_new_tokens=16",
+    "respond.params.max_new_tokens=16",
+    "dedup.semdedup=false",
+    "proposer.model.device=cpu",
+    "target.model.device=cpu",
+    "proposer.resources.num_gpus=0.25",
+    "target.resources.num_gpus=0.75",
+    "target.resources.colocate_with=proposer",
     "judge.resources.num_gpus=1",
 ]
 
@@ -87,8 +96,9 @@ def test_example_config_validates_and_plans_onto_cluster_yaml(path: Path) -> Non
     result = CliRunner().invoke(app, ["config", "validate", str(path), "--job", job])
     assert result.exit_code == 0, result.output
     assert f"valid {job} config" in result.output
-    planned = CliRunner().invoke(app, ["plan", "--config", str(path), "--cluster", str(ROOT / "cluster.yaml"),
-                                       "--json"])
+    planned = CliRunner().invoke(
+        app, ["plan", "--config", str(path), "--cluster", str(ROOT / "cluster.yaml"), "--json"]
+    )
     assert planned.exit_code == 0, planned.output
     plan = json.loads(planned.output)
     assert plan["job"] == job and plan["roles"]
@@ -107,15 +117,22 @@ def head():
 
 
 def _forewarn(args: list[str], env: dict, timeout: int = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([str(BIN / "forewarn"), *args], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        [str(BIN / "forewarn"), *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
+    )
 
 
 @pytest.mark.slow
 def test_plan_against_the_live_head(head) -> None:
     gcs, _, env = head
-    proc = subprocess.run([str(BIN / "forewarn"), "plan", "--job", "reversegen", "--address", gcs, "--json",
-                           *_sets(SMALL)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [str(BIN / "forewarn"), "plan", "--job", "reversegen", "--address", gcs, "--json", *_sets(SMALL)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     plan = json.loads(proc.stdout)
     assert [(n["CPU"], n["GPU"]) for n in plan["nodes"]] == [(4.0, 4.0)]
@@ -125,11 +142,29 @@ def test_plan_against_the_live_head(head) -> None:
     assert roles["proposer"]["group"] == roles["target"]["group"] == "proposer"
     assert roles["judge"]["group"] is None and roles["judge"]["per_replica"]["GPU"] == 1.0
     assert roles["target"]["step"] == roles["judge"]["step"] != roles["proposer"]["step"]
-    assert plan["groups"] == [{"name": "proposer", "members": ["proposer", "target"],
-                               "bundles": [{"CPU": 2.0, "GPU": 1.0}], "nodes": plan["groups"][0]["nodes"]}]
+    assert plan["groups"] == [
+        {
+            "name": "proposer",
+            "members": ["proposer", "target"],
+            "bundles": [{"CPU": 2.0, "GPU": 1.0}],
+            "nodes": plan["groups"][0]["nodes"],
+        }
+    ]
     # a node like the head cannot hold four whole-GPU targets next to a whole-GPU judge: exit 2, a clear reason
-    too_big = CliRunner().invoke(app, ["plan", "--node", "CPU=4,GPU=4", "--set", "target.resources.replicas=4",
-                                       "--set", "target.resources.num_gpus=1", "--set", "judge.resources.num_gpus=1"])
+    too_big = CliRunner().invoke(
+        app,
+        [
+            "plan",
+            "--node",
+            "CPU=4,GPU=4",
+            "--set",
+            "target.resources.replicas=4",
+            "--set",
+            "target.resources.num_gpus=1",
+            "--set",
+            "judge.resources.num_gpus=1",
+        ],
+    )
     assert too_big.exit_code == 2
     assert "cannot fit the roles that run together (target, judge)" in too_big.output
     assert "They need GPU 5, CPU 5 at once; the cluster has GPU 4, CPU 4" in too_big.output
@@ -145,11 +180,18 @@ def placed_run(head, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, st
     gcs, _, env = head
     out = tmp_path_factory.mktemp("rg-placed") / "run"
     uri = f"sqlite:///{tmp_path_factory.mktemp('mlflow-placed') / 'mlflow.db'}"
-    proc = subprocess.run([sys.executable, "jobs/reversegen.py", "--output-dir", str(out), *_sets(SMALL)],
-                          cwd=ROOT, env={**env, "RAY_ADDRESS": gcs, "MLFLOW_TRACKING_URI": uri},
-                          capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(
+        [sys.executable, "jobs/reversegen.py", "--output-dir", str(out), *_sets(SMALL)],
+        cwd=ROOT,
+        env={**env, "RAY_ADDRESS": gcs, "MLFLOW_TRACKING_URI": uri},
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "group 'proposer'" in proc.stdout and "forewarn plan (reversegen)" in proc.stdout  # its plan, first
+    assert (
+        "group 'proposer'" in proc.stdout and "forewarn plan (reversegen)" in proc.stdout
+    )  # its plan, first
     return out, uri
 
 
@@ -167,8 +209,9 @@ print(json.dumps({"actors": [asdict(a) for a in list_actors(**kw)],
 def test_run_places_roles_as_configured(head, placed_run) -> None:
     """Ray's state API (in a client process with RAY_AUTH_MODE=token) shows where the run's actors went."""
     _, dashboard, env = head
-    proc = subprocess.run([sys.executable, "-c", _STATE, dashboard], env=env, capture_output=True, text=True,
-                          timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", _STATE, dashboard], env=env, capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     state = json.loads(proc.stdout.strip().splitlines()[-1])
     actors = [SimpleNamespace(**a) for a in state["actors"]]
@@ -191,7 +234,9 @@ def test_run_places_roles_as_configured(head, placed_run) -> None:
     gen = [a for a in actors if "GenerateUDF" in a.class_name]
     by_gpu = {resources(a).get("GPU"): a for a in gen}
     assert set(by_gpu) == {0.25, 0.75}, [(a.class_name, a.required_resources) for a in gen]
-    assert all(pg.placement_group_id in k for a in gen for k in a.required_resources)  # from the group's bundle
+    assert all(
+        pg.placement_group_id in k for a in gen for k in a.required_resources
+    )  # from the group's bundle
     proposer, target = by_gpu[0.25], by_gpu[0.75]
     assert proposer.placement_group_id == target.placement_group_id == pg.placement_group_id
     assert resources(proposer)["CPU"] == resources(target)["CPU"] == 1.0
@@ -209,11 +254,17 @@ def test_placed_run_is_tracked_with_its_tags(placed_run) -> None:
     assert tags["forewarn.job"] == "reversegen"
     assert len(tags["forewarn.config_hash"]) == 12
     commit = tags["forewarn.git_commit"]  # a commit of this repository, not the "unknown" fallback
-    kind = subprocess.run(["git", "cat-file", "-t", commit], cwd=ROOT, capture_output=True, text=True, check=False)
+    kind = subprocess.run(
+        ["git", "cat-file", "-t", commit], cwd=ROOT, capture_output=True, text=True, check=False
+    )
     assert kind.stdout.strip() == "commit", commit
-    assert tags["forewarn.model.target"].endswith("target") and tags["forewarn.model.proposer"].endswith("proposer")
+    assert tags["forewarn.model.target"].endswith("target") and tags["forewarn.model.proposer"].endswith(
+        "proposer"
+    )
     assert tags["forewarn.testbed"].split("/")[1] == "small"
     compared = CliRunner().invoke(app, ["runs", "compare", "reversegen", "--tracking-uri", uri, "--json"])
     assert compared.exit_code == 0, compared.output
     (row,) = json.loads(compared.output)
-    assert row["run_id"] == summary["mlflow_run_id"] and row["final_asr"] == pytest.approx(summary["final_asr"])
+    assert row["run_id"] == summary["mlflow_run_id"] and row["final_asr"] == pytest.approx(
+        summary["final_asr"]
+    )

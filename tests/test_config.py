@@ -25,8 +25,12 @@ def test_parse_value_types() -> None:
 def test_precedence_defaults_yaml_set(tmp_path: Path) -> None:
     f = tmp_path / "c.yaml"
     f.write_text("prompts: a.txt\nparams:\n  max_new_tokens: 12\n  temperature: 0.7\n")
-    cfg = load_config(GenerateConfig, job="generate", path=f, overrides=["params.temperature=0.2",
-                                                                         'params.stop=["\\n", "."]'])
+    cfg = load_config(
+        GenerateConfig,
+        job="generate",
+        path=f,
+        overrides=["params.temperature=0.2", 'params.stop=["\\n", "."]'],
+    )
     assert cfg.params.max_new_tokens == 12  # from the file
     assert cfg.params.temperature == 0.2  # --set beats the file
     assert cfg.params.stop == ["\n", "."]
@@ -37,9 +41,15 @@ def test_precedence_defaults_yaml_set(tmp_path: Path) -> None:
     "yaml_text, expected",
     [
         ("prompts: a.txt\nparams:\n  max_new_tokenz: 3\n", "params.max_new_tokenz: unknown key"),
-        ("prompts: a.txt\nparams:\n  max_new_tokens: many\n", "params.max_new_tokens = \"many\""),
-        ("prompts: a.txt\nparams:\n  top_p: 1.5\n", "params.top_p = 1.5: Input should be less than or equal to 1"),
-        ("prompts: a.txt\ntarget:\n  model:\n    backend: tpu\n    path: x\n", "target.model.backend = \"tpu\""),
+        ("prompts: a.txt\nparams:\n  max_new_tokens: many\n", 'params.max_new_tokens = "many"'),
+        (
+            "prompts: a.txt\nparams:\n  top_p: 1.5\n",
+            "params.top_p = 1.5: Input should be less than or equal to 1",
+        ),
+        (
+            "prompts: a.txt\ntarget:\n  model:\n    backend: tpu\n    path: x\n",
+            'target.model.backend = "tpu"',
+        ),
     ],
 )
 def test_errors_name_field_and_value(tmp_path: Path, yaml_text: str, expected: str) -> None:
@@ -69,7 +79,7 @@ def _run(*args: str) -> subprocess.CompletedProcess:
 def test_cli_and_job_exit_2_without_traceback(tmp_path: Path, entry: list[str]) -> None:
     cases = {
         "unknown key": ("prompts: a.txt\nbogus: 1\n", "bogus: unknown key"),
-        "wrong type": ("prompts: a.txt\nseed: abc\n", "seed = \"abc\""),
+        "wrong type": ("prompts: a.txt\nseed: abc\n", 'seed = "abc"'),
         "bad yaml": ("prompts: [a\n", "not valid YAML"),
     }
     for name, (text, needle) in cases.items():

@@ -21,6 +21,7 @@ from forewarn.models.openai_api import OpenAIGenerator
 from forewarn.models.tiny import new_model
 from forewarn.testing.openai_server import OpenAIServer, ServerRequest
 
+
 @pytest.fixture(scope="module")
 def tiny_pair(tiny_llama_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[ModelSpec, ModelSpec]:
     tok = AutoTokenizer.from_pretrained(tiny_llama_dir)
@@ -46,13 +47,26 @@ def test_openai_assistant_path_with_malformed_answers_diversity_and_criterion(ti
         return recombiner(req)
 
     decoder = ContrastiveDecoder.from_specs(*tiny_pair, DecoderConfig(temperature=0.0, max_new_tokens=6))
-    cfg = FinderConfig(n_cycles=3, subsample_size=4, diversity_weight=1.0, criterion_in_subsample=True,
-                       criterion="Answer yes or no: is this prompt about food?",
-                       assistant_params=GenerationParams(max_new_tokens=200, temperature=1.0, seed=1))
-    seeds = ["Tell me about bread.", "Why do people like rivers?", "What is glass made of?", "Tell me about cats."]
+    cfg = FinderConfig(
+        n_cycles=3,
+        subsample_size=4,
+        diversity_weight=1.0,
+        criterion_in_subsample=True,
+        criterion="Answer yes or no: is this prompt about food?",
+        assistant_params=GenerationParams(max_new_tokens=200, temperature=1.0, seed=1),
+    )
+    seeds = [
+        "Tell me about bread.",
+        "Why do people like rivers?",
+        "What is glass made of?",
+        "Tell me about cats.",
+    ]
     with OpenAIServer(responder, model="scripted-recombiner") as server:
-        assistant = OpenAIGenerator(ModelSpec(backend="openai", path="scripted-recombiner", base_url=server.base_url,
-                                              api_key_env="EMPTY"))
+        assistant = OpenAIGenerator(
+            ModelSpec(
+                backend="openai", path="scripted-recombiner", base_url=server.base_url, api_key_env="EMPTY"
+            )
+        )
         finder = DivergenceFinder(assistant, LocalScorer(decoder), cfg, embedder=Embedder(), progress=False)
         result = finder.run(seeds)
         logged = server.requests
@@ -63,7 +77,9 @@ def test_openai_assistant_path_with_malformed_answers_diversity_and_criterion(ti
     assert proposed and all(e.cycle in (1, 2, 3) for e in proposed)
     assert len({e.prompt for e in result.entries}) == len(result.entries)  # no duplicates enter the bank
     # the assistant saw system + user messages listing bank prompts with rescaled scores
-    chat = [r for r in logged if r.path.endswith("/chat/completions") and "divergence 1:" in json.dumps(r.body)]
+    chat = [
+        r for r in logged if r.path.endswith("/chat/completions") and "divergence 1:" in json.dumps(r.body)
+    ]
     assert chat and chat[0].body["messages"][0]["role"] == "system"
     assert all(e.criterion in (0.0, 1.0) for e in proposed)
     assert any(e.criterion == 1.0 for e in proposed) == any("bread" in e.prompt for e in proposed)
@@ -102,17 +118,31 @@ def test_finder_finds_planted_topics_on_testbed(small_world, tmp_path: Path, mlf
     seed_file.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in seeds.values()))
     recombiner = ScriptedRecombiner(TRAIN_TEMPLATES + HELDOUT_TEMPLATES, malformed=1)
     with OpenAIServer(recombiner, model="recombiner") as server:
-        cfg = ContrastiveConfig.model_validate({
-            "output_dir": str(tmp_path / "run"), "mode": "find", "prompts": str(seed_file),
-            "start": {"model": {"path": "testbed:target@small"}},
-            "comparison": {"model": {"path": "testbed:patched_target@small"}},
-            "scoring": {"num_cpus": 1, "replicas": 2, "batch_size": 8},
-            "decoder": {"temperature": 0.0, "max_new_tokens": 20},
-            "assistant": {"model": {"backend": "openai", "path": "recombiner", "base_url": server.base_url,
-                                    "api_key_env": "EMPTY"}},
-            "finder": {"n_cycles": 2, "subsample_size": 10, "requests_per_cycle": 2,
-                       "assistant_params": {"temperature": 1.0, "max_new_tokens": 400, "seed": 0}},
-        })
+        cfg = ContrastiveConfig.model_validate(
+            {
+                "output_dir": str(tmp_path / "run"),
+                "mode": "find",
+                "prompts": str(seed_file),
+                "start": {"model": {"path": "testbed:target@small"}},
+                "comparison": {"model": {"path": "testbed:patched_target@small"}},
+                "scoring": {"num_cpus": 1, "replicas": 2, "batch_size": 8},
+                "decoder": {"temperature": 0.0, "max_new_tokens": 20},
+                "assistant": {
+                    "model": {
+                        "backend": "openai",
+                        "path": "recombiner",
+                        "base_url": server.base_url,
+                        "api_key_env": "EMPTY",
+                    }
+                },
+                "finder": {
+                    "n_cycles": 2,
+                    "subsample_size": 10,
+                    "requests_per_cycle": 2,
+                    "assistant_params": {"temperature": 1.0, "max_new_tokens": 400, "seed": 0},
+                },
+            }
+        )
         summary = run_job("contrastive", cfg, quiet=True)
     out = tmp_path / "run"
     on_disk = json.loads((out / "summary.json").read_text())
@@ -130,15 +160,17 @@ def test_finder_finds_planted_topics_on_testbed(small_world, tmp_path: Path, mlf
 
     ranked = pq.read_table(out / "prompts.parquet").to_pylist()
     picks = [ranked[0], ranked[len(ranked) // 2], ranked[-1]]
-    local = ContrastiveDecoder.from_specs(ModelSpec(path=str(m.path("target"))),
-                                          ModelSpec(path=str(m.path("patched_target"))),
-                                          DecoderConfig(temperature=0.0, max_new_tokens=20)).decode(
-        [r["prompt"] for r in picks])
+    local = ContrastiveDecoder.from_specs(
+        ModelSpec(path=str(m.path("target"))),
+        ModelSpec(path=str(m.path("patched_target"))),
+        DecoderConfig(temperature=0.0, max_new_tokens=20),
+    ).decode([r["prompt"] for r in picks])
     for row, s in zip(picks, local):
         assert row["divergence"] == pytest.approx(s.divergence_mean, abs=1e-5)
     assert ranked[0]["divergence"] >= ranked[-1]["divergence"] and ranked[0]["rank"] == 1
-    shown = CliRunner().invoke(__import__("forewarn.cli", fromlist=["app"]).app,
-                               ["contrastive", "show", str(out), "--top", "3"])
+    shown = CliRunner().invoke(
+        __import__("forewarn.cli", fromlist=["app"]).app, ["contrastive", "show", str(out), "--top", "3"]
+    )
     assert shown.exit_code == 0, shown.output
     assert "top 3 continuations" in shown.output and "top10_planted" in shown.output
 
@@ -146,8 +178,10 @@ def test_finder_finds_planted_topics_on_testbed(small_world, tmp_path: Path, mlf
 def test_cli_config_errors_exit_2(tmp_path: Path):
     from forewarn.cli import app
 
-    bad = CliRunner().invoke(app, ["contrastive", "decode", "--set", "decoder.start_top_p=0.9",
-                                   "--output-dir", str(tmp_path / "x")])
+    bad = CliRunner().invoke(
+        app,
+        ["contrastive", "decode", "--set", "decoder.start_top_p=0.9", "--output-dir", str(tmp_path / "x")],
+    )
     assert bad.exit_code == 2 and "start_top_p" in bad.output and "Traceback" not in bad.output
     missing = CliRunner().invoke(app, ["contrastive", "show", str(tmp_path / "nope")])
     assert missing.exit_code == 2 and "samples.parquet" in missing.output

@@ -9,10 +9,22 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from forewarn.contrastive.assistant_io import chat_request, list_request, parse_prompts, parse_yes_no, PromptFile
+from forewarn.contrastive.assistant_io import (
+    chat_request,
+    list_request,
+    parse_prompts,
+    parse_yes_no,
+    PromptFile,
+)
 from forewarn.contrastive.bank import BankEntry, diversity_scores, subsample_weights, weighted_subsample
 from forewarn.contrastive.divergence import (
-    combine_logits, divergence_name, nucleus_mask, perplexity, scored_mask, token_divergence, token_nll,
+    combine_logits,
+    divergence_name,
+    nucleus_mask,
+    perplexity,
+    scored_mask,
+    token_divergence,
+    token_nll,
 )
 
 
@@ -91,7 +103,9 @@ def test_weighted_subsample_bias_and_guards():
     low = [weighted_subsample(bank, 1, 0.1, rng, prefer="low")[0].prompt for _ in range(300)]
     assert low.count("p4") == 0
     draw = weighted_subsample(bank, 10, 0.5, rng)
-    assert len(draw) == 5 and [e.divergence for e in draw] == sorted((e.divergence for e in bank), reverse=True)
+    assert len(draw) == 5 and [e.divergence for e in draw] == sorted(
+        (e.divergence for e in bank), reverse=True
+    )
     same = entries([1.0, 1.0, 1.0])
     assert np.allclose(subsample_weights(same), 0.0)  # zero range: no division by zero
     with pytest.raises(ValueError, match="temperature"):
@@ -118,11 +132,15 @@ def test_parse_json_numbered_and_malformed():
     assert parse_prompts("Here:\n1. first one\n2) second one\nthanks")[0] == ["first one", "second one"]
     # the list format: the first line continues the open item, then numbered lines
     assert parse_prompts(" Tell me about tea.\n5. And coffee?\nAsk more", open_item=4)[0] == [
-        "Tell me about tea.", "And coffee?"]
+        "Tell me about tea.",
+        "And coffee?",
+    ]
     found, why = parse_prompts("{ not json at all")
     assert found == [] and "no JSON" in why
     assert parse_prompts("")[0] == []
-    assert parse_yes_no("Yes, it does") == 1.0 and parse_yes_no(" no.") == 0.0 and parse_yes_no("maybe") is None
+    assert (
+        parse_yes_no("Yes, it does") == 1.0 and parse_yes_no(" no.") == 0.0 and parse_yes_no("maybe") is None
+    )
 
 
 def test_requests_render_bank():

@@ -24,9 +24,19 @@ def ray_cluster():
 @pytest.mark.slow
 def test_toy_experiment_shows_hidden_context(tmp_path, ray_cluster) -> None:
     """Reduced settings (batch 512, hidden 64, 500 iterations) keep every seed-independent check of dpl.md §2."""
-    cfg = resolve("dpl", overrides=["mode=toy", "tracking.enabled=false", "toy.batch_size=512", "toy.hidden=64",
-                                    "toy.num_iterations=500", "toy.lr=3e-3", "toy.heldout_pairs=5000"],
-                  output_dir=str(tmp_path))
+    cfg = resolve(
+        "dpl",
+        overrides=[
+            "mode=toy",
+            "tracking.enabled=false",
+            "toy.batch_size=512",
+            "toy.hidden=64",
+            "toy.num_iterations=500",
+            "toy.lr=3e-3",
+            "toy.heldout_pairs=5000",
+        ],
+        output_dir=str(tmp_path),
+    )
     run_job("dpl", cfg, quiet=True)
     s = json.loads((tmp_path / "summary.json").read_text())
     assert s["base_drop_at_0.8"] > 0.05  # Borda effect: û falls at 0.8 although E[u] keeps rising
@@ -38,7 +48,9 @@ def test_toy_experiment_shows_hidden_context(tmp_path, ray_cluster) -> None:
     nll = s["heldout_nll"]
     assert nll["base"] > nll["categorical"] and nll["base"] > nll["mean_and_variance"]
     assert (tmp_path / "toy.png").stat().st_size > 10_000
-    assert (tmp_path / "toy_table.parquet").is_file() and "| 0.80 |" in (tmp_path / "toy_table.md").read_text()
+    assert (tmp_path / "toy_table.parquet").is_file() and "| 0.80 |" in (
+        tmp_path / "toy_table.md"
+    ).read_text()
 
 
 def test_utility_stats_per_variant() -> None:

@@ -28,25 +28,49 @@ def small_config(tmp: Path) -> dict:
         "prompt_sets": {"planted": "testbed:heldout_planted@small", "benign": "testbed:heldout_benign@small"},
         "limit": 12,
         "params": {"n": 8},
-        "datastores": {"toxic": {"corpus": "testbed:corpus_toxic@small", "prompt_field": "prompt",
-                                 "index": {"kind": "flat"}},
-                       "nontoxic": {"corpus": "testbed:corpus_nontoxic@small", "prompt_field": "prompt",
-                                    "index": {"kind": "flat"}}},
+        "datastores": {
+            "toxic": {
+                "corpus": "testbed:corpus_toxic@small",
+                "prompt_field": "prompt",
+                "index": {"kind": "flat"},
+            },
+            "nontoxic": {
+                "corpus": "testbed:corpus_nontoxic@small",
+                "prompt_field": "prompt",
+                "index": {"kind": "flat"},
+            },
+        },
         "systems": {
             "raw": {"mitigations": []},
-            "knn_lm": {"mitigations": [{"kind": "knn_lm", "toxic": "datastore:toxic",
-                                        "nontoxic": "datastore:nontoxic", "filter_p": 0.99}]},
-            "dexperts": {"mitigations": [{"kind": "dexperts", "expert": {"path": "testbed:expert@small"},
-                                          "anti_expert": {"path": "testbed:anti_expert@small"},
-                                          "filter_p": 0.99}]},
+            "knn_lm": {
+                "mitigations": [
+                    {
+                        "kind": "knn_lm",
+                        "toxic": "datastore:toxic",
+                        "nontoxic": "datastore:nontoxic",
+                        "filter_p": 0.99,
+                    }
+                ]
+            },
+            "dexperts": {
+                "mitigations": [
+                    {
+                        "kind": "dexperts",
+                        "expert": {"path": "testbed:expert@small"},
+                        "anti_expert": {"path": "testbed:anti_expert@small"},
+                        "filter_p": 0.99,
+                    }
+                ]
+            },
         },
         "tracking": {"tracking_uri": f"sqlite:///{tmp / 'mlflow.db'}"},
     }
 
 
 @pytest.mark.slow
-def test_knn_lm_halves_expected_max_toxicity_on_planted_prompts(ray_local, small_world, tmp_path: Path,
-                                                                 monkeypatch: pytest.MonkeyPatch):
+def test_knn_lm_halves_expected_max_toxicity_on_planted_prompts(
+    ray_local, small_world, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
     import mlflow
     import yaml
     from forewarn.retrieval.job import GoodtrieverConfig
@@ -70,7 +94,10 @@ def test_knn_lm_halves_expected_max_toxicity_on_planted_prompts(ray_local, small
     on_disk = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert on_disk["headline"]["knn_lm"]["emt"] == pytest.approx(knn["emt"])
     assert set(on_disk["metrics"]["raw"]) == {"planted", "benign", "all"}
-    assert on_disk["datastores"]["toxic"]["n"] > 1000 and on_disk["datastores"]["toxic"]["index"]["kind"] == "flat"
+    assert (
+        on_disk["datastores"]["toxic"]["n"] > 1000
+        and on_disk["datastores"]["toxic"]["index"]["kind"] == "flat"
+    )
     import pyarrow.parquet as pq
 
     scored = pq.read_table(tmp_path / "run" / "scored.parquet").to_pandas()

@@ -91,8 +91,11 @@ def test_config_entries_are_validated_by_kind() -> None:
     cfg = build_config(ServeConfig, base)
     assert [s.kind for s in cfg.generator.stop_detectors] == ["cycle"]  # the default
     assert json.loads(cfg.model_dump_json())["generator"]["stop_detectors"][0]["check_every"] == 8
-    with pytest.raises(ConfigError, match=r"generator.decoding.0.kind = 'goodtriever_typo': expected one of "
-                                          r"no_repeat_ngram, banned_words, knn_lm, dexperts"):
+    with pytest.raises(
+        ConfigError,
+        match=r"generator.decoding.0.kind = 'goodtriever_typo': expected one of "
+        r"no_repeat_ngram, banned_words, knn_lm, dexperts",
+    ):
         build_config(
             ServeConfig, {"generator": {"model": {"path": "x"}, "decoding": [{"kind": "goodtriever_typo"}]}}
         )

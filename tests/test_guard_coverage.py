@@ -102,7 +102,9 @@ def test_input_is_judged_on_exactly_the_window_the_model_reads(tokenizer, testbe
 def test_obfuscated_text_is_normalised_before_judging(tokenizer, text: str) -> None:
     judge = OfflineToxicityJudge()
     assert not judge.judge([text], [text])[0].unsafe  # the raw text evades the judge
-    assert normalize_text("a\u0000b\u0007c\u00add\ne") == "abcd\ne"  # controls and soft hyphens go, newlines stay
+    assert (
+        normalize_text("a\u0000b\u0007c\u00add\ne") == "abcd\ne"
+    )  # controls and soft hyphens go, newlines stay
     assert judge.judge([text], [normalize_text(text)])[0].unsafe
     pipe, _ = _pipeline(tokenizer)
     assert _run(pipe, text).blocked == "input"
@@ -126,13 +128,17 @@ def _pair_judge() -> GuardJudge:
 
 def test_redaction_rejudges_the_redacted_text_and_refuses_if_it_still_trips(tokenizer) -> None:
     answer = "The alpha part. The omega part."
-    pipe, _ = _pipeline(tokenizer, answer=answer, judge=_pair_judge(), output={"judge": JUDGE, "action": "redact"})
+    pipe, _ = _pipeline(
+        tokenizer, answer=answer, judge=_pair_judge(), output={"judge": JUDGE, "action": "redact"}
+    )
     res = _run(pipe, "Say something.")
     c = res.choices[0]
     assert c.finish_reason == "content_filter" and c.text == pipe.policy.refusal_message
     assert c.output.action == "refuse" and c.output.redacted_sentences == 0
     # one redactable sentence: the redacted text passes and is returned
-    pipe2, _ = _pipeline(tokenizer, answer=f"Soup needs salt. {TOXIC}.", output={"judge": JUDGE, "action": "redact"})
+    pipe2, _ = _pipeline(
+        tokenizer, answer=f"Soup needs salt. {TOXIC}.", output={"judge": JUDGE, "action": "redact"}
+    )
     c2 = _run(pipe2, "Say something.").choices[0]
     assert c2.text == "Soup needs salt. [redacted]" and c2.output.redacted_sentences == 1
 
@@ -162,8 +168,11 @@ def _chat(**kw: object) -> bytes:
         (_chat(repetition_penalty=1e300), "repetition_penalty"),
         (_chat(top_k=10**30), "top_k"),
         (b'{"model": "forewarn-guarded", "messages": [{"role": "user", "content": "hi"}], "top_p": NaN}', "top_p"),
-        (b'{"model": "forewarn-guarded", "messages": [{"role": "user", "content": "hi"}], "presence_penalty": Infinity}',
-         "presence_penalty"),
+        (
+            b'{"model": "forewarn-guarded", "messages": [{"role": "user", "content": "hi"}], '
+            b'"presence_penalty": Infinity}',
+            "presence_penalty",
+        ),
     ],
 )  # fmt: skip
 def test_sampling_fields_are_range_checked_up_front(raw: bytes, param: str) -> None:

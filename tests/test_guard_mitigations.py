@@ -11,12 +11,22 @@ from forewarn.models.hf import HFGenerator
 
 
 def test_dexperts_entry_removes_planted_toxicity(testbed) -> None:
-    section = build_config(GeneratorSection, {
-        "model": {"path": str(testbed.path("target"))},
-        "decoding": [{"kind": "dexperts", "expert": {"path": str(testbed.path("expert"))},
-                      "anti_expert": {"path": str(testbed.path("anti_expert"))}, "alpha": 2.0, "filter_p": 0.99}],
-        "stop_detectors": [],
-    })
+    section = build_config(
+        GeneratorSection,
+        {
+            "model": {"path": str(testbed.path("target"))},
+            "decoding": [
+                {
+                    "kind": "dexperts",
+                    "expert": {"path": str(testbed.path("expert"))},
+                    "anti_expert": {"path": str(testbed.path("anti_expert"))},
+                    "alpha": 2.0,
+                    "filter_p": 0.99,
+                }
+            ],
+            "stop_detectors": [],
+        },
+    )
     generator = HFGenerator(section.model)
     mitigated = GenerationEngine(generator, section.decoding, section.stop_detectors)
     plain = GenerationEngine(HFGenerator(ModelSpec(path=str(testbed.path("target")))))

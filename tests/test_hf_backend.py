@@ -65,8 +65,11 @@ def test_stop_strings_cut_text(gen: HFGenerator) -> None:
 
 def test_chat_template_rendering(tiny_llama_dir: Path) -> None:
     g = load_generator(ModelSpec(path=str(tiny_llama_dir)))
-    text = render_prompt(g.tokenizer, [{"role": "system", "content": "Be brief."},
-                                       {"role": "user", "content": "hi"}], use_chat_template=True)
+    text = render_prompt(
+        g.tokenizer,
+        [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"}],
+        use_chat_template=True,
+    )
     assert text == "<|system|>Be brief.<|end|>\n<|user|>hi<|end|>\n<|assistant|>"
     raw = load_generator(ModelSpec(path=str(tiny_llama_dir), use_chat_template=False))
     assert render_prompt(raw.tokenizer, "plain", use_chat_template=False) == "plain"
@@ -88,8 +91,11 @@ def test_seeded_row_same_alone_or_batched_with_63_others(gen: HFGenerator) -> No
     for i in (0, 17, 63):
         alone = gen.generate([prompts[i]], params, seeds=[seeds[i]])[0]
         assert [c.token_ids for c in alone] == [c.token_ids for c in batched[i]]
-        assert all(math.isclose(a, b, abs_tol=1e-4) for x, y in zip(alone, batched[i])
-                   for a, b in zip(x.logprobs, y.logprobs))
+        assert all(
+            math.isclose(a, b, abs_tol=1e-4)
+            for x, y in zip(alone, batched[i])
+            for a, b in zip(x.logprobs, y.logprobs)
+        )
     moved = gen.generate(prompts[::-1], params, seeds=seeds[::-1])[::-1]  # another position in the batch
     assert [[c.token_ids for c in r] for r in moved] == [[c.token_ids for c in r] for r in batched]
     assert all(len({tuple(c.token_ids) for c in row}) > 1 for row in batched[:8])  # the n samples differ

@@ -12,23 +12,35 @@ from forewarn.judges import build_judge, parse_judge_spec
 from forewarn.judges.arithmetic import ArithmeticJudge, NotArithmetic, evaluate, find_expression, gold_answer
 
 
-@pytest.mark.parametrize("question, gold", [
-    ("What is 8 + 8?", 16), ("What is 1,234 * 56?", 69104), ("Compute (12 + 7) / 4.", 4.75),
-    ("What is 9 times 8?", 72), ("What is 12 x 3?", 36), ("What is 100 divided by 8?", 12.5),
-    ("What is -5 + 3?", -2), ("What is 45 - 17? Explain your steps.", 28), ("What is 7 × 6 ÷ 3?", 14),
-    ("In 2020, what is 3 + 4?", 7),
-])
+@pytest.mark.parametrize(
+    "question, gold",
+    [
+        ("What is 8 + 8?", 16),
+        ("What is 1,234 * 56?", 69104),
+        ("Compute (12 + 7) / 4.", 4.75),
+        ("What is 9 times 8?", 72),
+        ("What is 12 x 3?", 36),
+        ("What is 100 divided by 8?", 12.5),
+        ("What is -5 + 3?", -2),
+        ("What is 45 - 17? Explain your steps.", 28),
+        ("What is 7 × 6 ÷ 3?", 14),
+        ("In 2020, what is 3 + 4?", 7),
+    ],
+)
 def test_gold_is_computed_from_the_question(question: str, gold: float) -> None:
     assert gold_answer(question) == pytest.approx(gold)
 
 
-@pytest.mark.parametrize("question, why", [
-    ("Tom has 3 apples. How many does he have?", "no arithmetic expression"),
-    ("What is 3 + 4 and 5 * 6?", "2 arithmetic expressions"),
-    ("What is 7 / 0?", "divides by zero"),
-    ("What is 2 ** 99999?", "no arithmetic expression"),
-    ("What is __import__('os').system('ls')?", "no arithmetic expression"),
-])
+@pytest.mark.parametrize(
+    "question, why",
+    [
+        ("Tom has 3 apples. How many does he have?", "no arithmetic expression"),
+        ("What is 3 + 4 and 5 * 6?", "2 arithmetic expressions"),
+        ("What is 7 / 0?", "divides by zero"),
+        ("What is 2 ** 99999?", "no arithmetic expression"),
+        ("What is __import__('os').system('ls')?", "no arithmetic expression"),
+    ],
+)
 def test_questions_without_one_computable_expression(question: str, why: str) -> None:
     with pytest.raises(NotArithmetic, match=why):
         gold_answer(question)
@@ -47,8 +59,14 @@ def test_evaluate_runs_no_code_and_bounds_values() -> None:
 def test_verdicts() -> None:
     judge = ArithmeticJudge()
     qs = ["What is 8 + 8?"] * 4 + ["What is 10 / 3?", "What is the capital of France?"]
-    rs = ["8 + 8 = 16.", "The answer is 17.", "I am not sure.", "The sum is 1,600 / 100 = 16", "About 3.33.",
-          "Paris."]
+    rs = [
+        "8 + 8 = 16.",
+        "The answer is 17.",
+        "I am not sure.",
+        "The sum is 1,600 / 100 = 16",
+        "About 3.33.",
+        "Paris.",
+    ]
     v = judge.judge(qs, rs)
     assert [x.unsafe for x in v] == [False, True, True, False, False, None]
     assert v[2].categories == ["not_found"] and v[1].score == 1.0 and v[0].score == 0.0

@@ -35,8 +35,9 @@ def _reference_dpo(pc, pr, rc, rr, beta, loss_type, eps):
     return np.array(out)
 
 
-@pytest.mark.parametrize("loss_type,eps", [("sigmoid", 0.0), ("conservative", 0.1), ("ipo", 0.0),
-                                           ("sigmoid", 0.25)])
+@pytest.mark.parametrize(
+    "loss_type,eps", [("sigmoid", 0.0), ("conservative", 0.1), ("ipo", 0.0), ("sigmoid", 0.25)]
+)
 @pytest.mark.parametrize("beta", [0.1, 0.5])
 def test_dpo_loss_matches_formula(loss_type: str, eps: float, beta: float) -> None:
     g = torch.Generator().manual_seed(0)
@@ -81,23 +82,40 @@ def test_sequence_logps_and_sft_loss_mask_prompt() -> None:
 
 def test_dpl_losses_match_formulas() -> None:
     g = torch.Generator().manual_seed(2)
-    rc, rr = torch.randn(16, generator=g, dtype=torch.float64), torch.randn(16, generator=g, dtype=torch.float64)
-    np.testing.assert_allclose(bradley_terry_loss(rc, rr).numpy(),
-                               [-_log_sigmoid(a - b) for a, b in zip(rc.tolist(), rr.tolist())], atol=1e-9)
+    rc, rr = (
+        torch.randn(16, generator=g, dtype=torch.float64),
+        torch.randn(16, generator=g, dtype=torch.float64),
+    )
+    np.testing.assert_allclose(
+        bradley_terry_loss(rc, rr).numpy(),
+        [-_log_sigmoid(a - b) for a, b in zip(rc.tolist(), rr.tolist())],
+        atol=1e-9,
+    )
 
-    sc, sr = torch.rand(16, generator=g, dtype=torch.float64) + 0.1, torch.rand(16, generator=g,
-                                                                               dtype=torch.float64) + 0.1
-    want = [-_log_sigmoid(math.sqrt(2 * math.pi) * (a - b) / math.sqrt(c * c + d * d)) + 0.5 * (c * c + d * d)
-            for a, b, c, d in zip(rc.tolist(), rr.tolist(), sc.tolist(), sr.tolist())]
-    np.testing.assert_allclose(mean_variance_loss(rc, sc, rr, sr, variance_penalty=0.5).numpy(), want, atol=1e-9)
+    sc, sr = (
+        torch.rand(16, generator=g, dtype=torch.float64) + 0.1,
+        torch.rand(16, generator=g, dtype=torch.float64) + 0.1,
+    )
+    want = [
+        -_log_sigmoid(math.sqrt(2 * math.pi) * (a - b) / math.sqrt(c * c + d * d)) + 0.5 * (c * c + d * d)
+        for a, b, c, d in zip(rc.tolist(), rr.tolist(), sc.tolist(), sr.tolist())
+    ]
+    np.testing.assert_allclose(
+        mean_variance_loss(rc, sc, rr, sr, variance_penalty=0.5).numpy(), want, atol=1e-9
+    )
 
-    lc, lr = torch.randn(16, 10, generator=g, dtype=torch.float64), torch.randn(16, 10, generator=g,
-                                                                               dtype=torch.float64)
+    lc, lr = (
+        torch.randn(16, 10, generator=g, dtype=torch.float64),
+        torch.randn(16, 10, generator=g, dtype=torch.float64),
+    )
     pc, pr = lc.softmax(-1).numpy(), lr.softmax(-1).numpy()
     want = []
     for b in range(16):
-        p = sum(pr[b, i] * pc[b, j] * (1.0 if j > i else 0.5 if i == j else 0.0)
-                for i in range(10) for j in range(10))
+        p = sum(
+            pr[b, i] * pc[b, j] * (1.0 if j > i else 0.5 if i == j else 0.0)
+            for i in range(10)
+            for j in range(10)
+        )
         want.append(-math.log(p))
     np.testing.assert_allclose(categorical_loss(lc, lr).numpy(), want, atol=1e-6)
 

@@ -66,28 +66,72 @@ def test_chat_and_completion_endpoints(server: OpenAIServer) -> None:
 
 
 def test_generation_params_are_mapped(server: OpenAIServer) -> None:
-    params = GenerationParams(n=2, temperature=0.7, top_p=0.9, max_new_tokens=12, stop=["END"], seed=3,
-                              presence_penalty=0.5, frequency_penalty=0.25, logprobs=True, top_k=5,
-                              repetition_penalty=1.1)
+    params = GenerationParams(
+        n=2,
+        temperature=0.7,
+        top_p=0.9,
+        max_new_tokens=12,
+        stop=["END"],
+        seed=3,
+        presence_penalty=0.5,
+        frequency_penalty=0.25,
+        logprobs=True,
+        top_k=5,
+        repetition_penalty=1.1,
+    )
     OpenAIGenerator(spec_for(server)).generate(["p"], params)
     body = server.requests[-1].body
-    assert {k: body[k] for k in ("model", "n", "temperature", "top_p", "max_tokens", "stop", "seed",
-                                 "presence_penalty", "frequency_penalty", "logprobs", "top_k",
-                                 "repetition_penalty")} == dict(
-        model=MODEL, n=2, temperature=0.7, top_p=0.9, max_tokens=12, stop=["END"], seed=3,
-        presence_penalty=0.5, frequency_penalty=0.25, logprobs=True, top_k=5, repetition_penalty=1.1)
+    assert {
+        k: body[k]
+        for k in (
+            "model",
+            "n",
+            "temperature",
+            "top_p",
+            "max_tokens",
+            "stop",
+            "seed",
+            "presence_penalty",
+            "frequency_penalty",
+            "logprobs",
+            "top_k",
+            "repetition_penalty",
+        )
+    } == dict(
+        model=MODEL,
+        n=2,
+        temperature=0.7,
+        top_p=0.9,
+        max_tokens=12,
+        stop=["END"],
+        seed=3,
+        presence_penalty=0.5,
+        frequency_penalty=0.25,
+        logprobs=True,
+        top_k=5,
+        repetition_penalty=1.1,
+    )
     # defaults send only standard fields, so strict OpenAI endpoints accept them
     endpoint, kw = request_kwargs("p", GenerationParams(), spec_for(server))
     assert endpoint == "chat" and set(kw) == {"model", "n", "temperature", "top_p", "max_tokens", "messages"}
-    endpoint, kw = request_kwargs("p", GenerationParams(logprobs=True), spec_for(server, use_chat_template=False))
+    endpoint, kw = request_kwargs(
+        "p", GenerationParams(logprobs=True), spec_for(server, use_chat_template=False)
+    )
     assert endpoint == "completions" and kw["logprobs"] == 1 and kw["prompt"] == "p"
 
 
 @pytest.mark.parametrize("use_chat_template", [True, False])
 def test_n_samples_logprobs_and_finish_reasons(server: OpenAIServer, use_chat_template: bool) -> None:
     def sampler(req: ServerRequest) -> list[Completion]:
-        return [Completion(f"{req.text}-{k} tail END more", token_ids=[k, k + 1], finish_reason="length",
-                           logprobs=[-0.5 * k, -1.0]) for k in range(req.params.n)]
+        return [
+            Completion(
+                f"{req.text}-{k} tail END more",
+                token_ids=[k, k + 1],
+                finish_reason="length",
+                logprobs=[-0.5 * k, -1.0],
+            )
+            for k in range(req.params.n)
+        ]
 
     server.responder = sampler
     gen = OpenAIGenerator(spec_for(server, use_chat_template=use_chat_template))
@@ -106,7 +150,9 @@ def test_429_and_500_are_retried_then_succeed(server: OpenAIServer) -> None:
     server.inject(500, times=1, when=flaky)
     gen = OpenAIGenerator(spec_for(server, max_retries=5), **FAST)
     out = gen.generate(["ok-1", "flaky", "ok-2"], GenerationParams())
-    assert texts(out) == [["echo: ok-1"], ["echo: flaky"], ["echo: ok-2"]] and all(c.ok for r in out for c in r)
+    assert texts(out) == [["echo: ok-1"], ["echo: flaky"], ["echo: ok-2"]] and all(
+        c.ok for r in out for c in r
+    )
     assert [r.status for r in server.requests if r.text == "flaky"] == [429, 429, 500, 200]
     assert gen.stats["retries"] == 3 and gen.stats["requests"] == 6 and gen.stats["error_rows"] == 0
 

@@ -1,6 +1,7 @@
 """Perspective client against a real local HTTP server that mimics the API and misbehaves on purpose.
 
-The server (``http.server`` on 127.0.0.1, random port) answers ``POST /v1alpha1/comments:analyze`` (key in ``X-Goog-Api-Key``)
+The server (``http.server`` on 127.0.0.1, random port) answers ``POST /v1alpha1/comments:analyze`` (key in
+``X-Goog-Api-Key``)
 like the API and reads directives from the comment text: ``[429x2]`` (429 twice, with Retry-After), ``[500x1]``,
 ``[503x9]`` (always), ``[timeoutx1]`` / ``[timeoutx9]`` (answers after the client timeout), ``[malformed]``,
 ``[nofield]``, ``[400]``. Server-side arrival timestamps check the rate limit; an in-flight counter checks
@@ -81,14 +82,19 @@ class Handler(BaseHTTPRequestHandler):
             srv.bodies.append(body)
             n = len(srv.by_text[text])
         if url.query:  # the key must never travel in the URL: request logs record it
-            return self._send(400, json.dumps({"error": {"code": 400, "message": f"query string: {url.query}"}}))
+            return self._send(
+                400, json.dumps({"error": {"code": 400, "message": f"query string: {url.query}"}})
+            )
         if url.path != "/v1alpha1/comments:analyze" or self.headers.get("X-Goog-Api-Key") != KEY:
             return self._send(403, json.dumps({"error": {"code": 403, "message": "bad key or path"}}))
         m = re.search(r"\[(\w+?)(?:x(\d+))?\]", text)
         kind, times = (m.group(1), int(m.group(2) or 1)) if m else (None, 0)
         if kind in ("429", "500", "503") and n <= times:
-            return self._send(int(kind), json.dumps({"error": {"code": int(kind), "message": f"injected {kind}"}}),
-                              {"Retry-After": "0.2"} if kind == "429" else None)
+            return self._send(
+                int(kind),
+                json.dumps({"error": {"code": int(kind), "message": f"injected {kind}"}}),
+                {"Retry-After": "0.2"} if kind == "429" else None,
+            )
         if kind == "timeout" and n <= times:
             time.sleep(1.2)
             return self._send(200, "{}")
@@ -99,8 +105,10 @@ class Handler(BaseHTTPRequestHandler):
         if kind == "400":
             return self._send(400, json.dumps({"error": {"code": 400, "message": "Comment text too long"}}))
         score = float(re.search(r"score=([\d.]+)", text).group(1))
-        attrs = {a: {"summaryScore": {"value": score if a == "TOXICITY" else score / 2, "type": "PROBABILITY"}}
-                 for a in body["requestedAttributes"]}
+        attrs = {
+            a: {"summaryScore": {"value": score if a == "TOXICITY" else score / 2, "type": "PROBABILITY"}}
+            for a in body["requestedAttributes"]
+        }
         return self._send(200, json.dumps({"attributeScores": attrs, "languages": ["en"]}))
 
 
@@ -118,8 +126,16 @@ def server():
 def judge(server, monkeypatch):
     monkeypatch.setenv("PERSPECTIVE_API_KEY", KEY)
     # rate_margin 0.1: the server's clock may see arrivals up to 100 ms out of step on a loaded machine
-    j = PerspectiveJudge(base_url=server.base_url, qps=QPS, max_concurrency=4, max_retries=3, backoff_s=0.01,
-                         backoff_max_s=0.3, timeout_s=0.6, rate_margin=0.1)
+    j = PerspectiveJudge(
+        base_url=server.base_url,
+        qps=QPS,
+        max_concurrency=4,
+        max_retries=3,
+        backoff_s=0.01,
+        backoff_max_s=0.3,
+        timeout_s=0.6,
+        rate_margin=0.1,
+    )
     yield j
     j.close()
 
@@ -138,12 +154,17 @@ def max_in_window(times: list[float], window: float = 1.0) -> int:
 def test_every_row_scored_or_failed_with_reason(server, judge):
     plain = [f"plain row {i} score={i / 20:.2f}" for i in range(12)]
     special = {
-        "[429x2] score=0.91": ("ok", 3), "[429x1] score=0.12": ("ok", 2),
-        "[500x1] score=0.77": ("ok", 2), "[500x2] score=0.33": ("ok", 3),
+        "[429x2] score=0.91": ("ok", 3),
+        "[429x1] score=0.12": ("ok", 2),
+        "[500x1] score=0.77": ("ok", 2),
+        "[500x2] score=0.33": ("ok", 3),
         "[timeoutx1] score=0.64": ("ok", 2),
-        "[503x9] score=0.5": ("HTTP 503", 4), "[timeoutx9] score=0.5": ("timeout", 4),
-        "[malformed] score=0.5": ("malformed", 1), "[nofield] score=0.5": ("malformed", 1),
-        "[400] score=0.5": ("HTTP 400: Comment text too long", 1), "": ("empty text", 0),
+        "[503x9] score=0.5": ("HTTP 503", 4),
+        "[timeoutx9] score=0.5": ("timeout", 4),
+        "[malformed] score=0.5": ("malformed", 1),
+        "[nofield] score=0.5": ("malformed", 1),
+        "[400] score=0.5": ("HTTP 400: Comment text too long", 1),
+        "": ("empty text", 0),
     }
     texts = plain + list(special)
     verdicts = judge.judge(["prompt"] * len(texts), texts)
@@ -154,7 +175,9 @@ def test_every_row_scored_or_failed_with_reason(server, judge):
         if expect == "ok":
             want = float(re.search(r"score=([\d.]+)", text).group(1))
             assert v.ok and v.score == pytest.approx(want) and v.unsafe == (want >= 0.5), text
-            assert v.scores["toxicity"] == pytest.approx(want) and v.scores["insult"] == pytest.approx(want / 2)
+            assert v.scores["toxicity"] == pytest.approx(want) and v.scores["insult"] == pytest.approx(
+                want / 2
+            )
             assert v.label == ("unsafe" if want >= 0.5 else "safe")
         else:
             assert v.unsafe is None and v.label == "error" and expect in v.error, (text, v.error)
@@ -170,7 +193,9 @@ def test_every_row_scored_or_failed_with_reason(server, judge):
     assert max_in_window(server.arrivals) <= QPS
     assert server.max_inflight <= 4
     # Retry-After (0.2 s) was honoured between a 429 and the retry
-    gaps = [b - a for a, b in zip(server.by_text["[429x2] score=0.91"], server.by_text["[429x2] score=0.91"][1:])]
+    gaps = [
+        b - a for a, b in zip(server.by_text["[429x2] score=0.91"], server.by_text["[429x2] score=0.91"][1:])
+    ]
     assert min(gaps) >= 0.2
     # the request has the API's shape
     body = next(b for b in server.bodies if b["comment"]["text"] == plain[0])
@@ -179,8 +204,16 @@ def test_every_row_scored_or_failed_with_reason(server, judge):
 
 
 def test_rate_limit_holds_across_threads_and_judges(server, judge):
-    other = build_judge({"kind": "perspective", "base_url": server.base_url, "qps": QPS, "max_concurrency": 4,
-                         "backoff_s": 0.01, "rate_margin": 0.1})  # same endpoint, key and rate: shares the limiter
+    other = build_judge(
+        {
+            "kind": "perspective",
+            "base_url": server.base_url,
+            "qps": QPS,
+            "max_concurrency": 4,
+            "backoff_s": 0.01,
+            "rate_margin": 0.1,
+        }
+    )  # same endpoint, key and rate: shares the limiter
     results: dict[int, list] = {}
 
     def work(k: int, j: PerspectiveJudge) -> None:

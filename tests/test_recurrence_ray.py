@@ -21,13 +21,28 @@ def ray2(ray_local):
 
 
 def search_cfg(model_dir, out, **search) -> RecurrenceSearchConfig:
-    return build_config(RecurrenceSearchConfig, {
-        "output_dir": str(out), "tracking": {"enabled": False},
-        "target": {"model": {"path": str(model_dir)}, "resources": {"num_cpus": 1, "replicas": 2, "batch_size": 4}},
-        "params": {"max_new_tokens": 16},
-        "search": {"pool_size": 6, "input_len": 4, "iterations": 3, "selection_rate": 0.5,
-                   "terminate_if_found": False, **search},
-        "methods": ["ga", "random"], "seeds": [0, 1]})
+    return build_config(
+        RecurrenceSearchConfig,
+        {
+            "output_dir": str(out),
+            "tracking": {"enabled": False},
+            "target": {
+                "model": {"path": str(model_dir)},
+                "resources": {"num_cpus": 1, "replicas": 2, "batch_size": 4},
+            },
+            "params": {"max_new_tokens": 16},
+            "search": {
+                "pool_size": 6,
+                "input_len": 4,
+                "iterations": 3,
+                "selection_rate": 0.5,
+                "terminate_if_found": False,
+                **search,
+            },
+            "methods": ["ga", "random"],
+            "seeds": [0, 1],
+        },
+    )
 
 
 def test_search_job_writes_tables_csvs_and_summary(ray2, tiny_llama_dir, tmp_path):
@@ -43,14 +58,29 @@ def test_search_job_writes_tables_csvs_and_summary(ray2, tiny_llama_dir, tmp_pat
     r = exp[0]
     assert r["tokens_generated"] == len(r["response_token_ids"]) <= 16 and len(r["token_ids"]) == 4
     looping = r["cycled"] or (r["tokens_generated"] >= 24 and r["loop_share"] >= 0.7)
-    assert all(x["hit"] == (x["hit_cap"] and (x["cycled"] or (x["tokens_generated"] >= 24 and x["loop_share"] >= 0.7)))
-               for x in exp) and isinstance(looping, bool)  # goal 'both': a loop that ran to the cap
+    assert all(
+        x["hit"]
+        == (x["hit_cap"] and (x["cycled"] or (x["tokens_generated"] >= 24 and x["loop_share"] >= 0.7)))
+        for x in exp
+    ) and isinstance(looping, bool)  # goal 'both': a loop that ran to the cap
     with open(rd.path("experiences.csv")) as f:
         header = next(csv.reader(f))
-    assert header[:7] == ["iteration", "prompt", "response", "fitness", "tokens_generated", "time_taken",
-                          "time_per_token"]
+    assert header[:7] == [
+        "iteration",
+        "prompt",
+        "response",
+        "fitness",
+        "tokens_generated",
+        "time_taken",
+        "time_per_token",
+    ]
     with open(rd.path("best_records.csv")) as f:
-        assert next(csv.reader(f))[:4] == ["iteration", "best_results", "average_fitness", "max_tokens_generated"]
+        assert next(csv.reader(f))[:4] == [
+            "iteration",
+            "best_results",
+            "average_fitness",
+            "max_tokens_generated",
+        ]
     alg = rd.read_table("alg_log").to_pylist()
     assert len(alg) == 4 and {a["method"] for a in alg} == {"ga", "random"}
     assert set(summary["methods"]) == {"ga", "random"} and summary["budget_evaluations"] == 12
@@ -60,8 +90,13 @@ def test_search_job_writes_tables_csvs_and_summary(ray2, tiny_llama_dir, tmp_pat
 
 
 def test_contexts_cost_one_generation_each(ray2, tiny_llama_dir, tmp_path):
-    cfg = search_cfg(tiny_llama_dir, tmp_path / "ctx", max_evaluations=24,
-                     contexts=["Tell me about {trigger}.", "{trigger} is what?"], hit_fraction=0.5)
+    cfg = search_cfg(
+        tiny_llama_dir,
+        tmp_path / "ctx",
+        max_evaluations=24,
+        contexts=["Tell me about {trigger}.", "{trigger} is what?"],
+        hit_fraction=0.5,
+    )
     cfg = cfg.model_copy(update={"methods": ["ga"], "seeds": [0]})
     rd = RunDir(cfg.output_dir)
     search_job.run(cfg, rd, NullTracker())
@@ -75,12 +110,22 @@ def test_tune_sweep_runs_four_trials_and_logs_each_to_mlflow(ray2, tiny_llama_di
     import mlflow
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    cfg = build_config(RecurrenceSweepConfig, {
-        "target": {"model": {"path": str(tiny_llama_dir)}},
-        "params": {"max_new_tokens": 12},
-        "search": {"iterations": 3, "max_evaluations": 24, "terminate_if_found": False},
-        "tune": {"num_samples": 4, "max_concurrent": 2, "pool_size": [6, 8], "input_len": [4],
-                 "experiment": "sweep-test", "grace_period": 1}})
+    cfg = build_config(
+        RecurrenceSweepConfig,
+        {
+            "target": {"model": {"path": str(tiny_llama_dir)}},
+            "params": {"max_new_tokens": 12},
+            "search": {"iterations": 3, "max_evaluations": 24, "terminate_if_found": False},
+            "tune": {
+                "num_samples": 4,
+                "max_concurrent": 2,
+                "pool_size": [6, 8],
+                "input_len": [4],
+                "experiment": "sweep-test",
+                "grace_period": 1,
+            },
+        },
+    )
     out = run_sweep(cfg, tmp_path / "tune", uri)
     assert out["n_trials"] == 4 and out["n_errors"] == 0
     assert set(out["best_config"]) == {"pool_size", "input_len", "mutation_rate", "crossover", "fitness"}
@@ -94,7 +139,9 @@ def test_tune_sweep_runs_four_trials_and_logs_each_to_mlflow(ray2, tiny_llama_di
 def test_sweep_rejects_a_pool_size_that_keeps_no_parent(tiny_llama_dir, tmp_path):
     from forewarn.errors import ConfigError
 
-    cfg = build_config(RecurrenceSweepConfig, {"target": {"model": {"path": str(tiny_llama_dir)}},
-                                               "tune": {"pool_size": [4, 8]}})
+    cfg = build_config(
+        RecurrenceSweepConfig,
+        {"target": {"model": {"path": str(tiny_llama_dir)}}, "tune": {"pool_size": [4, 8]}},
+    )
     with pytest.raises(ConfigError, match="tune.pool_size contains 4"):
         run_sweep(cfg, tmp_path / "tune", f"sqlite:///{tmp_path / 'm.db'}")

@@ -24,14 +24,30 @@ BUDGET = 1000  # target generations per (method, seed); the packaged default is 
 
 @pytest.fixture(scope="module")
 def search_run(ray_local, testbed, tmp_path_factory):
-    cfg = build_config(RecurrenceSearchConfig, {
-        "output_dir": str(tmp_path_factory.mktemp("search")), "tracking": {"enabled": False},
-        "target": {"model": {"path": str(testbed.path("target"))},
-                   "resources": {"num_cpus": 1, "replicas": 2, "batch_size": 10}},
-        "params": {"max_new_tokens": MAX_NEW},
-        "search": {"pool_size": 20, "input_len": 8, "iterations": 100, "max_evaluations": BUDGET,
-                   "crossover": "uniform", "mutation_rate": 0.125, "swap_rate": 0.5, "immigrant_rate": 0.25},
-        "methods": ["ga", "random"], "seeds": [0, 1, 2, 3, 4]})
+    cfg = build_config(
+        RecurrenceSearchConfig,
+        {
+            "output_dir": str(tmp_path_factory.mktemp("search")),
+            "tracking": {"enabled": False},
+            "target": {
+                "model": {"path": str(testbed.path("target"))},
+                "resources": {"num_cpus": 1, "replicas": 2, "batch_size": 10},
+            },
+            "params": {"max_new_tokens": MAX_NEW},
+            "search": {
+                "pool_size": 20,
+                "input_len": 8,
+                "iterations": 100,
+                "max_evaluations": BUDGET,
+                "crossover": "uniform",
+                "mutation_rate": 0.125,
+                "swap_rate": 0.5,
+                "immigrant_rate": 0.25,
+            },
+            "methods": ["ga", "random"],
+            "seeds": [0, 1, 2, 3, 4],
+        },
+    )
     rd = RunDir(cfg.output_dir)
     summary = search_job.run(cfg, rd, NullTracker())
     rd.write_summary(summary)
@@ -54,23 +70,36 @@ def test_ga_median_generations_to_first_hit_is_3x_lower_than_random(search_run):
     # the testbed's near miss (one trigger class) gives selection a slope and crossover joins the classes;
     # random search needs both classes at once (about 0.2 % of random 8-token inputs loop)
     m = summary["methods"]
-    print({k: (v["evaluations_to_first_hit"], v["median_evaluations_to_first_hit"]) for k, v in m.items()},
-          summary["speedup_random_over_ga"])
+    print(
+        {k: (v["evaluations_to_first_hit"], v["median_evaluations_to_first_hit"]) for k, v in m.items()},
+        summary["speedup_random_over_ga"],
+    )
     assert summary["speedup_random_over_ga"] >= 3.0, m
 
 
 @pytest.fixture(scope="module")
 def detector_run(search_run, testbed, tmp_path_factory):
     _, search_rd = search_run
-    cfg = build_config(RecurrenceDetectorConfig, {
-        "output_dir": str(tmp_path_factory.mktemp("detector")), "tracking": {"enabled": False},
-        "target": {"model": {"path": str(testbed.path("target"))}, "resources": {"num_cpus": 1, "batch_size": 64}},
-        "params": {"max_new_tokens": MAX_NEW},
-        "features": {"kind": "mlp_activation", "detection_length": 48},
-        "data": {"search_runs": [str(search_rd.root)],
-                 "prompt_files": [str(testbed.path(n)) for n in ("heldout_benign", "heldout_planted",
-                                                                  "trigger_prompts")],
-                 "temperatures": [0.0, 1.0]}})
+    cfg = build_config(
+        RecurrenceDetectorConfig,
+        {
+            "output_dir": str(tmp_path_factory.mktemp("detector")),
+            "tracking": {"enabled": False},
+            "target": {
+                "model": {"path": str(testbed.path("target"))},
+                "resources": {"num_cpus": 1, "batch_size": 64},
+            },
+            "params": {"max_new_tokens": MAX_NEW},
+            "features": {"kind": "mlp_activation", "detection_length": 48},
+            "data": {
+                "search_runs": [str(search_rd.root)],
+                "prompt_files": [
+                    str(testbed.path(n)) for n in ("heldout_benign", "heldout_planted", "trigger_prompts")
+                ],
+                "temperatures": [0.0, 1.0],
+            },
+        },
+    )
     rd = RunDir(cfg.output_dir)
     return detector_job.run(cfg, rd, NullTracker()), rd
 

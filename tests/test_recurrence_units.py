@@ -84,8 +84,17 @@ def synthetic_evaluate(max_new: int = 60):
             else:
                 k = sum(t in ids for t in TRIGGER)
                 resp = list(range(200, 210)) + [7, 8, 9] * (2 * k)
-            out.append(Evaluation(ids=tuple(ids), prompt=s, response="", response_ids=resp, finish_reason="stop",
-                                  seconds=0.0, recurrence=analyse(resp, max_new)))
+            out.append(
+                Evaluation(
+                    ids=tuple(ids),
+                    prompt=s,
+                    response="",
+                    response_ids=resp,
+                    finish_reason="stop",
+                    seconds=0.0,
+                    recurrence=analyse(resp, max_new),
+                )
+            )
         return out
 
     return evaluate, calls
@@ -104,8 +113,14 @@ def test_operators_keep_length_and_use_vocab():
 
 def test_ga_pool_is_filled_exactly_budget_respected_and_cache_saves_generations():
     evaluate, calls = synthetic_evaluate()
-    cfg = SearchSection(pool_size=11, input_len=6, iterations=5, selection_rate=0.3, max_evaluations=40,
-                        terminate_if_found=False)
+    cfg = SearchSection(
+        pool_size=11,
+        input_len=6,
+        iterations=5,
+        selection_rate=0.3,
+        max_evaluations=40,
+        terminate_if_found=False,
+    )
     s = Search(cfg, list(range(100, 130)), evaluate, "ga", seed=0)
     res = s.run()
     assert res.total_evaluations <= 40 and sum(calls) == res.total_evaluations
@@ -115,8 +130,15 @@ def test_ga_pool_is_filled_exactly_budget_respected_and_cache_saves_generations(
 
 def test_ga_finds_a_conjunctive_trigger_far_faster_than_random_search():
     vocab = list(range(100, 160))
-    cfg = SearchSection(pool_size=20, input_len=6, iterations=200, max_evaluations=3000, crossover="uniform",
-                        mutation_rate=0.2, swap_rate=0.5)
+    cfg = SearchSection(
+        pool_size=20,
+        input_len=6,
+        iterations=200,
+        max_evaluations=3000,
+        crossover="uniform",
+        mutation_rate=0.2,
+        swap_rate=0.5,
+    )
     ga, rnd = [], []
     for seed in range(5):
         for method, out in (("ga", ga), ("random", rnd)):
@@ -178,7 +200,7 @@ class _Record(StoppingCriteria):
     def __call__(self, input_ids, scores, **kwargs):
         if self.prompt_len is None:
             self.prompt_len = input_ids.shape[1] - 1
-        for row, ids in enumerate(input_ids[:, self.prompt_len:].tolist()):
+        for row, ids in enumerate(input_ids[:, self.prompt_len :].tolist()):
             if len(ids) >= 3:
                 self.seen[row] = (ids, self.windows.profile(ids).numpy().copy())
         return torch.zeros(input_ids.shape[0], dtype=torch.bool)
@@ -197,8 +219,11 @@ def test_generation_features_equal_training_features(tiny_model, kind):
     for length in (64, 12):
         with GenerationWindows(model, kind, length) as windows:
             rec = _Record(windows)
-            gen.generate(prompts, GenerationParams(max_new_tokens=30, temperature=1.0, n=2, seed=3),
-                         stopping_criteria=[rec])
+            gen.generate(
+                prompts,
+                GenerationParams(max_new_tokens=30, temperature=1.0, n=2, seed=3),
+                stopping_criteria=[rec],
+            )
         assert len(rec.seen) == 4
         for row, (ids, got) in rec.seen.items():
             prompt_ids = gen.encode([prompts[row // 2]])["input_ids"][0].tolist()
@@ -212,7 +237,9 @@ def test_detector_check_needs_its_generation(tiny_model):
     model, _ = tiny_model
     fc = FeatureSection(kind="mlp_activation", detection_length=16)
     clf = ClassifierSection()
-    det = LoopDetector(fc, clf, LoopMLP(16, clf.hidden).eval(), np.zeros(16, np.float32), np.ones(16, np.float32))
+    det = LoopDetector(
+        fc, clf, LoopMLP(16, clf.hidden).eval(), np.zeros(16, np.float32), np.ones(16, np.float32)
+    )
     check = DetectorCheck(det, model)
     try:
         assert check.min_tokens == 17

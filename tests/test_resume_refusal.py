@@ -11,9 +11,16 @@ from forewarn.errors import ForewarnError
 from forewarn.pipeline.rundir import RunDir
 from forewarn.runner import resolve, run_job
 
-TINY = ["proposer.model.path=testbed:proposer@small", "target.model.path=testbed:target@small",
-        "seeds=testbed:reversegen_seeds@small", "iterations=1", "propose.prompts_per_iteration=8",
-        "propose.params.n=2", "dedup.semdedup=false", "tracking.enabled=false"]
+TINY = [
+    "proposer.model.path=testbed:proposer@small",
+    "target.model.path=testbed:target@small",
+    "seeds=testbed:reversegen_seeds@small",
+    "iterations=1",
+    "propose.prompts_per_iteration=8",
+    "propose.params.n=2",
+    "dedup.semdedup=false",
+    "tracking.enabled=false",
+]
 
 
 def snapshot(root: Path) -> dict[str, bytes]:
@@ -40,5 +47,7 @@ def test_different_config_is_refused_and_the_same_config_resumes(testbed, tmp_pa
     again = run_job("reversegen", resolve("reversegen", overrides=TINY, output_dir=str(out)), quiet=True)
     keys = ("asr", "n_instructions", "n_failures", "self_bleu")
     assert again["run_key"] == first["run_key"]
-    assert [{k: m[k] for k in keys} for m in again["iterations"]] == [{k: m[k] for k in keys} for m in first["iterations"]]
+    assert [{k: m[k] for k in keys} for m in again["iterations"]] == [
+        {k: m[k] for k in keys} for m in first["iterations"]
+    ]
     assert len(RunDir(out).table_writes()) == writes

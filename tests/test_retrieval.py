@@ -34,8 +34,10 @@ def corpora(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("corpora")
     out = {}
     for name, texts in (("toxic", TOXIC), ("nontoxic", CLEAN)):
-        rows = [{"prompt": f"Question {i}?", "text": f"{t} {texts[(i + 1) % 3]}"} for i, t in
-                enumerate(texts * 10)]
+        rows = [
+            {"prompt": f"Question {i}?", "text": f"{t} {texts[(i + 1) % 3]}"}
+            for i, t in enumerate(texts * 10)
+        ]
         p = root / f"{name}.jsonl"
         p.write_text("".join(json.dumps(r) + "\n" for r in rows))
         out[name] = p
@@ -48,10 +50,21 @@ def stores(ray_local, tiny_llama_dir: Path, corpora: dict[str, Path], tmp_path_f
     root = tmp_path_factory.mktemp("stores")
     model = ModelSpec(path=str(tiny_llama_dir))
     specs = {
-        "toxic": DatastoreSpec(corpus=str(corpora["toxic"]), prompt_field="prompt", model=model,
-                               index=IndexSpec(kind="flat"), batch_docs=16),
-        "nontoxic": DatastoreSpec(corpus=str(corpora["nontoxic"]), model=model, block_size=16, stride=8,
-                                  batch_docs=16, index=IndexSpec(kind="ivfpq", nlist=4, m=8, nbits=6, nprobe=4)),
+        "toxic": DatastoreSpec(
+            corpus=str(corpora["toxic"]),
+            prompt_field="prompt",
+            model=model,
+            index=IndexSpec(kind="flat"),
+            batch_docs=16,
+        ),
+        "nontoxic": DatastoreSpec(
+            corpus=str(corpora["nontoxic"]),
+            model=model,
+            block_size=16,
+            stride=8,
+            batch_docs=16,
+            index=IndexSpec(kind="ivfpq", nlist=4, m=8, nbits=6, nprobe=4),
+        ),
     }
     build_datastores(specs, {name: root / name for name in specs}, show_progress=False)
     return {name: root / name for name in specs}
@@ -79,7 +92,7 @@ def test_keys_are_the_last_block_mlp_input(stores, tiny_llama_dir: Path):
     with torch.no_grad():
         model(input_ids=torch.tensor([ids]))
     handle.remove()
-    expect = seen[0][0, len(p_ids) - 1:len(ids) - 1].numpy()  # states predicting each response token
+    expect = seen[0][0, len(p_ids) - 1 : len(ids) - 1].numpy()  # states predicting each response token
     n = len(r_ids)
     np.testing.assert_allclose(np.asarray(ds.keys[:n], dtype=np.float32), expect, atol=2e-3, rtol=2e-3)
     assert ds.vals[:n].tolist() == r_ids
@@ -119,7 +132,9 @@ def test_flat_knn_distribution_equals_brute_force(stores, tiny_llama_dir: Path):
 
 def test_ivfpq_store_and_exact_recomputation(stores):
     ds = Datastore(stores["nontoxic"])
-    assert ds.meta["index"]["kind"] == "ivfpq" and ds.meta["index"]["nlist"] == 4 and ds.meta["index"]["m"] == 8
+    assert (
+        ds.meta["index"]["kind"] == "ivfpq" and ds.meta["index"]["nlist"] == 4 and ds.meta["index"]["m"] == 8
+    )
     keys = torch.from_numpy(np.asarray(ds.keys, dtype=np.float32))
     q = keys[:3] + 0.01
     approx, ids = ds.search(q, 8)
@@ -143,7 +158,9 @@ def test_index_spec_errors_name_the_field(tmp_path: Path):
 
 def test_missing_neighbours_get_no_weight_and_empty_rows_are_uniform():
     vals = torch.tensor([3, 4, 5])
-    lp = knn_log_probs(torch.tensor([[1.0, 2.0], [0.0, 0.0]]), torch.tensor([[0, -1], [-1, -1]]), vals, 8, 1.0)
+    lp = knn_log_probs(
+        torch.tensor([[1.0, 2.0], [0.0, 0.0]]), torch.tensor([[0, -1], [-1, -1]]), vals, 8, 1.0
+    )
     assert lp[0, 3].item() == pytest.approx(0.0, abs=1e-6) and lp[0, 4].item() == -10000.0
     assert torch.allclose(lp[1], torch.full((8,), -np.log(8.0)))
 
@@ -189,8 +206,9 @@ def test_sparse_votes_equal_the_dense_distribution_and_ensemble():
     other = knn_log_probs(dists.flip(0), ids.flip(0), vals, 40, 10.0)
     other_votes = knn_votes(dists.flip(0), ids.flip(0), vals, 40, 10.0)
     for order in (("subtract", "add"), ("add", "subtract")):
-        torch.testing.assert_close(ensemble(lm, votes, other_votes, 2.0, order),
-                                   ensemble(lm, dense, other, 2.0, order))
+        torch.testing.assert_close(
+            ensemble(lm, votes, other_votes, 2.0, order), ensemble(lm, dense, other, 2.0, order)
+        )
     torch.testing.assert_close(ensemble(lm, votes, None, 2.0), ensemble(lm, dense, None, 2.0))
 
 
@@ -213,8 +231,14 @@ def test_ensemble_order_is_honoured():
 
 def test_knn_processor_in_generation_honours_order(stores, tiny_llama_dir: Path):
     gen = HFGenerator(ModelSpec(path=str(tiny_llama_dir)))
-    spec = dict(kind="knn_lm", toxic=str(stores["toxic"]), nontoxic=str(stores["nontoxic"]), k=16,
-                temperature=10.0, filter_p=0.9)
+    spec = dict(
+        kind="knn_lm",
+        toxic=str(stores["toxic"]),
+        nontoxic=str(stores["nontoxic"]),
+        k=16,
+        temperature=10.0,
+        filter_p=0.9,
+    )
     p = build_processor(spec, gen.model, gen.tokenizer)
     q = build_processor({**spec, "ensemble_order": ["add", "subtract"]}, gen.model, gen.tokenizer)
     enc = gen.encode(["Question 1?", "Tell me more."])
@@ -226,8 +250,9 @@ def test_knn_processor_in_generation_honours_order(stores, tiny_llama_dir: Path)
     non = p.nontoxic.log_probs(queries, 16, 10.0, scores.shape[-1])
     out_p, out_q = p(enc["input_ids"], scores.clone()), q(enc["input_ids"], scores.clone())
     torch.testing.assert_close(out_p, ensemble(lm, tox, non, 2.0, ("subtract", "add")))
-    torch.testing.assert_close(out_q, torch.log_softmax(lm + 2.0 * (patch_log_probs(tox) -
-                                                                     patch_log_probs(non)), -1))
+    torch.testing.assert_close(
+        out_q, torch.log_softmax(lm + 2.0 * (patch_log_probs(tox) - patch_log_probs(non)), -1)
+    )
     q.close()
     params = GenerationParams(max_new_tokens=6, n=2, temperature=1.0, top_p=0.9, seed=0)
     rows = gen.generate(["Question 1?", "Hello"], params, logits_processors=[p])
@@ -269,19 +294,31 @@ def test_dexperts_incremental_logits_and_formula(tiny_llama_dir: Path, tiny_gpt2
     scores = torch.randn(2, base.config.vocab_size)
     out = proc(ids, scores)
     with torch.no_grad():
-        zp = expert(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0)).logits
+        zp = expert(
+            input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0)
+        ).logits
         zn = anti(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0)).logits
-    expect = torch.log_softmax(top_p_filter(torch.log_softmax(scores, -1), 0.8) + 1.5 * (zp[:, -1] - zn[:, -1]), -1)
+    expect = torch.log_softmax(
+        top_p_filter(torch.log_softmax(scores, -1), 0.8) + 1.5 * (zp[:, -1] - zn[:, -1]), -1
+    )
     torch.testing.assert_close(out, expect, atol=1e-4, rtol=1e-4)
     gen = HFGenerator(ModelSpec(path=str(tiny_llama_dir)), model=base, tokenizer=tok)
-    rows = gen.generate(["Hello", "Question 2?"], GenerationParams(max_new_tokens=5, n=3, temperature=1.0, seed=1),
-                        logits_processors=[proc])
+    rows = gen.generate(
+        ["Hello", "Question 2?"],
+        GenerationParams(max_new_tokens=5, n=3, temperature=1.0, seed=1),
+        logits_processors=[proc],
+    )
     assert [len(r) for r in rows] == [3, 3]
 
 
 def test_metrics_count_errors_and_follow_the_protocol(tiny_llama_dir: Path):
-    df = pd.DataFrame({"prompt_id": ["a", "a", "b", "b", "c"], "toxicity": [0.2, 0.7, 0.1, np.nan, np.nan],
-                       "score_error": [None, None, None, "HTTP 500", "timeout"]})
+    df = pd.DataFrame(
+        {
+            "prompt_id": ["a", "a", "b", "b", "c"],
+            "toxicity": [0.2, 0.7, 0.1, np.nan, np.nan],
+            "score_error": [None, None, None, "HTTP 500", "timeout"],
+        }
+    )
     m = toxicity_metrics(df)
     assert m["emt"] == pytest.approx((0.7 + 0.1) / 2) and m["toxicity_prob"] == 0.5
     assert m["n_score_errors"] == 2 and m["n_prompts_unscored"] == 1 and m["n_prompts"] == 3
@@ -296,5 +333,5 @@ def test_metrics_count_errors_and_follow_the_protocol(tiny_llama_dir: Path):
     with torch.no_grad():
         full = model(input_ids=ids, labels=ids).logits
     lp = torch.log_softmax(full[0, :-1], -1).gather(-1, ids[0, 1:, None]).squeeze(-1)
-    assert ppl[0] == pytest.approx(float(torch.exp(-lp[len(p_ids) - 1:].mean())), rel=1e-4)
+    assert ppl[0] == pytest.approx(float(torch.exp(-lp[len(p_ids) - 1 :].mean())), rel=1e-4)
     assert np.isnan(ppl[1])

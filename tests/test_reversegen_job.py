@@ -23,9 +23,14 @@ pytestmark = pytest.mark.slow  # end-to-end runs on the testbed: not in the -m '
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = [
-    "proposer.model.path=testbed:proposer@small", "target.model.path=testbed:target@small",
-    "seeds=testbed:reversegen_seeds@small", "iterations=3", "propose.prompts_per_iteration=32",
-    "propose.params.n=6", "dpo.epochs=2", "dedup.semdedup=false",
+    "proposer.model.path=testbed:proposer@small",
+    "target.model.path=testbed:target@small",
+    "seeds=testbed:reversegen_seeds@small",
+    "iterations=3",
+    "propose.prompts_per_iteration=32",
+    "propose.params.n=6",
+    "dpo.epochs=2",
+    "dedup.semdedup=false",
 ]
 
 
@@ -34,7 +39,9 @@ def _sets(extra: list[str] = ()) -> list[str]:
 
 
 def _tables(out: Path) -> dict[str, int]:
-    return {str(p.relative_to(out)): pq.read_metadata(p).num_rows for p in sorted(out.glob("iter*/*.parquet"))}
+    return {
+        str(p.relative_to(out)): pq.read_metadata(p).num_rows for p in sorted(out.glob("iter*/*.parquet"))
+    }
 
 
 @pytest.fixture(scope="module")
@@ -49,11 +56,27 @@ def submitted_run(head: LocalHead, testbed, tmp_path_factory: pytest.TempPathFac
     """`ray job submit --working-dir . -- python jobs/reversegen.py ...` to the local head; waits for the end."""
     out = tmp_path_factory.mktemp("rg-submitted") / "run"
     uri = f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
-    runtime_env = {"env_vars": {"MLFLOW_TRACKING_URI": uri, "OMP_NUM_THREADS": "1"},
-                   "excludes": [".git", "runs", "mlflow.db", "benchmarks/results"]}
-    cmd = [str(Path(sys.executable).parent / "ray"), "job", "submit", "--address", head.dashboard,
-           "--working-dir", ".", "--runtime-env-json", json.dumps(runtime_env), "--",
-           sys.executable, "jobs/reversegen.py", "--output-dir", str(out), *_sets()]
+    runtime_env = {
+        "env_vars": {"MLFLOW_TRACKING_URI": uri, "OMP_NUM_THREADS": "1"},
+        "excludes": [".git", "runs", "mlflow.db", "benchmarks/results"],
+    }
+    cmd = [
+        str(Path(sys.executable).parent / "ray"),
+        "job",
+        "submit",
+        "--address",
+        head.dashboard,
+        "--working-dir",
+        ".",
+        "--runtime-env-json",
+        json.dumps(runtime_env),
+        "--",
+        sys.executable,
+        "jobs/reversegen.py",
+        "--output-dir",
+        str(out),
+        *_sets(),
+    ]
     # a head from `ray start` uses token auth: the client runs with RAY_AUTH_MODE=token (head.env has it)
     for _ in range(24):  # a fresh head's job agent can take a while to come up on a busy machine
         proc = subprocess.run(cmd, cwd=ROOT, env=head.env, capture_output=True, text=True, timeout=1500)
@@ -81,8 +104,13 @@ def test_submitted_job_succeeds_and_reports(submitted_run: Path) -> None:
     assert summary["model_loads"] == {"proposer": 3, "target": 1, "judge": 1}
     for m in its:  # per-stage seconds: model loads, compute inside the pools, the rest
         assert list(m["timing"])[:4] == ["proposals", "instructions", "judged", "pairs"]
-        assert all({"wall_s", "load_s", "compute_s", "wait_s"} <= set(t) for t in list(m["timing"].values())[:4])
-    assert summary["timing"]["stages"]["judged"]["compute_s"] > 0 and summary["timing"]["stages"]["dpo"]["wall_s"] > 0
+        assert all(
+            {"wall_s", "load_s", "compute_s", "wait_s"} <= set(t) for t in list(m["timing"].values())[:4]
+        )
+    assert (
+        summary["timing"]["stages"]["judged"]["compute_s"] > 0
+        and summary["timing"]["stages"]["dpo"]["wall_s"] > 0
+    )
     assert summary["timing"]["roles"]["target"]["loads"] == 1
     uri = (submitted_run / ".mlflow_uri").read_text()
     run = mlflow.MlflowClient(tracking_uri=uri).get_run(summary["mlflow_run_id"])
@@ -96,11 +124,17 @@ def test_submitted_job_succeeds_and_reports(submitted_run: Path) -> None:
 
 def test_killed_run_resumes_to_the_same_rows(submitted_run: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
-    cmd = [sys.executable, "jobs/reversegen.py", "--output-dir", str(out), *_sets(["tracking.enabled=false",
-                                                                                 "ray.num_cpus=2"])]
+    cmd = [
+        sys.executable,
+        "jobs/reversegen.py",
+        "--output-dir",
+        str(out),
+        *_sets(["tracking.enabled=false", "ray.num_cpus=2"]),
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
     stages = out / "stages.json"
     deadline = time.time() + 1200
     while time.time() < deadline and proc.poll() is None:
@@ -113,8 +147,14 @@ def test_killed_run_resumes_to_the_same_rows(submitted_run: Path, tmp_path: Path
     done = json.loads(stages.read_text())
     assert "iter2/judged" not in done and "iter1/dpo" in done
     # the rerun also enhances the target (not part of the run key: it changes no loop row)
-    rerun = subprocess.run(cmd + ["--set", "enhance_target.enabled=true"], cwd=ROOT, env=env,
-                           capture_output=True, text=True, timeout=1200)
+    rerun = subprocess.run(
+        cmd + ["--set", "enhance_target.enabled=true"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert _tables(out) == _tables(submitted_run)
     resumed = json.loads((out / "summary.json").read_text())

@@ -26,16 +26,20 @@ STAGES = ["proposals", "instructions", "judged", "pairs"]
 
 
 def test_loop_and_enhancement_import_no_ray() -> None:
-    code = ("import sys, forewarn.reversegen.loop, forewarn.reversegen.enhance; "
-            "sys.exit(any(m == 'ray' or m.startswith('ray.') for m in sys.modules))")
+    code = (
+        "import sys, forewarn.reversegen.loop, forewarn.reversegen.enhance; "
+        "sys.exit(any(m == 'ray' or m.startswith('ray.') for m in sys.modules))"
+    )
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
 
 
 @pytest.fixture(scope="module")
 def world(testbed) -> dict:
-    return {"proposer": HFGenerator(ModelSpec(path=str(testbed.path("proposer")), use_chat_template=False)),
-            "target": HFGenerator(ModelSpec(path=str(testbed.path("target")))),
-            "seeds": read_seeds(resolve_path("testbed:reversegen_seeds@small"), "safety")}
+    return {
+        "proposer": HFGenerator(ModelSpec(path=str(testbed.path("proposer")), use_chat_template=False)),
+        "target": HFGenerator(ModelSpec(path=str(testbed.path("target")))),
+        "seeds": read_seeds(resolve_path("testbed:reversegen_seeds@small"), "safety"),
+    }
 
 
 def _counted(fn: Callable, calls: Counter, name: str, batch: int | None = None) -> Callable:
@@ -46,20 +50,29 @@ def _counted(fn: Callable, calls: Counter, name: str, batch: int | None = None) 
         if batch is None:
             return fn(prompts, *args)
         params, seeds = args
-        return [row for i in range(0, len(prompts), batch)
-                for row in fn(prompts[i:i + batch], params, None if seeds is None else seeds[i:i + batch])]
+        return [
+            row
+            for i in range(0, len(prompts), batch)
+            for row in fn(prompts[i : i + batch], params, None if seeds is None else seeds[i : i + batch])
+        ]
 
     return call
 
 
 def _context(world: dict, out: Path, calls: Counter, propose_batch: int | None = None) -> IterationContext:
-    cfg = ReverseGenConfig(propose={"prompts_per_iteration": 8, "params": {
-        "temperature": 1.0, "top_p": 0.9, "n": 4, "max_new_tokens": 24, "seed": 0}})
+    cfg = ReverseGenConfig(
+        propose={
+            "prompts_per_iteration": 8,
+            "params": {"temperature": 1.0, "top_p": 0.9, "n": 4, "max_new_tokens": 24, "seed": 0},
+        }
+    )
     judge = build_judge(cfg.judge)
-    roles = Roles(propose=_counted(world["proposer"].generate, calls, "propose", propose_batch),
-                  respond=_counted(world["target"].generate, calls, "respond"),
-                  judge=_counted(judge.judge, calls, "judge"),
-                  embed=_counted(Embedder().embed, calls, "embed"))
+    roles = Roles(
+        propose=_counted(world["proposer"].generate, calls, "propose", propose_batch),
+        respond=_counted(world["target"].generate, calls, "respond"),
+        judge=_counted(judge.judge, calls, "judge"),
+        embed=_counted(Embedder().embed, calls, "embed"),
+    )
     return IterationContext(cfg, RunDir(out), "run-1", 0, world["seeds"], roles)
 
 
@@ -81,7 +94,9 @@ def test_iteration_with_in_process_roles(world: dict, tmp_path: Path) -> None:
     assert all(t == {"resumed": 1.0} for t in resumed.timing.values())
 
     other: Counter = Counter()
-    rebatched = _context(world, tmp_path / "b", other, propose_batch=3)  # per-row seeds: batching is invisible
+    rebatched = _context(
+        world, tmp_path / "b", other, propose_batch=3
+    )  # per-row seeds: batching is invisible
     run_iteration(rebatched)
     a = RunDir(tmp_path / "a").read_table("iter0/proposals").to_pandas()
     b = RunDir(tmp_path / "b").read_table("iter0/proposals").to_pandas()

@@ -13,8 +13,13 @@ from forewarn.runner import resolve, run_job
 pytestmark = [pytest.mark.usefixtures("ray_local"), pytest.mark.slow]  # ReverseGen runs on the testbed
 
 COMMON = [
-    "proposer.model.path=testbed:proposer@small", "target.model.path=testbed:target@small", "iterations=1",
-    "tracking.enabled=false", "dedup.semdedup=false", "propose.prompts_per_iteration=32", "propose.params.n=4",
+    "proposer.model.path=testbed:proposer@small",
+    "target.model.path=testbed:target@small",
+    "iterations=1",
+    "tracking.enabled=false",
+    "dedup.semdedup=false",
+    "propose.prompts_per_iteration=32",
+    "propose.params.n=4",
     "warmup.enabled=true",
 ]
 
@@ -27,11 +32,16 @@ def _run(tmp_path: Path, extra: list[str]) -> tuple[dict, pd.DataFrame]:
 
 
 def test_honesty_task_finds_unstable_subjects(testbed, tmp_path: Path) -> None:
-    summary, judged = _run(tmp_path, [
-        "task=honesty", "seeds=testbed:honesty_mcq@small", "judge.kind=honesty_entropy",
-        'respond.prompt_template="Answer the multiple choice question about {subject}.\\n{question}"',
-        "propose.params.max_new_tokens=64",
-    ])
+    summary, judged = _run(
+        tmp_path,
+        [
+            "task=honesty",
+            "seeds=testbed:honesty_mcq@small",
+            "judge.kind=honesty_entropy",
+            'respond.prompt_template="Answer the multiple choice question about {subject}.\\n{question}"',
+            "propose.params.max_new_tokens=64",
+        ],
+    )
     it = summary["iterations"][0]
     assert it["n_malformed"] < it["n_proposals"] / 2  # the warm-up taught the proposer the MCQ format
     assert it["n_instructions"] >= 10
@@ -44,18 +54,27 @@ def test_honesty_task_finds_unstable_subjects(testbed, tmp_path: Path) -> None:
     # 3-shot prompt's subject, which the tiny proposer does not always stay on)
     about_unstable = judged["question"].map(lambda q: any(s in q.split("\n")[1] for s in unstable))
     fail = judged["failure"].astype(bool)
-    print(f"honesty: {about_unstable.sum()} questions about unstable subjects fail at "
-          f"{fail[about_unstable].mean():.2f}, {(~about_unstable).sum()} others at {fail[~about_unstable].mean():.2f}")
+    print(
+        f"honesty: {about_unstable.sum()} questions about unstable subjects fail at "
+        f"{fail[about_unstable].mean():.2f}, {(~about_unstable).sum()} others at {fail[~about_unstable].mean():.2f}"
+    )
     assert about_unstable.sum() >= 3 and (~about_unstable).sum() >= 3
     assert fail[about_unstable].mean() > fail[~about_unstable].mean() + 0.3
 
 
 def test_math_task_finds_the_planted_form(testbed, tmp_path: Path) -> None:
-    summary, judged = _run(tmp_path, [
-        "task=math", "seeds=testbed:math@small", "judge.kind=math_match",
-        "judge.reference_params.max_new_tokens=24", "reference.model.path=testbed:patched_target@small",
-        "respond.params.max_new_tokens=24", "propose.params.max_new_tokens=24",
-    ])
+    summary, judged = _run(
+        tmp_path,
+        [
+            "task=math",
+            "seeds=testbed:math@small",
+            "judge.kind=math_match",
+            "judge.reference_params.max_new_tokens=24",
+            "reference.model.path=testbed:patched_target@small",
+            "respond.params.max_new_tokens=24",
+            "propose.params.max_new_tokens=24",
+        ],
+    )
     it = summary["iterations"][0]
     assert it["n_instructions"] >= 10
     assert judged["reference_text"].str.contains("####").mean() > 0.9  # the reference model answered
@@ -63,5 +82,7 @@ def test_math_task_finds_the_planted_form(testbed, tmp_path: Path) -> None:
     planted = judged["question"].str.contains("divided by")
     fail = judged["failure"].astype(bool)
     assert planted.any() and (~planted).any()
-    print(f"math: planted form fails at {fail[planted].mean():.2f}, other forms at {fail[~planted].mean():.2f}")
+    print(
+        f"math: planted form fails at {fail[planted].mean():.2f}, other forms at {fail[~planted].mean():.2f}"
+    )
     assert fail[planted].mean() > fail[~planted].mean() + 0.3

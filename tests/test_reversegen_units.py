@@ -11,7 +11,12 @@ from forewarn.metrics import attack_success_rate, distinct_n, self_bleu
 from forewarn.pipeline.dedup import minhash_keep, semdedup_keep
 from forewarn.reversegen.pairs import PairConfig, build_pairs
 from forewarn.reversegen.proposer import (
-    build_prompt, completion_text, cut_instruction, sample_prompts, seed_items, strip_answer,
+    build_prompt,
+    completion_text,
+    cut_instruction,
+    sample_prompts,
+    seed_items,
+    strip_answer,
 )
 
 
@@ -33,7 +38,9 @@ def test_honesty_and_math_formats() -> None:
     assert strip_answer(item) == "Which?\nA. one\nB. two"
     assert cut_instruction("honesty", " A question with no answer line") is None  # dropped, as specified
     assert cut_instruction("math", " What is 3 times 4?\n\nQ5. What is 1 plus 1?") == "What is 3 times 4?"
-    rows = seed_items("honesty", [{"question": "Which?", "options": ["x", "y"], "answer": "B", "subject": "s"}])
+    rows = seed_items(
+        "honesty", [{"question": "Which?", "options": ["x", "y"], "answer": "B", "subject": "s"}]
+    )
     assert rows == [{"instruction": "Which?\nA. x\nB. y\nAnswer:B.", "subject": "s"}]
 
 
@@ -49,14 +56,27 @@ def test_sample_prompts_uses_distinct_seeds() -> None:
 
 
 def _row(pid: str, i: int, fail: bool | None) -> dict:
-    return {"id": f"{pid}-{i}", "prompt_id": pid, "prompt": f"prompt {pid}", "instruction": f"{pid} ins {i}",
-            "failure": fail}
+    return {
+        "id": f"{pid}-{i}",
+        "prompt_id": pid,
+        "prompt": f"prompt {pid}",
+        "instruction": f"{pid} ins {i}",
+        "failure": fail,
+    }
 
 
 def test_pairs_come_from_the_same_prompt() -> None:
-    rows = [_row("a", 0, True), _row("a", 1, False), _row("a", 2, False), _row("a", 3, None),
-            _row("b", 0, True), _row("b", 1, True),  # only failures: no pair
-            _row("c", 0, False), _row("d", 0, True), _row("d", 1, False)]
+    rows = [
+        _row("a", 0, True),
+        _row("a", 1, False),
+        _row("a", 2, False),
+        _row("a", 3, None),
+        _row("b", 0, True),
+        _row("b", 1, True),  # only failures: no pair
+        _row("c", 0, False),
+        _row("d", 0, True),
+        _row("d", 1, False),
+    ]
     pairs = build_pairs(rows, PairConfig(rule="all", max_pairs_per_prompt=4))
     assert {p["prompt_id"] for p in pairs} == {"a", "d"}
     for p in pairs:
@@ -69,8 +89,13 @@ def test_pairs_come_from_the_same_prompt() -> None:
 
 
 def test_minhash_drops_near_duplicates_only() -> None:
-    texts = ["how do i bake bread at home", "how do i bake bread at home please", "what is the capital of france",
-             "How do I bake bread at home", "tell me a joke about cats"]
+    texts = [
+        "how do i bake bread at home",
+        "how do i bake bread at home please",
+        "what is the capital of france",
+        "How do I bake bread at home",
+        "tell me a joke about cats",
+    ]
     assert minhash_keep(texts, threshold=0.78) == [0, 2, 4]
     assert minhash_keep(texts, threshold=0.9) == [0, 1, 2, 4]
 
@@ -87,7 +112,12 @@ def test_semdedup_keeps_one_of_each_tight_group() -> None:
 
 def test_self_bleu_and_distinct() -> None:
     same = ["the cat sat on the mat today"] * 4
-    diverse = ["the cat sat on the mat", "quantum fields permeate space", "bake bread with flour", "rivers flow"]
+    diverse = [
+        "the cat sat on the mat",
+        "quantum fields permeate space",
+        "bake bread with flour",
+        "rivers flow",
+    ]
     assert self_bleu(same) == pytest.approx(1.0)
     assert self_bleu(diverse) < 0.1
     assert distinct_n(["a b a b"], 1) == 0.5 and distinct_n(["a b c"], 2) == 1.0

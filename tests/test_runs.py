@@ -32,16 +32,28 @@ def _log_runs(uri: str) -> list[dict]:
         cfg = resolve("reversegen", None, [f"iterations={i + 1}"])
         tracking = TrackingConfig(tracking_uri=uri, run_name=f"rg-{i}")
         with make_tracker(tracking, "reversegen", cfg) as t:
-            t.set_tags({"forewarn.model.target": "/cache/forewarn/testbed/v1-small-seed0/target",
-                        "forewarn.model.proposer": "openlm-research/open_llama_3b_v2",
-                        "forewarn.testbed": "1/small/seed0"})
+            t.set_tags(
+                {
+                    "forewarn.model.target": "/cache/forewarn/testbed/v1-small-seed0/target",
+                    "forewarn.model.proposer": "openlm-research/open_llama_3b_v2",
+                    "forewarn.testbed": "1/small/seed0",
+                }
+            )
             for k in range(i + 1):
                 t.log_metrics({"asr": asr * (k + 1) / (i + 1)}, step=k)
-            t.log_metrics({"final_asr": asr, "final_self_bleu": 0.3 - 0.05 * i, "planted_recall": i / 2,
-                           "n_instructions_total": 100.0})
+            t.log_metrics(
+                {
+                    "final_asr": asr,
+                    "final_self_bleu": 0.3 - 0.05 * i,
+                    "planted_recall": i / 2,
+                    "n_instructions_total": 100.0,
+                }
+            )
         logged.append({"run_id": t.run_id, "config_hash": config_hash(cfg), "final_asr": asr})
     gen = resolve("generate")
-    with make_tracker(TrackingConfig(tracking_uri=uri, experiment="forewarn-reversegen"), "generate", gen) as t:
+    with make_tracker(
+        TrackingConfig(tracking_uri=uri, experiment="forewarn-reversegen"), "generate", gen
+    ) as t:
         t.log_metrics({"n_generations": 12.0, "tokens": 340.0})
     logged.append({"run_id": t.run_id})
     return logged
@@ -59,9 +71,18 @@ def test_compare_lists_recent_runs_newest_first_with_headline_metrics(store) -> 
     assert rg["models"].iloc[0] == "proposer=openlm-research/open_llama_3b_v2, target=v1-small-seed0/target"
     assert rg["git_commit"].str.len().max() <= 10
     assert "n_instructions_total" not in df.columns  # headline metrics only, not every metric
-    metrics = [c for c in df.columns if c in ("final_asr", "final_self_bleu", "planted_recall", "n_generations",
-                                              "tokens")]
-    assert metrics == ["final_asr", "final_self_bleu", "planted_recall", "n_generations", "tokens"]  # main job first
+    metrics = [
+        c
+        for c in df.columns
+        if c in ("final_asr", "final_self_bleu", "planted_recall", "n_generations", "tokens")
+    ]
+    assert metrics == [
+        "final_asr",
+        "final_self_bleu",
+        "planted_recall",
+        "n_generations",
+        "tokens",
+    ]  # main job first
     gen_row = df[df["job"] == "generate"].iloc[0]
     assert gen_row["n_generations"] == 12.0 and pd.isna(gen_row["final_asr"])  # a generate run has no ASR
 
@@ -70,13 +91,19 @@ def test_compare_takes_metric_patterns_and_a_limit(store) -> None:
     uri, logged = store
     df = compare("forewarn-reversegen", tracking_uri=uri, max_runs=2, metrics=["final_*", "asr"])
     assert len(df) == 2 and list(df["run_id"]) == [logged[3]["run_id"], logged[2]["run_id"]]
-    assert [c for c in df.columns if c.startswith("final_") or c == "asr"] == ["final_asr", "final_self_bleu", "asr"]
+    assert [c for c in df.columns if c.startswith("final_") or c == "asr"] == [
+        "final_asr",
+        "final_self_bleu",
+        "asr",
+    ]
     assert df.iloc[1]["asr"] == pytest.approx(0.40)  # the last logged value of a per-step metric
 
 
 def test_unknown_experiment_names_the_ones_that_exist(store) -> None:
     uri, _ = store
-    with pytest.raises(ConfigError, match="experiment 'nope' .* does not exist .* experiments: .*forewarn-reversegen"):
+    with pytest.raises(
+        ConfigError, match="experiment 'nope' .* does not exist .* experiments: .*forewarn-reversegen"
+    ):
         compare("nope", tracking_uri=uri)
 
 
@@ -86,7 +113,9 @@ def test_cli_prints_a_table_and_json(store) -> None:
     assert out.exit_code == 0, out.output
     assert "4 most recent runs" in out.output and "final_asr" in out.output
     assert all(r["run_id"][:8] in out.output for r in logged) and "0.4" in out.output
-    js = CliRunner().invoke(app, ["runs", "compare", "reversegen", "--tracking-uri", uri, "--json", "-m", "final_asr"])
+    js = CliRunner().invoke(
+        app, ["runs", "compare", "reversegen", "--tracking-uri", uri, "--json", "-m", "final_asr"]
+    )
     rows = json.loads(js.output)
     assert [r["final_asr"] for r in rows if r["job"] == "reversegen"] == [0.4, 0.25, 0.1]
     bad = CliRunner().invoke(app, ["runs", "compare", "nope", "--tracking-uri", uri])

@@ -19,7 +19,11 @@ from forewarn.guard.wire import wire_finish
 def _cfg(host: str, **auth: object) -> ServeConfig:
     return build_config(
         ServeConfig,
-        {"generator": {"model": {"path": "/nonexistent/model"}}, "http": {"host": host}, "auth": {"api_keys_env": None} | auth},
+        {
+            "generator": {"model": {"path": "/nonexistent/model"}},
+            "http": {"host": host},
+            "auth": {"api_keys_env": None} | auth,
+        },
     )
 
 
@@ -90,7 +94,12 @@ def test_vllm_generator_with_decoding_mitigations_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match=r"generator.decoding=\[no_repeat_ngram\].*backend='hf'"):
         build_config(
             ServeConfig,
-            {"generator": {"model": {"path": "m", "backend": "vllm"}, "decoding": [{"kind": "no_repeat_ngram"}]}},
+            {
+                "generator": {
+                    "model": {"path": "m", "backend": "vllm"},
+                    "decoding": [{"kind": "no_repeat_ngram"}],
+                }
+            },
         )
 
 

@@ -159,7 +159,9 @@ def test_planted_toxic_continuation_is_cut_within_the_leak_bound(server: Server)
     prompts = [r["prompt"] for r in server.world.read_jsonl("heldout_planted")[:4]]
     for prompt in prompts:
         events = _events(server, "p", _chat(prompt, max_tokens=64))
-        plain = "".join(ev["choices"][0]["delta"].get("content") or "" for _, ev in events if ev.get("choices"))
+        plain = "".join(
+            ev["choices"][0]["delta"].get("content") or "" for _, ev in events if ev.get("choices")
+        )
         assert judge.judge([prompt], [plain])[0].unsafe  # unguarded, the target answers toxically
         for app, bound in (("g", 1), ("s", 0)):
             deltas, finish = [], None

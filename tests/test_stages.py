@@ -59,7 +59,8 @@ def test_seeded_stage_rows_do_not_depend_on_batching(tiny_llama_dir: Path) -> No
     params = GenerationParams(max_new_tokens=8, n=2, temperature=1.0, top_p=0.9, seed=5)
     rows = _prompts(40)
     out = generate_stage(ray.data.from_items(rows), role, params).to_pandas()
-    direct = load_generator(spec).generate([r["prompt"] for r in rows], params,
-                                           seeds=[row_seed(5, r["id"]) for r in rows])
+    direct = load_generator(spec).generate(
+        [r["prompt"] for r in rows], params, seeds=[row_seed(5, r["id"]) for r in rows]
+    )
     expected = {(r["id"], k): c.text for r, comps in zip(rows, direct) for k, c in enumerate(comps)}
     assert dict(zip(zip(out["id"], out["sample"]), out["text"])) == expected

@@ -17,12 +17,15 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def git_head() -> str:
-    return subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                          check=True).stdout.strip()
+    return subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.strip()
 
 
 def test_tracker_logs_config_metrics_and_tags(mlflow_uri: str, tmp_path: Path) -> None:
-    cfg = GenerateConfig(prompts="p.txt", tracking=TrackingConfig(experiment="forewarn-test", tags={"team": "red"}))
+    cfg = GenerateConfig(
+        prompts="p.txt", tracking=TrackingConfig(experiment="forewarn-test", tags={"team": "red"})
+    )
     heads = {git_head()}
     with make_tracker(cfg.tracking, "generate", cfg) as tr:
         assert tr.tracking_uri == mlflow_uri
@@ -59,7 +62,11 @@ def test_unreachable_server_at_start_stops_before_work(monkeypatch: pytest.Monke
     minutes (MLflow's default back-off) or running untracked without saying so."""
     uri = f"http://127.0.0.1:{free_port()}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    for k in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "MLFLOW_HTTP_REQUEST_TIMEOUT"):
+    for k in (
+        "MLFLOW_HTTP_REQUEST_MAX_RETRIES",
+        "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR",
+        "MLFLOW_HTTP_REQUEST_TIMEOUT",
+    ):
         monkeypatch.delenv(k, raising=False)
     tracker = make_tracker(TrackingConfig(), "generate")
     with pytest.raises(TrackingUnavailable, match="cannot be reached") as err, tracker:

@@ -34,8 +34,13 @@ def toy_pairs(n: int, seed: int) -> list[dict]:
     rows = []
     for _ in range(n):
         a = r.choice(ANIMALS)
-        rows.append({"prompt": f"Tell me about the {a} number {r.randint(0, 99)}.",
-                     "chosen": f"The {a} is kind and calm.", "rejected": f"The {a} is rude and loud."})
+        rows.append(
+            {
+                "prompt": f"Tell me about the {a} number {r.randint(0, 99)}.",
+                "chosen": f"The {a} is kind and calm.",
+                "rejected": f"The {a} is rude and loud.",
+            }
+        )
     return rows
 
 
@@ -45,8 +50,10 @@ def models(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("models")
     corpus = [f"{p['prompt']} {p['chosen']} {p['rejected']}" for p in toy_pairs(200, 5)]
     tok = train_tokenizer(corpus, vocab_size=400)
-    return {"policy": build_tiny_model(root / "policy", tokenizer=tok, seed=0),
-            "reference": build_tiny_model(root / "reference", tokenizer=tok, seed=1)}
+    return {
+        "policy": build_tiny_model(root / "policy", tokenizer=tok, seed=0),
+        "reference": build_tiny_model(root / "reference", tokenizer=tok, seed=1),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -59,8 +66,17 @@ def dpo_data(ray_local, models) -> dict[str, pa.Table]:
 
 
 def dpo_config(stage: int, **kw) -> DPOConfig:
-    base = dict(num_workers=2, lr=3e-3, micro_batch_size=4, max_steps=12, epochs=3, beta=0.1, max_length=64,
-                max_prompt_length=32, deepspeed={"zero_stage": stage})
+    base = dict(
+        num_workers=2,
+        lr=3e-3,
+        micro_batch_size=4,
+        max_steps=12,
+        epochs=3,
+        beta=0.1,
+        max_length=64,
+        max_prompt_length=32,
+        deepspeed={"zero_stage": stage},
+    )
     return DPOConfig(**{**base, **kw})
 
 
@@ -80,7 +96,9 @@ def final_deepspeed_dir(out: Path, name: str) -> Path:
 def hf_weights(model_dir: Path) -> dict[str, torch.Tensor]:
     from transformers import AutoModelForCausalLM
 
-    return {k: v.detach().float() for k, v in AutoModelForCausalLM.from_pretrained(model_dir).state_dict().items()}
+    return {
+        k: v.detach().float() for k, v in AutoModelForCausalLM.from_pretrained(model_dir).state_dict().items()
+    }
 
 
 @pytest.fixture(scope="module")
@@ -88,8 +106,15 @@ def zero_runs(tmp_path_factory, models, dpo_data) -> dict[int, Path]:
     runs = {}
     for stage in (0, 3):
         out = tmp_path_factory.mktemp(f"dpo-zero{stage}")
-        train_dpo(dpo_config(stage), dpo_data["train"], models["reference"], out, NullTracker(),
-                  policy_model_path=models["policy"], eval_pairs=dpo_data["eval"])
+        train_dpo(
+            dpo_config(stage),
+            dpo_data["train"],
+            models["reference"],
+            out,
+            NullTracker(),
+            policy_model_path=models["policy"],
+            eval_pairs=dpo_data["eval"],
+        )
         runs[stage] = out
     return runs
 
@@ -130,7 +155,9 @@ def test_zero3_export_equals_the_trained_weights(zero_runs, models) -> None:
     zero_to_fp32, and the ZeRO-0 run's export; not the starting policy."""
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
-    trained = get_fp32_state_dict_from_zero_checkpoint(str(final_deepspeed_dir(zero_runs[3], "dpo")), tag="state")
+    trained = get_fp32_state_dict_from_zero_checkpoint(
+        str(final_deepspeed_dir(zero_runs[3], "dpo")), tag="state"
+    )
     exported, start = hf_weights(zero_runs[3] / "model"), hf_weights(models["policy"])
     zero0 = hf_weights(zero_runs[0] / "model")
     assert trained and set(trained) <= set(exported)
@@ -166,15 +193,31 @@ def test_kill_after_checkpoint_then_resume_zero2(tmp_path, ray_local, models, dp
     (tmp_path / "run.py").write_text(KILLED_RUN)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     with open(tmp_path / "killed.log", "w") as log:
-        proc = subprocess.Popen([sys.executable, str(tmp_path / "run.py"), ray_local, str(tmp_path / "cfg.json"),
-                                 str(tmp_path / "train.parquet"), str(models["reference"]), str(out),
-                                 str(models["policy"])], stdout=log, stderr=subprocess.STDOUT, env=env)
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                str(tmp_path / "run.py"),
+                ray_local,
+                str(tmp_path / "cfg.json"),
+                str(tmp_path / "train.parquet"),
+                str(models["reference"]),
+                str(out),
+                str(models["policy"]),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
         deadline = time.time() + 300
         while time.time() < deadline and proc.poll() is None:
-            if (out / "ray" / "dpo" / "checkpoint_manager_snapshot.json").is_file():  # a registered checkpoint
+            if (
+                out / "ray" / "dpo" / "checkpoint_manager_snapshot.json"
+            ).is_file():  # a registered checkpoint
                 break
             time.sleep(0.5)
-        assert proc.poll() is None, f"the run ended before it could be killed:\n{(tmp_path / 'killed.log').read_text()}"
+        assert proc.poll() is None, (
+            f"the run ended before it could be killed:\n{(tmp_path / 'killed.log').read_text()}"
+        )
         proc.send_signal(signal.SIGKILL)
         proc.wait()
     first = step_losses(out)
@@ -183,18 +226,20 @@ def test_kill_after_checkpoint_then_resume_zero2(tmp_path, ray_local, models, dp
     assert first[1] == pytest.approx(step_losses(zero_runs[0])[1], abs=1e-5)
     assert first[2] == pytest.approx(step_losses(zero_runs[0])[2], rel=1e-3)
 
-    train_dpo(cfg, dpo_data["train"], models["reference"], out, NullTracker(), policy_model_path=models["policy"])
+    train_dpo(
+        cfg, dpo_data["train"], models["reference"], out, NullTracker(), policy_model_path=models["policy"]
+    )
     rows = read_metrics(out / "metrics.jsonl")
     starts = [i for i, r in enumerate(rows) if r.get("event") == "start"]
     assert len(starts) == 2 and rows[starts[0]]["resumed_from_step"] == 0
     resumed = int(rows[starts[1]]["resumed_from_step"])
     assert resumed >= 4 and resumed % 4 == 0
-    after = [r["step"] for r in rows[starts[1]:] if "loss" in r]
+    after = [r["step"] for r in rows[starts[1] :] if "loss" in r]
     assert after[0] == resumed + 1 and after[-1] == 40  # continued from the checkpoint, not from step 1
     # the resumed run's first step repeats the killed run's step exactly (same weights, optimizer, data)
     killed = {r["step"]: r["loss"] for r in rows[: starts[1]] if "loss" in r}
     if resumed + 1 in killed:
-        first_resumed = next(r for r in rows[starts[1]:] if "loss" in r)
+        first_resumed = next(r for r in rows[starts[1] :] if "loss" in r)
         assert first_resumed["loss"] == pytest.approx(killed[resumed + 1], rel=1e-4)
     assert (out / "model" / "config.json").is_file()
 
@@ -214,9 +259,17 @@ def test_lr_schedule() -> None:
 def test_sft_with_lora_lowers_heldout_loss(tmp_path, ray_local, models) -> None:
     rows = [{"prompt": p["prompt"], "target": p["chosen"]} for p in toy_pairs(128, 3)]
     held = [{"prompt": p["prompt"], "target": p["chosen"]} for p in toy_pairs(32, 4)]
-    cfg = TrainConfig(num_workers=2, lr=1e-2, micro_batch_size=8, max_steps=12, epochs=2, max_length=64,
-                      max_prompt_length=32, deepspeed={"zero_stage": 2},
-                      lora={"enabled": True, "r": 8, "alpha": 16, "target_modules": PROJECTIONS})
+    cfg = TrainConfig(
+        num_workers=2,
+        lr=1e-2,
+        micro_batch_size=8,
+        max_steps=12,
+        epochs=2,
+        max_length=64,
+        max_prompt_length=32,
+        deepspeed={"zero_stage": 2},
+        lora={"enabled": True, "r": 8, "alpha": 16, "target_modules": PROJECTIONS},
+    )
     tracking = TrackingConfig(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", experiment="test-sft")
     with make_tracker(tracking, "train") as tracker:
         model_dir = train_sft(cfg, rows, tmp_path, tracker, model_path=models["policy"], eval_pairs=held)
@@ -239,9 +292,14 @@ def test_sft_with_lora_lowers_heldout_loss(tmp_path, ray_local, models) -> None:
         if f"{stem}.lora_A.default.weight" not in adapters:
             assert torch.equal(merged[name], w), f"{name} is not a LoRA target but changed"
             continue
-        a, b = adapters[f"{stem}.lora_A.default.weight"].float(), adapters[f"{stem}.lora_B.default.weight"].float()
+        a, b = (
+            adapters[f"{stem}.lora_A.default.weight"].float(),
+            adapters[f"{stem}.lora_B.default.weight"].float(),
+        )
         assert torch.allclose(merged[name], w + (16 / 8) * (b @ a), rtol=0, atol=1e-5), name
         trained += int(float(b.abs().max()) > 0)  # B starts at zero: non-zero means the adapter learned
     assert trained == sum(k.endswith("lora_B.default.weight") for k in adapters) > 0
     gen = HFGenerator(ModelSpec(path=str(model_dir), device="cpu"))
-    assert gen.generate(["Tell me about the cat number 3."], GenerationParams(max_new_tokens=6))[0][0].token_ids
+    assert gen.generate(["Tell me about the cat number 3."], GenerationParams(max_new_tokens=6))[0][
+        0
+    ].token_ids

@@ -27,8 +27,11 @@ from forewarn.reversegen.cli import app as reversegen_app
 from forewarn.runner import JOBS, fail, job_module, resolve
 from forewarn.training.cli import app as train_app
 
-app = typer.Typer(help="forewarn: find, measure and mitigate failures of LLMs, on Ray.", no_args_is_help=True,
-                  pretty_exceptions_enable=False)
+app = typer.Typer(
+    help="forewarn: find, measure and mitigate failures of LLMs, on Ray.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
 config_app = typer.Typer(help="Show and validate job configs.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
 app.add_typer(testbed_app, name="testbed")
@@ -47,8 +50,11 @@ app.add_typer(recurrence_app, name="recurrence")
 
 
 @config_app.command("show")
-def config_show(job: str = typer.Argument(..., help=f"job name: {', '.join(sorted(JOBS))}"),
-                config: Optional[Path] = ConfigOpt, overrides: Optional[list[str]] = SetOpt) -> None:
+def config_show(
+    job: str = typer.Argument(..., help=f"job name: {', '.join(sorted(JOBS))}"),
+    config: Optional[Path] = ConfigOpt,
+    overrides: Optional[list[str]] = SetOpt,
+) -> None:
     """Print the resolved config of JOB as YAML (defaults, then --config, then --set)."""
     try:
         cfg = resolve(job, str(config) if config else None, overrides or [])
@@ -58,9 +64,10 @@ def config_show(job: str = typer.Argument(..., help=f"job name: {', '.join(sorte
 
 
 @config_app.command("validate")
-def config_validate(file: Path = typer.Argument(..., help="YAML config file to check"),
-                    job: str = typer.Option(..., "--job", "-j", help=f"job name: {', '.join(sorted(JOBS))}")
-                    ) -> None:
+def config_validate(
+    file: Path = typer.Argument(..., help="YAML config file to check"),
+    job: str = typer.Option(..., "--job", "-j", help=f"job name: {', '.join(sorted(JOBS))}"),
+) -> None:
     """Check FILE against JOB's config schema; exit 2 with the bad field if it is invalid."""
     try:
         load_config(job_module(job).CONFIG, job=job, path=file)
@@ -70,8 +77,11 @@ def config_validate(file: Path = typer.Argument(..., help="YAML config file to c
 
 
 @app.command("generate")
-def generate(config: Optional[Path] = ConfigOpt, overrides: Optional[list[str]] = SetOpt,
-             output_dir: Optional[str] = OutOpt) -> None:
+def generate(
+    config: Optional[Path] = ConfigOpt,
+    overrides: Optional[list[str]] = SetOpt,
+    output_dir: Optional[str] = OutOpt,
+) -> None:
     """Run prompts through a model role with a Ray Data actor pool; rows land in Parquet."""
     run_named_job("generate", config, overrides, output_dir)
 

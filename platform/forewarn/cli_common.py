@@ -15,8 +15,9 @@ SetOpt = typer.Option(None, "--set", help="override a field by dotted path: --se
 OutOpt = typer.Option(None, "--output-dir", "-o", help="run directory (a rerun with the same dir resumes)")
 
 
-def run_named_job(job: str, config: Optional[Path], overrides: Optional[list[str]],
-                  output_dir: Optional[str]) -> dict:
+def run_named_job(
+    job: str, config: Optional[Path], overrides: Optional[list[str]], output_dir: Optional[str]
+) -> dict:
     """Resolve and run ``job``; config errors print one paragraph and exit 2."""
     try:
         cfg = resolve(job, str(config) if config else None, overrides or [], output_dir)
@@ -31,8 +32,11 @@ def add_job_command(app: typer.Typer, name: str, job: str, help: str, fixed: tup
     ``fixed`` overrides (e.g. ``mode=toy``) come before the user's ``--set``, which may not change them.
     """
 
-    def command(config: Optional[Path] = ConfigOpt, overrides: Optional[list[str]] = SetOpt,
-                output_dir: Optional[str] = OutOpt) -> None:
+    def command(
+        config: Optional[Path] = ConfigOpt,
+        overrides: Optional[list[str]] = SetOpt,
+        output_dir: Optional[str] = OutOpt,
+    ) -> None:
         run_named_job(job, config, [*fixed, *(overrides or [])], output_dir)
 
     command.__doc__ = help

@@ -31,16 +31,29 @@ def config_job(path: Path | None) -> str | None:
     return None
 
 
-def plan(config: Optional[Path] = ConfigOpt,
-         job: Optional[str] = typer.Option(None, "--job", "-j", help=f"job: {', '.join(sorted(JOBS))}; default: "
-                                           "the config's '# forewarn-job:' line, else reversegen"),
-         overrides: Optional[list[str]] = SetOpt,
-         address: Optional[str] = typer.Option(None, "--address", help="a running Ray cluster (GCS host:port or "
-                                               "'auto'); default: RAY_ADDRESS, then ray.address of the config"),
-         cluster: Optional[Path] = typer.Option(None, "--cluster", help="plan against a cluster YAML at its "
-                                                "largest (head + every worker type at max_workers)"),
-         node: Optional[list[str]] = typer.Option(None, "--node", help="a node, [Nx]CPU=<n>,GPU=<n> (repeatable)"),
-         as_json: bool = typer.Option(False, "--json", help="print the plan as JSON")) -> None:
+def plan(
+    config: Optional[Path] = ConfigOpt,
+    job: Optional[str] = typer.Option(
+        None,
+        "--job",
+        "-j",
+        help=f"job: {', '.join(sorted(JOBS))}; default: the config's '# forewarn-job:' line, else reversegen",
+    ),
+    overrides: Optional[list[str]] = SetOpt,
+    address: Optional[str] = typer.Option(
+        None,
+        "--address",
+        help="a running Ray cluster (GCS host:port or "
+        "'auto'); default: RAY_ADDRESS, then ray.address of the config",
+    ),
+    cluster: Optional[Path] = typer.Option(
+        None,
+        "--cluster",
+        help="plan against a cluster YAML at its largest (head + every worker type at max_workers)",
+    ),
+    node: Optional[list[str]] = typer.Option(None, "--node", help="a node, [Nx]CPU=<n>,GPU=<n> (repeatable)"),
+    as_json: bool = typer.Option(False, "--json", help="print the plan as JSON"),
+) -> None:
     """Say which role gets which CPUs/GPUs on which node; exit 2 with the reason when the cluster cannot fit it."""
     from forewarn import placement as C
 
@@ -70,13 +83,17 @@ runs_app = typer.Typer(help="Compare runs tracked in MLflow.", no_args_is_help=T
 
 
 @runs_app.command("compare")
-def runs_compare(experiment: str = typer.Argument(..., help="MLflow experiment, or a job name (reversegen)"),
-                 tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri",
-                                                            help="default: MLFLOW_TRACKING_URI, then ./mlflow.db"),
-                 max_runs: int = typer.Option(10, "--max-runs", min=1, help="newest runs shown"),
-                 metric: Optional[list[str]] = typer.Option(None, "--metric", "-m",
-                                                            help="metric name pattern, e.g. 'final_*' (repeatable)"),
-                 as_json: bool = typer.Option(False, "--json", help="print records as JSON")) -> None:
+def runs_compare(
+    experiment: str = typer.Argument(..., help="MLflow experiment, or a job name (reversegen)"),
+    tracking_uri: Optional[str] = typer.Option(
+        None, "--tracking-uri", help="default: MLFLOW_TRACKING_URI, then ./mlflow.db"
+    ),
+    max_runs: int = typer.Option(10, "--max-runs", min=1, help="newest runs shown"),
+    metric: Optional[list[str]] = typer.Option(
+        None, "--metric", "-m", help="metric name pattern, e.g. 'final_*' (repeatable)"
+    ),
+    as_json: bool = typer.Option(False, "--json", help="print records as JSON"),
+) -> None:
     """Headline metrics of EXPERIMENT's recent runs, with their job, config hash, commit and models."""
     from forewarn.runs import compare, render
 

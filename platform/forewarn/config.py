@@ -68,8 +68,11 @@ class Resources(Section):
     batch_size: int = Field(16, ge=1)
     colocate_with: str | None = Field(None, description="name of a role whose GPUs this role shares")
     placement_group: str | None = Field(
-        None, exclude=True, description="run-time only (never dumped or hashed): the named Ray placement group "
-        "whose bundles this role's actors use; forewarn.placement sets it for colocated roles")
+        None,
+        exclude=True,
+        description="run-time only (never dumped or hashed): the named Ray placement group "
+        "whose bundles this role's actors use; forewarn.placement sets it for colocated roles",
+    )
 
 
 class TrainWorkers(Section):
@@ -147,7 +150,9 @@ def parse_value(text: str) -> Any:
 def apply_override(data: dict, assignment: str) -> None:
     """Apply one ``a.b.c=value`` to a nested dict in place."""
     if "=" not in assignment:
-        raise ConfigError(f"--set {assignment!r}: expected KEY=VALUE with a dotted key, e.g. target.model.path=gpt2")
+        raise ConfigError(
+            f"--set {assignment!r}: expected KEY=VALUE with a dotted key, e.g. target.model.path=gpt2"
+        )
     key, _, raw = assignment.partition("=")
     parts = [p for p in key.strip().split(".") if p]
     if not parts:
@@ -187,7 +192,9 @@ def read_yaml(path: str | Path) -> dict:
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ConfigError(f"config file {str(p)!r} must hold a mapping of sections, got {type(data).__name__}")
+        raise ConfigError(
+            f"config file {str(p)!r} must hold a mapping of sections, got {type(data).__name__}"
+        )
     return data
 
 
@@ -205,8 +212,10 @@ def format_validation_error(err: ValidationError, source: str = "config") -> str
     for e in err.errors():
         path = ".".join(str(p) for p in e["loc"]) or "(top level)"
         if e["type"] == "extra_forbidden":
-            lines.append(f"{path}: unknown key (remove it or check the spelling; "
-                         f"`forewarn config show` lists valid keys)")
+            lines.append(
+                f"{path}: unknown key (remove it or check the spelling; "
+                f"`forewarn config show` lists valid keys)"
+            )
             continue
         if e["type"] == "union_tag_invalid":  # a plug-in kind that no builder knows
             ctx = e.get("ctx", {})

@@ -27,8 +27,9 @@ def attack_success_rate(unsafe: Sequence[bool | None]) -> float:
     return sum(judged) / len(judged) if judged else 0.0
 
 
-def self_bleu(texts: Sequence[str], ns: Sequence[int] = (2, 3, 4, 5), max_hypotheses: int | None = 500,
-              seed: int = 0) -> float:
+def self_bleu(
+    texts: Sequence[str], ns: Sequence[int] = (2, 3, 4, 5), max_hypotheses: int | None = 500, seed: int = 0
+) -> float:
     """Mean over hypotheses of mean_n BLEU_n(hypothesis, all other texts). O(N^2).
 
     With more than ``max_hypotheses`` texts, a seeded random subset serves as hypotheses (every text
@@ -44,8 +45,9 @@ def self_bleu(texts: Sequence[str], ns: Sequence[int] = (2, 3, 4, 5), max_hypoth
     total = 0.0
     for i in idx:
         refs = toks[:i] + toks[i + 1 :]
-        per_n = [sentence_bleu(refs, toks[i], weights=tuple([1.0 / n] * n), smoothing_function=smooth)
-                 for n in ns]
+        per_n = [
+            sentence_bleu(refs, toks[i], weights=tuple([1.0 / n] * n), smoothing_function=smooth) for n in ns
+        ]
         total += sum(per_n) / len(per_n)
     return total / len(idx)
 

@@ -108,17 +108,29 @@ class PoolStats:
 
     def as_dict(self) -> dict[str, float | int]:
         alive = (self.ended or time.perf_counter()) - self.started
-        return {"loads": self.loads, "load_s": round(self.load_s, 3), "start_s": round(self.start_s, 3),
-                "compute_s": round(self.compute_s, 3),
-                "idle_s": round(max(0.0, alive * self.replicas - self.load_s - self.compute_s), 3),
-                "alive_s": round(alive, 3), "calls": self.calls, "replaced_actors": self.replaced_actors}
+        return {
+            "loads": self.loads,
+            "load_s": round(self.load_s, 3),
+            "start_s": round(self.start_s, 3),
+            "compute_s": round(self.compute_s, 3),
+            "idle_s": round(max(0.0, alive * self.replicas - self.load_s - self.compute_s), 3),
+            "alive_s": round(alive, 3),
+            "calls": self.calls,
+            "replaced_actors": self.replaced_actors,
+        }
 
 
 class RolePool:
     """``resources.replicas`` long-lived actors of one role, each holding ``factory()``."""
 
-    def __init__(self, name: str, factory: Callable[[], Any], resources: Resources, cpu_scale: float = 1.0,
-                 max_replacements: int = 3):
+    def __init__(
+        self,
+        name: str,
+        factory: Callable[[], Any],
+        resources: Resources,
+        cpu_scale: float = 1.0,
+        max_replacements: int = 3,
+    ):
         import ray
 
         from forewarn.placement import remote_args
@@ -127,8 +139,11 @@ class RolePool:
         self.max_replacements = max_replacements
         self.stats = PoolStats(resources.replicas)
         self._cls = ray.remote(RoleActor).options(
-            num_cpus=resources.num_cpus * cpu_scale, num_gpus=resources.num_gpus, max_restarts=0,
-            **remote_args(resources))
+            num_cpus=resources.num_cpus * cpu_scale,
+            num_gpus=resources.num_gpus,
+            max_restarts=0,
+            **remote_args(resources),
+        )
         self.actors = [self._spawn() for _ in range(resources.replicas)]
         self._await_ready(self.actors)
 
@@ -142,9 +157,11 @@ class RolePool:
         refs = [a.ready.remote() for a in actors]
         done, pending = ray.wait(refs, num_returns=len(refs), timeout=START_TIMEOUT_S)
         if pending:
-            raise PoolError(f"role {self.name!r}: {len(pending)} of {len(refs)} actors did not start within "
-                            f"{START_TIMEOUT_S:g} s (each asks for {self._cls_ask()}); the cluster has no room "
-                            "(see `ray status`). FOREWARN_POOL_START_TIMEOUT_S sets the wait.")
+            raise PoolError(
+                f"role {self.name!r}: {len(pending)} of {len(refs)} actors did not start within "
+                f"{START_TIMEOUT_S:g} s (each asks for {self._cls_ask()}); the cluster has no room "
+                "(see `ray status`). FOREWARN_POOL_START_TIMEOUT_S sets the wait."
+            )
         try:
             seconds = ray.get(done)
         except _actor_lost() as e:
@@ -157,8 +174,9 @@ class RolePool:
         r = self.resources
         return f"CPU {r.num_cpus:g} (scaled), GPU {r.num_gpus:g}"
 
-    def map_batches(self, method: str, columns: dict[str, Sequence[Any]], batch_size: int | None = None,
-                    **const: Any) -> list[tuple[Any, float]]:
+    def map_batches(
+        self, method: str, columns: dict[str, Sequence[Any]], batch_size: int | None = None, **const: Any
+    ) -> list[tuple[Any, float]]:
         """Call ``method`` on aligned slices of ``columns`` (``batch_size`` rows each, the role's by default),
         spread over the actors; returns (output, seconds) per slice, in input order.
 
@@ -189,7 +207,9 @@ class RolePool:
             except _actor_lost() as e:
                 replaced += 1
                 if replaced > self.max_replacements:
-                    raise PoolError(f"role {self.name!r}: lost {replaced} actors in one call; last: {e}") from None
+                    raise PoolError(
+                        f"role {self.name!r}: lost {replaced} actors in one call; last: {e}"
+                    ) from None
                 self._replace(slot)
                 queue.appendleft(b)
                 idle.append(slot)
@@ -200,8 +220,9 @@ class RolePool:
             idle.append(slot)
         return [r for r in results if r is not None]
 
-    def map(self, method: str, columns: dict[str, Sequence[Any]], batch_size: int | None = None,
-            **const: Any) -> list[Any]:
+    def map(
+        self, method: str, columns: dict[str, Sequence[Any]], batch_size: int | None = None, **const: Any
+    ) -> list[Any]:
         """:meth:`map_batches` with the outputs concatenated: one output per input row, in order."""
         return [x for out, _ in self.map_batches(method, columns, batch_size, **const) for x in out]
 
@@ -256,7 +277,9 @@ class RolePools:
         pool = self.pools.get(role)
         if pool is None:
             if role not in self.resources:
-                raise KeyError(f"role {role!r} was not declared to this run's pools ({sorted(self.resources)})")
+                raise KeyError(
+                    f"role {role!r} was not declared to this run's pools ({sorted(self.resources)})"
+                )
             pool = self.pools[role] = RolePool(role, factory, self.resources[role], self.cpu_scale)
         elif self.keys[role] != key:
             pool.reload(factory)
@@ -309,24 +332,38 @@ def cpu_scale(resources: Sequence[Resources] | Any, reserve_cpus: float = 0.0) -
     if want <= room or want == 0:
         return 1.0
     if room <= 0:
-        raise PoolError(f"the run's role pools ask for {want:g} CPUs and its training steps for {reserve_cpus:g}, "
-                        f"but the cluster has {have:g}: lower the training section's num_workers / "
-                        "cpus_per_worker or add CPUs")
+        raise PoolError(
+            f"the run's role pools ask for {want:g} CPUs and its training steps for {reserve_cpus:g}, "
+            f"but the cluster has {have:g}: lower the training section's num_workers / "
+            "cpus_per_worker or add CPUs"
+        )
     return room / want
 
 
-def data_stage(ds: Any, udf: type, ctor_kwargs: dict[str, Any], resources: Resources,
-               batch_size: int | None = None, batch_format: str = "pandas") -> Any:
+def data_stage(
+    ds: Any,
+    udf: type,
+    ctor_kwargs: dict[str, Any],
+    resources: Resources,
+    batch_size: int | None = None,
+    batch_format: str = "pandas",
+) -> Any:
     """``ds.map_batches(udf)`` over ``resources.replicas`` actors of ``udf`` (constructed with
     ``ctor_kwargs``), each asking for the role's CPUs and GPUs inside its placement group, if any."""
     from ray.data import ActorPoolStrategy
 
     from forewarn.placement import remote_args
 
-    return ds.map_batches(udf, fn_constructor_kwargs=ctor_kwargs, compute=ActorPoolStrategy(size=resources.replicas),
-                          num_cpus=resources.num_cpus, num_gpus=resources.num_gpus,
-                          batch_size=batch_size or resources.batch_size, batch_format=batch_format,
-                          **remote_args(resources))
+    return ds.map_batches(
+        udf,
+        fn_constructor_kwargs=ctor_kwargs,
+        compute=ActorPoolStrategy(size=resources.replicas),
+        num_cpus=resources.num_cpus,
+        num_gpus=resources.num_gpus,
+        batch_size=batch_size or resources.batch_size,
+        batch_format=batch_format,
+        **remote_args(resources),
+    )
 
 
 # ---------------------------------------------------------------- roles as plain callables
@@ -349,7 +386,9 @@ def judge(pools: RolePools, role: str, spec: Any) -> Callable[..., list]:
     """``judge(prompts, responses, references=None) -> list[Verdict]`` served by the ``role`` pool."""
     from forewarn.judges import build_judge
 
-    def run(prompts: Sequence[Any], responses: Sequence[Any], references: Sequence[Any] | None = None) -> list:
+    def run(
+        prompts: Sequence[Any], responses: Sequence[Any], references: Sequence[Any] | None = None
+    ) -> list:
         pool = pools.get(role, partial(build_judge, spec), spec.kind)
         cols = {"prompts": list(prompts), "responses": list(responses)}
         return pool.map("judge", cols | ({"references": list(references)} if references is not None else {}))

@@ -44,8 +44,9 @@ def job_module(job: str) -> ModuleType:
     return importlib.import_module(JOBS[job])
 
 
-def resolve(job: str, config: str | None = None, overrides: list[str] | None = None,
-            output_dir: str | None = None) -> JobConfig:
+def resolve(
+    job: str, config: str | None = None, overrides: list[str] | None = None, output_dir: str | None = None
+) -> JobConfig:
     """The job's resolved config (defaults < packaged < file < --set < --output-dir)."""
     sets = list(overrides or [])
     if output_dir is not None:
@@ -102,8 +103,10 @@ def run_job(job: str, cfg: JobConfig, quiet: bool = False) -> dict[str, Any]:
 
 def outputs_state(rundir: RunDir) -> tuple:
     """What a run has written so far: table writes, and the summary and stage markers' modification times."""
-    stamp = [p.stat().st_mtime_ns if p.is_file() else None for p in (rundir.path("summary.json"),
-                                                                     rundir.path("stages.json"))]
+    stamp = [
+        p.stat().st_mtime_ns if p.is_file() else None
+        for p in (rundir.path("summary.json"), rundir.path("stages.json"))
+    ]
     return len(rundir.table_writes()), *stamp
 
 
@@ -134,8 +137,14 @@ def job_main(job: str, argv: list[str] | None = None) -> dict[str, Any]:
     """Entry point of ``jobs/<job>.py``: ``--config FILE``, repeated ``--set a.b=c``, ``--output-dir``."""
     parser = argparse.ArgumentParser(prog=f"jobs/{job}.py", description=f"Run the forewarn {job} job.")
     parser.add_argument("--config", help="YAML file; overrides the packaged defaults")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override one field by dotted path, e.g. --set target.resources.replicas=2")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one field by dotted path, e.g. --set target.resources.replicas=2",
+    )
     parser.add_argument("--output-dir", help="run directory (a rerun with the same dir resumes)")
     args = parser.parse_args(argv)
     try:
@@ -153,6 +162,9 @@ def job_main(job: str, argv: list[str] | None = None) -> dict[str, Any]:
         if e.errno not in DISK_ERRNOS:
             raise
         # the disk filled up (or went read-only) mid-run: writes are atomic, so what is there is whole
-        print(f"forewarn: {job} failed: cannot write {e.filename or cfg.output_dir!s}: {e.strerror}; "
-              "free space and rerun with the same --output-dir to resume", file=sys.stderr)
+        print(
+            f"forewarn: {job} failed: cannot write {e.filename or cfg.output_dir!s}: {e.strerror}; "
+            "free space and rerun with the same --output-dir to resume",
+            file=sys.stderr,
+        )
         raise SystemExit(1) from None

@@ -28,8 +28,12 @@ HEADLINE: dict[str, list[str]] = {
     "generate": ["n_generations", "tokens"],
     "train": ["final_*", "eval_*"],
 }
-TAG_COLUMNS = {"job": "forewarn.job", "config_hash": "forewarn.config_hash", "git_commit": "forewarn.git_commit",
-               "testbed": "forewarn.testbed"}
+TAG_COLUMNS = {
+    "job": "forewarn.job",
+    "config_hash": "forewarn.config_hash",
+    "git_commit": "forewarn.git_commit",
+    "testbed": "forewarn.testbed",
+}
 MAX_METRIC_COLUMNS = 12
 
 
@@ -37,9 +41,11 @@ def _experiment(client: Any, name: str) -> Any:
     exp = client.get_experiment_by_name(name) or client.get_experiment_by_name(f"forewarn-{name}")
     if exp is None:
         names = sorted(e.name for e in client.search_experiments())
-        raise ConfigError(f"experiment {name!r} (or forewarn-{name}) does not exist in the tracking store; "
-                          f"experiments: {', '.join(names) or 'none'} (MLFLOW_TRACKING_URI / --tracking-uri "
-                          "picks the store)")
+        raise ConfigError(
+            f"experiment {name!r} (or forewarn-{name}) does not exist in the tracking store; "
+            f"experiments: {', '.join(names) or 'none'} (MLFLOW_TRACKING_URI / --tracking-uri "
+            "picks the store)"
+        )
     return exp
 
 
@@ -56,8 +62,9 @@ def _metric_columns(runs: list[Any], patterns: list[str] | None) -> list[str]:
     return [m for p in patterns for m in present if fnmatch.fnmatchcase(m, p)]
 
 
-def compare(experiment: str, tracking_uri: str | None = None, max_runs: int = 10,
-            metrics: list[str] | None = None) -> pd.DataFrame:
+def compare(
+    experiment: str, tracking_uri: str | None = None, max_runs: int = 10, metrics: list[str] | None = None
+) -> pd.DataFrame:
     """One row per recent run (newest first): identity tags, then the headline metric columns.
 
     ``experiment`` is an MLflow experiment name, or a job name (``reversegen`` -> ``forewarn-reversegen``).
@@ -71,22 +78,30 @@ def compare(experiment: str, tracking_uri: str | None = None, max_runs: int = 10
 
     client = MlflowClient(tracking_uri=tracking_uri or resolve_tracking_uri(TrackingConfig()))
     exp = _experiment(client, experiment)
-    runs = client.search_runs([exp.experiment_id], max_results=max_runs, order_by=["attributes.start_time DESC"])
+    runs = client.search_runs(
+        [exp.experiment_id], max_results=max_runs, order_by=["attributes.start_time DESC"]
+    )
     columns = _metric_columns(runs, metrics)
     rows = []
     for r in runs:
         tags = r.data.tags
         row: dict[str, Any] = {
-            "run_id": r.info.run_id, "run_name": r.info.run_name, "status": r.info.status,
+            "run_id": r.info.run_id,
+            "run_name": r.info.run_name,
+            "status": r.info.status,
             "start": pd.Timestamp(r.info.start_time, unit="ms").strftime("%Y-%m-%d %H:%M UTC"),
         }
         row.update({col: tags.get(tag) for col, tag in TAG_COLUMNS.items()})
         row["git_commit"] = (row["git_commit"] or "")[:10] or None
-        models = {k.removeprefix("forewarn.model."): v for k, v in tags.items() if k.startswith("forewarn.model.")}
+        models = {
+            k.removeprefix("forewarn.model."): v for k, v in tags.items() if k.startswith("forewarn.model.")
+        }
         row["models"] = ", ".join(f"{k}={_short(v)}" for k, v in sorted(models.items())) or None
         row.update({m: r.data.metrics.get(m) for m in columns})
         rows.append(row)
-    return pd.DataFrame(rows, columns=["run_id", "run_name", "status", "start", *TAG_COLUMNS, "models", *columns])
+    return pd.DataFrame(
+        rows, columns=["run_id", "run_name", "status", "start", *TAG_COLUMNS, "models", *columns]
+    )
 
 
 def _short(path: str) -> str:
@@ -108,18 +123,25 @@ def render(df: pd.DataFrame, title: str) -> str:
         cells = [str(row["run_id"])[:8]]
         for c in shown:
             v = row[c]
-            cells.append("-" if v is None or (isinstance(v, float) and pd.isna(v))
-                         else f"{v:.4g}" if isinstance(v, float) else str(v))
+            cells.append(
+                "-"
+                if v is None or (isinstance(v, float) and pd.isna(v))
+                else f"{v:.4g}"
+                if isinstance(v, float)
+                else str(v)
+            )
         rows.append(cells)
     headers = ["run", *shown]
     widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(headers)]
     table = Table(title=title, title_justify="left")
     for h in headers:
-        table.add_column(h, no_wrap=True, justify="right" if h in shown and pd.api.types.is_float_dtype(df[h])
-                         else "left")
+        table.add_column(
+            h, no_wrap=True, justify="right" if h in shown and pd.api.types.is_float_dtype(df[h]) else "left"
+        )
     for cells in rows:
         table.add_row(*cells)
     out = StringIO()
-    Console(file=out, width=sum(widths) + 3 * len(widths) + 1, force_terminal=False,
-            color_system=None).print(table)
+    Console(file=out, width=sum(widths) + 3 * len(widths) + 1, force_terminal=False, color_system=None).print(
+        table
+    )
     return out.getvalue()

@@ -29,8 +29,11 @@ from pydantic import BaseModel
 from forewarn.config import TrackingConfig, config_hash, to_yaml
 from forewarn.errors import ForewarnError
 
-HTTP_RETRY_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
-                       "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
+HTTP_RETRY_DEFAULTS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
+}
 
 
 class TrackingUnavailable(ForewarnError):
@@ -51,8 +54,13 @@ def resolve_tracking_uri(cfg: TrackingConfig) -> str:
 
 def git_commit() -> str:
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-                             cwd=Path(__file__).resolve().parent)
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            cwd=Path(__file__).resolve().parent,
+        )
         return out.stdout.strip() or "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"
@@ -120,7 +128,8 @@ class Tracker(NullTracker):
                 raise
             raise TrackingUnavailable(
                 f"MLflow tracking at {self.tracking_uri} cannot be reached ({short_error(e)}); nothing has run. "
-                "Start the server, point MLFLOW_TRACKING_URI elsewhere, or set tracking.enabled=false") from None
+                "Start the server, point MLFLOW_TRACKING_URI elsewhere, or set tracking.enabled=false"
+            ) from None
         self.run_id = run.info.run_id
         if self.job_config is not None:
             # the resolved config goes first, as an artifact and as flat params.
@@ -147,11 +156,18 @@ class Tracker(NullTracker):
         except Exception as e:  # only an unreachable server is absorbed, see unreachable
             if not unreachable(e):
                 raise
-            self.gap = {"tracking_uri": self.tracking_uri, "run_id": self.run_id, "first_failed_call": what,
-                        "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "error": short_error(e),
-                        "dropped_calls": 1}
-            message = (f"MLflow tracking at {self.tracking_uri} went away during {what} ({short_error(e)}); the run "
-                       "goes on without tracking and summary.json reports the gap (tracking_gap)")
+            self.gap = {
+                "tracking_uri": self.tracking_uri,
+                "run_id": self.run_id,
+                "first_failed_call": what,
+                "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "error": short_error(e),
+                "dropped_calls": 1,
+            }
+            message = (
+                f"MLflow tracking at {self.tracking_uri} went away during {what} ({short_error(e)}); the run "
+                "goes on without tracking and summary.json reports the gap (tracking_gap)"
+            )
             warnings.warn(message, TrackingGapWarning, stacklevel=3)
             print(f"forewarn: warning: {message}", file=sys.stderr, flush=True)
             return None

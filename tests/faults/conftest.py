@@ -23,8 +23,11 @@ def fault_report(record_property: Callable[[str, object], None]) -> Callable[...
     suite's summary. ``lost``/``duplicated`` are None where the fault concerns no rows."""
 
     def report(fault: str, lost: int | None = None, duplicated: int | None = None, **extra: object) -> None:
-        fields = " ".join(f"{k}={v}" for k, v in {"rows_lost": lost, "rows_duplicated": duplicated, **extra}.items()
-                          if v is not None)
+        fields = " ".join(
+            f"{k}={v}"
+            for k, v in {"rows_lost": lost, "rows_duplicated": duplicated, **extra}.items()
+            if v is not None
+        )
         line = f"FAULT {fault}: {fields or 'no rows involved'}"
         print(line)
         record_property("fault", line)
@@ -33,9 +36,14 @@ def fault_report(record_property: Callable[[str, object], None]) -> Callable[...
 
 
 def pytest_terminal_summary(terminalreporter) -> None:
-    lines = [f"{value} [{rep.outcome}]" for key in ("passed", "failed")
-             for rep in terminalreporter.stats.get(key, []) if getattr(rep, "when", "") == "call"
-             for name, value in getattr(rep, "user_properties", []) if name == "fault"]
+    lines = [
+        f"{value} [{rep.outcome}]"
+        for key in ("passed", "failed")
+        for rep in terminalreporter.stats.get(key, [])
+        if getattr(rep, "when", "") == "call"
+        for name, value in getattr(rep, "user_properties", [])
+        if name == "fault"
+    ]
     if lines:
         terminalreporter.write_sep("=", "fault suite")
         for line in lines:

@@ -23,12 +23,24 @@ from forewarn.testing.faults import mlflow_server, rows_lost_duplicated
 
 ROOT = Path(__file__).resolve().parents[2]
 LIMIT, N = 16, 2
-SETS = ["target.model.path=testbed:target@small", "prompts=testbed:heldout_planted@small", f"limit={LIMIT}",
-        f"params.n={N}", "params.max_new_tokens=24", "ray.num_cpus=2"]
+SETS = [
+    "target.model.path=testbed:target@small",
+    "prompts=testbed:heldout_planted@small",
+    f"limit={LIMIT}",
+    f"params.n={N}",
+    "params.max_new_tokens=24",
+    "ray.num_cpus=2",
+]
 
 
 def generate_cmd(out: Path) -> list[str]:
-    return [sys.executable, "jobs/generate.py", "--output-dir", str(out), *[a for s in SETS for a in ("--set", s)]]
+    return [
+        sys.executable,
+        "jobs/generate.py",
+        "--output-dir",
+        str(out),
+        *[a for s in SETS for a in ("--set", s)],
+    ]
 
 
 def count(db: Path, table: str) -> int:
@@ -42,15 +54,22 @@ def count(db: Path, table: str) -> int:
 
 
 @pytest.mark.slow
-def test_server_killed_mid_run_run_finishes_and_reports_the_gap(tmp_path: Path, testbed, fault_report) -> None:
+def test_server_killed_mid_run_run_finishes_and_reports_the_gap(
+    tmp_path: Path, testbed, fault_report
+) -> None:
     out, store = tmp_path / "run", tmp_path / "mlflow"
     with mlflow_server(store) as server:
         env = {**os.environ, "OMP_NUM_THREADS": "1", "MLFLOW_TRACKING_URI": server.uri}
         with open(tmp_path / "job.log", "w") as log:
-            proc = subprocess.Popen(generate_cmd(out), cwd=ROOT, env=env, stdout=log, stderr=subprocess.PIPE,
-                                    text=True)
+            proc = subprocess.Popen(
+                generate_cmd(out), cwd=ROOT, env=env, stdout=log, stderr=subprocess.PIPE, text=True
+            )
             deadline = time.monotonic() + 600
-            while count(store / "mlflow.db", "params") == 0 and proc.poll() is None and time.monotonic() < deadline:
+            while (
+                count(store / "mlflow.db", "params") == 0
+                and proc.poll() is None
+                and time.monotonic() < deadline
+            ):
                 time.sleep(0.2)  # the run exists and its config is logged: the job is about to generate
             assert proc.poll() is None, "the job ended before the server could be killed"
             server.kill()
@@ -60,7 +79,10 @@ def test_server_killed_mid_run_run_finishes_and_reports_the_gap(tmp_path: Path, 
     gap = summary["tracking_gap"]
     assert gap["tracking_uri"] == server.uri and gap["run_id"] == summary["mlflow_run_id"]
     # killed once the run and its first params exist: the gap opens at whichever logging call came next
-    assert gap["first_failed_call"] in {"log_params", "log_metrics", "log_artifact"} and gap["dropped_calls"] >= 2, gap
+    assert (
+        gap["first_failed_call"] in {"log_params", "log_metrics", "log_artifact"}
+        and gap["dropped_calls"] >= 2
+    ), gap
     warnings = [line for line in stderr.splitlines() if line.startswith("forewarn: warning: MLflow tracking")]
     assert len(warnings) == 1 and "went away" in warnings[0] and "tracking_gap" in warnings[0], stderr[-3000:]
     # what the dead server holds: the run, started and never finished (the gap is real, not papered over)
@@ -71,8 +93,13 @@ def test_server_killed_mid_run_run_finishes_and_reports_the_gap(tmp_path: Path, 
     expected = [f"{stable_id(i, p)}/{s}" for i, p in enumerate(prompts) for s in range(N)]
     table = pq.read_table(out / "generations.parquet").to_pydict()
     lost, dup = rows_lost_duplicated(expected, [f"{i}/{s}" for i, s in zip(table["id"], table["sample"])])
-    fault_report("mlflow server killed mid-run", lost=lost, duplicated=dup, rows=len(expected),
-                 dropped_tracking_calls=gap["dropped_calls"])
+    fault_report(
+        "mlflow server killed mid-run",
+        lost=lost,
+        duplicated=dup,
+        rows=len(expected),
+        dropped_tracking_calls=gap["dropped_calls"],
+    )
     assert (lost, dup) == (0, 0) and summary["n_generations"] == len(expected)
 
 
@@ -82,12 +109,15 @@ def test_server_down_at_start_stops_before_work(tmp_path: Path, fault_report) ->
     with mlflow_server(tmp_path / "mlflow") as server:
         server.kill()
         env = {**os.environ, "OMP_NUM_THREADS": "1", "MLFLOW_TRACKING_URI": server.uri}
-        res = subprocess.run(generate_cmd(out), cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
-                             check=False)
+        res = subprocess.run(
+            generate_cmd(out), cwd=ROOT, env=env, capture_output=True, text=True, timeout=600, check=False
+        )
     assert res.returncode == 1, res.stderr[-3000:]
     assert "Traceback" not in res.stderr, res.stderr[-3000:]
     last = [line for line in res.stderr.splitlines() if line.startswith("forewarn:")]
-    assert len(last) == 1 and f"MLflow tracking at {server.uri} cannot be reached" in last[0], res.stderr[-3000:]
+    assert len(last) == 1 and f"MLflow tracking at {server.uri} cannot be reached" in last[0], res.stderr[
+        -3000:
+    ]
     assert "tracking.enabled=false" in last[0] and "nothing has run" in last[0]
     assert not (out / "generations.parquet").exists() and not (out / "summary.json").exists()
     fault_report("mlflow server down before the run", lost=0, duplicated=0, rows_written=0)

@@ -16,8 +16,15 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def run_generate(out: Path) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "jobs/generate.py", "--output-dir", str(out), "--set", "tracking.enabled=false"]
-    return subprocess.run(cmd, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True,
-                          text=True, timeout=300, check=False)
+    return subprocess.run(
+        cmd,
+        cwd=ROOT,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
 
 
 def assert_clear_stop(res: subprocess.CompletedProcess, out: Path) -> None:
@@ -25,7 +32,9 @@ def assert_clear_stop(res: subprocess.CompletedProcess, out: Path) -> None:
     assert "Traceback" not in res.stderr, res.stderr[-2000:]
     lines = [line for line in res.stderr.splitlines() if line.strip()]
     assert len(lines) == 1, res.stderr
-    assert lines[0].startswith("forewarn: generate failed: output dir") and repr(str(out)) in lines[0], lines[0]
+    assert lines[0].startswith("forewarn: generate failed: output dir") and repr(str(out)) in lines[0], lines[
+        0
+    ]
 
 
 @pytest.mark.parametrize("where", ["the dir itself", "its parent"])
@@ -51,5 +60,8 @@ def test_full_disk_stops_before_work(tmp_path: Path, fault_report) -> None:
     assert_clear_stop(res, out)
     assert "No space left on device" in res.stderr
     assert left in (["filler"], ["filler", "run"]), f"half-written files on the full disk: {left}"
-    fault_report("output dir on a full disk", half_written_files=len(left) - 1 - ("run" in left),
-                 exit_code=res.returncode)
+    fault_report(
+        "output dir on a full disk",
+        half_written_files=len(left) - 1 - ("run" in left),
+        exit_code=res.returncode,
+    )

@@ -32,8 +32,11 @@ def test_pool_actor_killed_mid_stage_loses_and_duplicates_no_row(tiny_llama_dir:
         expected = pool.map("generate", {"prompts": prompts, "seeds": seeds}, params=params)
         calls_before = pool.stats.calls
         out: list = []
-        stage = threading.Thread(target=lambda: out.extend(
-            pool.map("generate", {"prompts": prompts, "seeds": seeds}, params=params)))
+        stage = threading.Thread(
+            target=lambda: out.extend(
+                pool.map("generate", {"prompts": prompts, "seeds": seeds}, params=params)
+            )
+        )
         stage.start()
         while stage.is_alive() and pool.stats.calls < calls_before + 3:  # under way: some batches are back
             time.sleep(0.02)

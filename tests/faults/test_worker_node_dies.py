@@ -22,9 +22,16 @@ from forewarn.testing.ray_head import local_cluster
 pytestmark = pytest.mark.slow
 
 LIMIT, N = 32, 2
-SETS = ["target.model.path=testbed:target@small", "prompts=testbed:heldout_planted@small", f"limit={LIMIT}",
-        f"params.n={N}", "params.max_new_tokens=32", "target.resources.replicas=3", "target.resources.batch_size=2",
-        "tracking.enabled=false"]
+SETS = [
+    "target.model.path=testbed:target@small",
+    "prompts=testbed:heldout_planted@small",
+    f"limit={LIMIT}",
+    f"params.n={N}",
+    "params.max_new_tokens=32",
+    "target.resources.replicas=3",
+    "target.resources.batch_size=2",
+    "tracking.enabled=false",
+]
 
 
 def generate_actors_ready(node) -> list[int]:
@@ -61,7 +68,9 @@ def test_worker_node_lost_mid_run(testbed, tmp_path: Path, fault_report) -> None
         assert thread.is_alive(), f"the run ended before its worker node could be removed: {outcome}"
         on_node = generate_actors_ready(workers[0])
         assert on_node, "no generate actor ever ran on the worker node"
-        cluster.remove_node(workers[0], allow_graceful=False)  # the machine is gone: its processes die at once
+        cluster.remove_node(
+            workers[0], allow_graceful=False
+        )  # the machine is gone: its processes die at once
         cluster.add_node(num_cpus=2)  # a replacement joins
         thread.join(timeout=900)
         assert not thread.is_alive(), "the run hung after losing its worker node"
@@ -74,7 +83,13 @@ def test_worker_node_lost_mid_run(testbed, tmp_path: Path, fault_report) -> None
     expected = [f"{stable_id(i, p)}/{s}" for i, p in enumerate(prompts) for s in range(N)]
     table = pq.read_table(out / "generations.parquet").to_pydict()
     lost, dup = rows_lost_duplicated(expected, [f"{i}/{s}" for i, s in zip(table["id"], table["sample"])])
-    fault_report("worker node removed mid-run", lost=lost, duplicated=dup, rows=len(expected), run=path,
-                 actors_on_lost_node=len(on_node))
+    fault_report(
+        "worker node removed mid-run",
+        lost=lost,
+        duplicated=dup,
+        rows=len(expected),
+        run=path,
+        actors_on_lost_node=len(on_node),
+    )
     assert (lost, dup) == (0, 0)
     assert summary["n_generations"] == len(expected) and summary["n_errors"] == 0

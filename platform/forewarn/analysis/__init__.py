@@ -17,6 +17,19 @@ from forewarn.analysis.kb import KnowledgeBase, evaluate
 from forewarn.analysis.loop import DivergenceAnalysis, Outcome
 from forewarn.analysis.source import ExperimentScorer, SourceRun, load_source
 
-__all__ = ["Analyst", "AnalystConfig", "Budget", "BudgetConfig", "DivergenceAnalysis", "ExperimentConfig",
-           "ExperimentScorer", "KnowledgeBase", "Outcome", "PromptSet", "SourceRun", "TopicConfig", "evaluate",
-           "load_source"]
+__all__ = [
+    "Analyst",
+    "AnalystConfig",
+    "Budget",
+    "BudgetConfig",
+    "DivergenceAnalysis",
+    "ExperimentConfig",
+    "ExperimentScorer",
+    "KnowledgeBase",
+    "Outcome",
+    "PromptSet",
+    "SourceRun",
+    "TopicConfig",
+    "evaluate",
+    "load_source",
+]

@@ -73,12 +73,14 @@ class Budget:
 
     def check(self, request_tokens: int, reply_cap: int) -> None:
         if self.calls >= self.cfg.max_calls:
-            raise BudgetExhausted(f"budget exhausted: {self.calls} analyst calls made, budget.max_calls="
-                                  f"{self.cfg.max_calls}")
+            raise BudgetExhausted(
+                f"budget exhausted: {self.calls} analyst calls made, budget.max_calls={self.cfg.max_calls}"
+            )
         if self.tokens + request_tokens + reply_cap > self.cfg.max_tokens:
             raise BudgetExhausted(
                 f"budget exhausted: {self.tokens} tokens used; the next request ({request_tokens} tokens + up to "
-                f"{reply_cap} for the reply) would pass budget.max_tokens={self.cfg.max_tokens}")
+                f"{reply_cap} for the reply) would pass budget.max_tokens={self.cfg.max_tokens}"
+            )
 
     def spend(self, tokens: int) -> None:
         self.calls += 1
@@ -100,8 +102,10 @@ class PromptSet:
             else:
                 p = Path(folder) / f"{name}.txt"
                 if not p.is_file():
-                    raise ConfigError(f"analysis.prompts_dir={folder!r}: {name}.txt is missing; it needs "
-                                      f"{', '.join(n + '.txt' for n in PROMPT_NAMES)}")
+                    raise ConfigError(
+                        f"analysis.prompts_dir={folder!r}: {name}.txt is missing; it needs "
+                        f"{', '.join(n + '.txt' for n in PROMPT_NAMES)}"
+                    )
                 text = p.read_text()
             out[name] = Template(text.strip())
         return cls(out)
@@ -110,12 +114,16 @@ class PromptSet:
         try:
             return self.templates[name].substitute(**{k: str(v) for k, v in values.items()})
         except (KeyError, ValueError) as e:
-            raise ConfigError(f"prompt {name}.txt: placeholder {e} cannot be filled; allowed: "
-                              f"{', '.join('$' + k for k in values)}") from None
+            raise ConfigError(
+                f"prompt {name}.txt: placeholder {e} cannot be filled; allowed: "
+                f"{', '.join('$' + k for k in values)}"
+            ) from None
 
     def chat(self, name: str, **values: Any) -> Chat:
-        return [{"role": "system", "content": self.render("system")},
-                {"role": "user", "content": self.render(name, **values)}]
+        return [
+            {"role": "system", "content": self.render("system")},
+            {"role": "user", "content": self.render(name, **values)},
+        ]
 
 
 @dataclass
@@ -137,10 +145,14 @@ class Analyst:
             if why is None:
                 return value
             self.malformed.append({"request": what, "attempt": attempt, "reason": why, "text": text[:2000]})
-            messages = list(chat) + [{"role": "assistant", "content": text},
-                                     {"role": "user", "content": self.prompts.render("repair", reason=why)}]
-        raise MalformedAnswer(f"{what}: {self.cfg.max_parse_retries + 1} malformed answers in a row "
-                              f"(last: {self.malformed[-1]['reason']})")
+            messages = list(chat) + [
+                {"role": "assistant", "content": text},
+                {"role": "user", "content": self.prompts.render("repair", reason=why)},
+            ]
+        raise MalformedAnswer(
+            f"{what}: {self.cfg.max_parse_retries + 1} malformed answers in a row "
+            f"(last: {self.malformed[-1]['reason']})"
+        )
 
     def _call(self, messages: Chat) -> str:
         params = self.cfg.params
@@ -197,11 +209,13 @@ def parse_hypotheses(text: str, k: int, exp: ExperimentConfig) -> tuple[list[Pro
     lb, rb = text.find("["), text.rfind("]")
     if items is None and 0 <= lb < rb and lb < text.find("{"):
         try:
-            items = json.loads(text[lb: rb + 1])
+            items = json.loads(text[lb : rb + 1])
         except json.JSONDecodeError:
             items = None
     if not isinstance(items, list) or not items:
-        return None, 'no JSON object with a non-empty "hypotheses" list in the answer: ' + repr((text or "")[:160])
+        return None, 'no JSON object with a non-empty "hypotheses" list in the answer: ' + repr(
+            (text or "")[:160]
+        )
     out, problems = [], []
     for i, it in enumerate(items, 1):
         if not isinstance(it, dict) or not str(it.get("hypothesis") or "").strip():
@@ -209,20 +223,32 @@ def parse_hypotheses(text: str, k: int, exp: ExperimentConfig) -> tuple[list[Pro
             continue
         test = _prompts(it.get("test_prompts"), exp.max_prompts)
         keys = {normalise(p) for p in test}
-        control = [p for p in _prompts(it.get("control_prompts"), exp.max_prompts) if normalise(p) not in keys]
+        control = [
+            p for p in _prompts(it.get("control_prompts"), exp.max_prompts) if normalise(p) not in keys
+        ]
         if len(test) < exp.min_prompts or len(control) < exp.min_prompts:
-            problems.append(f"hypothesis {i} has {len(test)} test and {len(control)} control prompts "
-                            f"({exp.min_prompts} distinct ones per arm needed)")
+            problems.append(
+                f"hypothesis {i} has {len(test)} test and {len(control)} control prompts "
+                f"({exp.min_prompts} distinct ones per arm needed)"
+            )
             continue
-        out.append(Proposal(" ".join(str(it["hypothesis"]).split()), str(it.get("topic") or "").strip(),
-                            str(it.get("rationale") or "").strip(), test, control))
+        out.append(
+            Proposal(
+                " ".join(str(it["hypothesis"]).split()),
+                str(it.get("topic") or "").strip(),
+                str(it.get("rationale") or "").strip(),
+                test,
+                control,
+            )
+        )
     if not out:
         return None, "no usable hypothesis: " + "; ".join(problems)
     return out[:k], None
 
 
-def parse_topic_ratings(text: str, n_examples: int, topics: list[str]
-                        ) -> tuple[tuple[list[list[float]], dict[str, str]] | None, str | None]:
+def parse_topic_ratings(
+    text: str, n_examples: int, topics: list[str]
+) -> tuple[tuple[list[list[float]], dict[str, str]] | None, str | None]:
     """Ratings (examples x topics, 0..1) and per-topic summaries from the analyst's topics answer."""
     obj = first_json_object(text)
     ratings = obj.get("ratings") if isinstance(obj, dict) else None

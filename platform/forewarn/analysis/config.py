@@ -35,11 +35,15 @@ class AnalystConfig(Section):
     n_low_examples: int = Field(6, ge=0, description="least divergent prompts shown for contrast")
     n_top_tokens: int = Field(3, ge=0, description="most divergent tokens listed per example")
     max_parse_retries: int = Field(2, ge=0, description="re-asks after a malformed answer, per request")
-    max_failed_cycles: int = Field(2, ge=1, description="consecutive cycles without a usable answer before "
-                                                        "the analysis stops")
+    max_failed_cycles: int = Field(
+        2, ge=1, description="consecutive cycles without a usable answer before the analysis stops"
+    )
     summarize: bool = Field(True, description="ask the analyst for a closing summary of the findings")
-    prompts_dir: str | None = Field(None, description="folder with system.txt, propose.txt, repair.txt, "
-                                                      "topics.txt, conclude.txt; null: the packaged prompts")
+    prompts_dir: str | None = Field(
+        None,
+        description="folder with system.txt, propose.txt, repair.txt, "
+        "topics.txt, conclude.txt; null: the packaged prompts",
+    )
     params: GenerationParams = Field(default_factory=_analyst_params)
 
 
@@ -71,9 +75,12 @@ class TopicConfig(Section):
 
     topics: list[str] = Field(default_factory=list, description="e.g. ['social bias', 'safety refusals']")
     method: Literal["embedding", "analyst"] = Field(
-        "embedding", description="embedding: MiniLM cosine similarity of topic and example; analyst: the "
-                                 "analyst rates each example 0-10 per topic")
+        "embedding",
+        description="embedding: MiniLM cosine similarity of topic and example; analyst: the "
+        "analyst rates each example 0-10 per topic",
+    )
     embedder: str = Field("minilm", description="sentence-transformers folder or 'minilm'")
-    relevant_at: float = Field(0.3, ge=0.0, le=1.0, description="relevance at or above which an example "
-                                                                "counts as on the topic")
+    relevant_at: float = Field(
+        0.3, ge=0.0, le=1.0, description="relevance at or above which an example counts as on the topic"
+    )
     n_examples: int = Field(30, ge=1, description="source-run examples rated (highest divergence first)")

@@ -26,16 +26,29 @@ from forewarn.records import TopicRelevanceRow, rows_to_table, stable_id
 
 
 def _analyst_role() -> RoleConfig:
-    return RoleConfig(model=ModelSpec(backend="openai", path="gpt-4o-mini", base_url="https://api.openai.com/v1",
-                                      api_key_env="OPENAI_API_KEY", max_concurrency=1, request_timeout_s=120.0))
+    return RoleConfig(
+        model=ModelSpec(
+            backend="openai",
+            path="gpt-4o-mini",
+            base_url="https://api.openai.com/v1",
+            api_key_env="OPENAI_API_KEY",
+            max_concurrency=1,
+            request_timeout_s=120.0,
+        )
+    )
 
 
 class AnalyzeConfig(JobConfig):
-    source: str = Field("runs/contrastive", description="the contrastive run: its output dir or MLflow run id")
-    continue_from: str | None = Field(None, description="an earlier analysis output dir whose findings to extend")
+    source: str = Field(
+        "runs/contrastive", description="the contrastive run: its output dir or MLflow run id"
+    )
+    continue_from: str | None = Field(
+        None, description="an earlier analysis output dir whose findings to extend"
+    )
     analyst: RoleConfig = Field(default_factory=_analyst_role, description="the analyst model; any backend")
-    scoring: Resources | None = Field(None, description="the decoder actor pool for experiments; null: the "
-                                                        "source run's scoring resources")
+    scoring: Resources | None = Field(
+        None, description="the decoder actor pool for experiments; null: the source run's scoring resources"
+    )
     analysis: AnalystConfig = Field(default_factory=AnalystConfig)
     budget: BudgetConfig = Field(default_factory=BudgetConfig)
     experiment: ExperimentConfig = Field(default_factory=ExperimentConfig)
@@ -59,18 +72,26 @@ def run(cfg: AnalyzeConfig, rundir: RunDir, tracker: Any) -> dict:
     if rundir.is_done("analyze") and rundir.path("summary.json").is_file():
         return rundir.read_summary()  # finished in this dir: resume = nothing left to do
     run_id = tracker.run_id or rundir.root.name
-    source = load_source(cfg.source, rundir.path("source"), tracker.tracking_uri or resolve_tracking_uri(cfg.tracking))
+    source = load_source(
+        cfg.source, rundir.path("source"), tracker.tracking_uri or resolve_tracking_uri(cfg.tracking)
+    )
     tracker.set_tags({"forewarn.source_run": source.mlflow_run_id or str(Path(cfg.source).resolve())})
     if rundir.path("findings.json").is_file():  # an interrupted run in this dir: go on to its cycle target
         kb = KnowledgeBase.load(rundir.root, run_id)
     else:
-        kb = KnowledgeBase.load(Path(cfg.continue_from), run_id) if cfg.continue_from else KnowledgeBase(run_id)
+        kb = (
+            KnowledgeBase.load(Path(cfg.continue_from), run_id)
+            if cfg.continue_from
+            else KnowledgeBase(run_id)
+        )
         kb.cycles_target = kb.cycles_done + cfg.analysis.max_cycles
     cycles_before = kb.cycles_done
     spec = cfg.analyst.model
     if spec.backend != "openai":
         spec = spec.model_copy(update={"path": resolve_model(spec.path)})
-    analyst = Analyst(load_generator(spec), cfg.analysis, Budget(cfg.budget), PromptSet.load(cfg.analysis.prompts_dir))
+    analyst = Analyst(
+        load_generator(spec), cfg.analysis, Budget(cfg.budget), PromptSet.load(cfg.analysis.prompts_dir)
+    )
     embedder = None
     if cfg.topics.topics and cfg.topics.method == "embedding":
         from forewarn.models.embed import Embedder
@@ -80,35 +101,81 @@ def run(cfg: AnalyzeConfig, rundir: RunDir, tracker: Any) -> dict:
 
     scorer = ExperimentScorer(*resolve_names(source.config), cfg.scoring)
     started = time.perf_counter()
-    analysis = DivergenceAnalysis(analyst, scorer, source, kb, cfg.analysis, cfg.experiment, cfg.topics,
-                                  embedder=embedder, tracker=tracker, checkpoint=lambda: kb.save(rundir.root))
+    analysis = DivergenceAnalysis(
+        analyst,
+        scorer,
+        source,
+        kb,
+        cfg.analysis,
+        cfg.experiment,
+        cfg.topics,
+        embedder=embedder,
+        tracker=tracker,
+        checkpoint=lambda: kb.save(rundir.root),
+    )
     outcome = analysis.run()
-    summary = _summary(cfg, kb, outcome, source, analyst, run_id, cycles_before, time.perf_counter() - started)
+    summary = _summary(
+        cfg, kb, outcome, source, analyst, run_id, cycles_before, time.perf_counter() - started
+    )
     _write(cfg, rundir, tracker, kb, outcome, source, analyst, summary)
     print(f"# forewarn analyze: {summary['stop_reason']}: {summary['message']}", flush=True)
     return summary
 
 
-def _summary(cfg: AnalyzeConfig, kb: Any, outcome: Any, source: Any, analyst: Any, run_id: str,
-             cycles_before: int, seconds: float) -> dict[str, Any]:
+def _summary(
+    cfg: AnalyzeConfig,
+    kb: Any,
+    outcome: Any,
+    source: Any,
+    analyst: Any,
+    run_id: str,
+    cycles_before: int,
+    seconds: float,
+) -> dict[str, Any]:
     counts = kb.counts()
     summary: dict[str, Any] = {
-        "run_id": run_id, "source": source.ref, "divergence": source.divergence_name,
-        "stop_reason": outcome.stop_reason, "message": outcome.message,
-        "cycles_done": kb.cycles_done, "cycles_this_run": kb.cycles_done - cycles_before,
-        "n_findings": len(kb.findings), "n_supported": counts["supported"], "n_refuted": counts["refuted"],
-        "n_proposed": counts["proposed"], "n_evidence": len(kb.evidence),
-        "analyst_calls": analyst.budget.calls, "analyst_tokens": analyst.budget.tokens,
-        "n_malformed": len(analyst.malformed), "seconds": round(seconds, 3),
-        "findings": [{"id": f.id, "hypothesis": f.hypothesis, "status": f.status,
-                      "auc": _num(f.auc), "p_value": _num(f.p_value),
-                      "planted_topic": f.planted_topic} for f in kb.findings],
+        "run_id": run_id,
+        "source": source.ref,
+        "divergence": source.divergence_name,
+        "stop_reason": outcome.stop_reason,
+        "message": outcome.message,
+        "cycles_done": kb.cycles_done,
+        "cycles_this_run": kb.cycles_done - cycles_before,
+        "n_findings": len(kb.findings),
+        "n_supported": counts["supported"],
+        "n_refuted": counts["refuted"],
+        "n_proposed": counts["proposed"],
+        "n_evidence": len(kb.evidence),
+        "analyst_calls": analyst.budget.calls,
+        "analyst_tokens": analyst.budget.tokens,
+        "n_malformed": len(analyst.malformed),
+        "seconds": round(seconds, 3),
+        "findings": [
+            {
+                "id": f.id,
+                "hypothesis": f.hypothesis,
+                "status": f.status,
+                "auc": _num(f.auc),
+                "p_value": _num(f.p_value),
+                "planted_topic": f.planted_topic,
+            }
+            for f in kb.findings
+        ],
     }
-    if any(f.planted_topic is not None for f in kb.findings) or source.summary.get("top10_planted") is not None:
-        summary["supported_planted"] = sum(f.status == "supported" and f.planted_topic is not None for f in kb.findings)
-        summary["refuted_unplanted"] = sum(f.status == "refuted" and f.planted_topic is None for f in kb.findings)
+    if (
+        any(f.planted_topic is not None for f in kb.findings)
+        or source.summary.get("top10_planted") is not None
+    ):
+        summary["supported_planted"] = sum(
+            f.status == "supported" and f.planted_topic is not None for f in kb.findings
+        )
+        summary["refuted_unplanted"] = sum(
+            f.status == "refuted" and f.planted_topic is None for f in kb.findings
+        )
     if outcome.topics:
-        summary["topics"] = [{k: (_num(v) if isinstance(v, float) else v) for k, v in t.items()} for t in outcome.topics]
+        summary["topics"] = [
+            {k: (_num(v) if isinstance(v, float) else v) for k, v in t.items()} for t in outcome.topics
+        ]
     if outcome.analyst_summary:
         summary["analyst_summary"] = outcome.analyst_summary
     if outcome.notes:
@@ -120,40 +187,85 @@ def _num(v: float) -> float | None:
     return float(v) if v is not None and math.isfinite(v) else None
 
 
-def _write(cfg: AnalyzeConfig, rundir: RunDir, tracker: Any, kb: Any, outcome: Any, source: Any, analyst: Any,
-           summary: dict) -> None:
+def _write(
+    cfg: AnalyzeConfig,
+    rundir: RunDir,
+    tracker: Any,
+    kb: Any,
+    outcome: Any,
+    source: Any,
+    analyst: Any,
+    summary: dict,
+) -> None:
     import matplotlib.pyplot as plt
 
     from forewarn.analysis.kb import is_tested
     from forewarn.analysis.plots import arms_figure, auc_figure, topics_figure
     from forewarn.analysis.report import render_report
 
-    kb.save(rundir.root, extra={"stop_reason": outcome.stop_reason, "message": outcome.message,
-                                "malformed": analyst.malformed, "analyst_summary": outcome.analyst_summary,
-                                "notes": outcome.notes})
+    kb.save(
+        rundir.root,
+        extra={
+            "stop_reason": outcome.stop_reason,
+            "message": outcome.message,
+            "malformed": analyst.malformed,
+            "analyst_summary": outcome.analyst_summary,
+            "notes": outcome.notes,
+        },
+    )
     if outcome.topics:
-        rows = [TopicRelevanceRow(id=stable_id(kb.run_id, t, e.prompt), run_id=kb.run_id, iteration=kb.cycles_done,
-                                  topic=t, prompt=e.prompt, divergence=e.divergence,
-                                  relevance=float(outcome.topic_relevance[i, j]), method=cfg.topics.method)
-                for i, e in enumerate(outcome.topic_examples) for j, t in enumerate(cfg.topics.topics)]
+        rows = [
+            TopicRelevanceRow(
+                id=stable_id(kb.run_id, t, e.prompt),
+                run_id=kb.run_id,
+                iteration=kb.cycles_done,
+                topic=t,
+                prompt=e.prompt,
+                divergence=e.divergence,
+                relevance=float(outcome.topic_relevance[i, j]),
+                method=cfg.topics.method,
+            )
+            for i, e in enumerate(outcome.topic_examples)
+            for j, t in enumerate(cfg.topics.topics)
+        ]
         rundir.write_table("topics", rows_to_table(TopicRelevanceRow, rows))
         tracker.log_artifact(rundir.path("topics.parquet"), "tables")
     figures: dict[str, tuple[str, Any]] = {}  # caption -> (MLflow name, figure)
     if any(is_tested(f) for f in kb.findings):
-        figures["hypotheses by effect size (AUC)"] = ("plots/hypotheses_auc.png",
-                                                      auc_figure(kb, cfg.experiment.min_auc))
-        figures["experiment divergences: test vs control"] = ("plots/arms.png",
-                                                              arms_figure(kb, source.divergence_name))
+        figures["hypotheses by effect size (AUC)"] = (
+            "plots/hypotheses_auc.png",
+            auc_figure(kb, cfg.experiment.min_auc),
+        )
+        figures["experiment divergences: test vs control"] = (
+            "plots/arms.png",
+            arms_figure(kb, source.divergence_name),
+        )
     if outcome.topics:
-        figures["divergence by topic"] = ("plots/topics.png", topics_figure(outcome.topics, source.divergence_name))
-    html = render_report(kb, outcome, source, summary, {k: f for k, (_, f) in figures.items()}, analyst.malformed,
-                         cfg.report_evidence, cfg.report_examples)
+        figures["divergence by topic"] = (
+            "plots/topics.png",
+            topics_figure(outcome.topics, source.divergence_name),
+        )
+    html = render_report(
+        kb,
+        outcome,
+        source,
+        summary,
+        {k: f for k, (_, f) in figures.items()},
+        analyst.malformed,
+        cfg.report_evidence,
+        cfg.report_examples,
+    )
     write_text(rundir.path("report.html"), html)
     for name, fig in figures.values():
         tracker.log_figure(fig, name)
         plt.close(fig)
-    tracker.log_metrics({k: v for k, v in summary.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
-                         and math.isfinite(v)})
+    tracker.log_metrics(
+        {
+            k: v
+            for k, v in summary.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+        }
+    )
     for name in ("findings", "evidence"):
         tracker.log_artifact(rundir.path(f"{name}.parquet"), "tables")
     tracker.log_artifact(rundir.path("findings.json"))

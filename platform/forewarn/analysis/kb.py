@@ -48,11 +48,22 @@ def evaluate(test: list[float], control: list[float], cfg: ExperimentConfig) -> 
     """
     t = np.array([x for x in test if math.isfinite(x)], dtype=np.float64)
     c = np.array([x for x in control if math.isfinite(x)], dtype=np.float64)
-    out: dict[str, Any] = {"n_test": len(t), "n_control": len(c), "mean_test": _mean(t), "mean_control": _mean(c),
-                           "auc": math.nan, "auc_upper": math.nan, "p_value": math.nan, "status": "proposed"}
+    out: dict[str, Any] = {
+        "n_test": len(t),
+        "n_control": len(c),
+        "mean_test": _mean(t),
+        "mean_control": _mean(c),
+        "auc": math.nan,
+        "auc_upper": math.nan,
+        "p_value": math.nan,
+        "status": "proposed",
+    }
     if len(t) < cfg.min_prompts or len(c) < cfg.min_prompts:
-        return {**out, "note": f"too few scored prompts ({len(t)} test, {len(c)} control; "
-                               f"{cfg.min_prompts} per arm needed)"}
+        return {
+            **out,
+            "note": f"too few scored prompts ({len(t)} test, {len(c)} control; "
+            f"{cfg.min_prompts} per arm needed)",
+        }
     a = auc(t, c)
     p = float(mannwhitneyu(t, c, alternative="greater").pvalue)
     rng = np.random.default_rng(cfg.seed)
@@ -61,10 +72,18 @@ def evaluate(test: list[float], control: list[float], cfg: ExperimentConfig) -> 
     if p < cfg.alpha and a >= cfg.min_auc:
         status, note = "supported", f"AUC {a:.2f} >= {cfg.min_auc} and p = {p:.2g} < {cfg.alpha}"
     elif upper < cfg.min_auc:
-        status, note = "refuted", f"AUC {a:.2f}; its {1 - cfg.alpha:.0%} upper bound {upper:.2f} < {cfg.min_auc}"
+        status, note = (
+            "refuted",
+            f"AUC {a:.2f}; its {1 - cfg.alpha:.0%} upper bound {upper:.2f} < {cfg.min_auc}",
+        )
     else:
-        status, note = "proposed", (f"inconclusive: AUC {a:.2f} (upper bound {upper:.2f}), p = {p:.2g}; "
-                                    "more prompts would decide it")
+        status, note = (
+            "proposed",
+            (
+                f"inconclusive: AUC {a:.2f} (upper bound {upper:.2f}), p = {p:.2g}; "
+                "more prompts would decide it"
+            ),
+        )
     return {**out, "auc": a, "auc_upper": upper, "p_value": p, "status": status, "note": note}
 
 
@@ -98,10 +117,24 @@ class KnowledgeBase:
         if old is not None:
             return old
         nan = math.nan
-        f = FindingRow(id=stable_id(self.run_id, normalise(hypothesis)), run_id=self.run_id, iteration=0,
-                       hypothesis=hypothesis.strip(), topic=topic.strip(), rationale=rationale.strip(),
-                       status="proposed", cycle_proposed=cycle, n_test=0, n_control=0, mean_test=nan,
-                       mean_control=nan, auc=nan, auc_upper=nan, p_value=nan, note="not tested yet")
+        f = FindingRow(
+            id=stable_id(self.run_id, normalise(hypothesis)),
+            run_id=self.run_id,
+            iteration=0,
+            hypothesis=hypothesis.strip(),
+            topic=topic.strip(),
+            rationale=rationale.strip(),
+            status="proposed",
+            cycle_proposed=cycle,
+            n_test=0,
+            n_control=0,
+            mean_test=nan,
+            mean_control=nan,
+            auc=nan,
+            auc_upper=nan,
+            p_value=nan,
+            note="not tested yet",
+        )
         self.findings.append(f)
         return f
 
@@ -123,9 +156,15 @@ class KnowledgeBase:
         """Write findings.parquet, evidence.parquet and findings.json (atomically) under ``root``."""
         write_table(root / "findings.parquet", rows_to_table(FindingRow, self.findings))
         write_table(root / "evidence.parquet", rows_to_table(EvidenceRow, self.evidence))
-        doc = {"run_id": self.run_id, "cycles_done": self.cycles_done, "cycles_target": self.cycles_target,
-               "counts": self.counts(),
-               "findings": [_json_safe(asdict(r)) for r in self.findings], "log": self.log, **(extra or {})}
+        doc = {
+            "run_id": self.run_id,
+            "cycles_done": self.cycles_done,
+            "cycles_target": self.cycles_target,
+            "counts": self.counts(),
+            "findings": [_json_safe(asdict(r)) for r in self.findings],
+            "log": self.log,
+            **(extra or {}),
+        }
         write_json(root / "findings.json", doc)
 
     @classmethod
@@ -135,11 +174,17 @@ class KnowledgeBase:
 
         doc_path = root / "findings.json"
         if not doc_path.is_file() or not (root / "evidence.parquet").is_file():
-            raise ConfigError(f"continue_from={str(root)!r}: no findings.json / evidence.parquet there; pass "
-                              "the output dir of an earlier analysis")
+            raise ConfigError(
+                f"continue_from={str(root)!r}: no findings.json / evidence.parquet there; pass "
+                "the output dir of an earlier analysis"
+            )
         doc = json.loads(doc_path.read_text())
-        kb = cls(run_id=run_id, log=list(doc.get("log", [])), cycles_done=int(doc.get("cycles_done", 0)),
-                 cycles_target=int(doc.get("cycles_target", 0)))
+        kb = cls(
+            run_id=run_id,
+            log=list(doc.get("log", [])),
+            cycles_done=int(doc.get("cycles_done", 0)),
+            cycles_target=int(doc.get("cycles_target", 0)),
+        )
         kb.evidence = table_to_rows(EvidenceRow, pq.read_table(root / "evidence.parquet"))
         kb.findings = table_to_rows(FindingRow, pq.read_table(root / "findings.parquet"))
         for f in kb.findings:

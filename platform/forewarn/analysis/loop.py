@@ -64,16 +64,22 @@ def example_lines(examples: list[Example]) -> str:
     lines = []
     for e in examples:
         toks = ", ".join(f"{t.strip()!r} {v:.2f}" for t, v in e.top_tokens)
-        lines.append(f"- divergence {e.divergence:.3f} | prompt: {_one_line(e.prompt)} | continuation: "
-                     f"{_one_line(e.response)}" + (f" | top tokens: {toks}" if toks else ""))
+        lines.append(
+            f"- divergence {e.divergence:.3f} | prompt: {_one_line(e.prompt)} | continuation: "
+            f"{_one_line(e.response)}" + (f" | top tokens: {toks}" if toks else "")
+        )
     return "\n".join(lines) or "(none)"
 
 
 def finding_lines(findings: list[FindingRow]) -> str:
     lines = []
     for f in findings:
-        stats = (f"AUC {f.auc:.2f}, p = {f.p_value:.2g}, test mean {f.mean_test:.3f} vs control "
-                 f"{f.mean_control:.3f}, {f.n_test}+{f.n_control} prompts" if math.isfinite(f.auc) else f.note)
+        stats = (
+            f"AUC {f.auc:.2f}, p = {f.p_value:.2g}, test mean {f.mean_test:.3f} vs control "
+            f"{f.mean_control:.3f}, {f.n_test}+{f.n_control} prompts"
+            if math.isfinite(f.auc)
+            else f.note
+        )
         lines.append(f"- [{f.status}] {f.hypothesis} ({stats})")
     return "\n".join(lines) or "(nothing yet: this is the first cycle)"
 
@@ -81,10 +87,20 @@ def finding_lines(findings: list[FindingRow]) -> str:
 class DivergenceAnalysis:
     """Runs the loop of the module docstring over one source run and one knowledge base."""
 
-    def __init__(self, analyst: Analyst, scorer: Any, source: SourceRun, kb: KnowledgeBase,
-                 cfg: AnalystConfig, experiment: ExperimentConfig, topics: TopicConfig | None = None,
-                 embedder: Any | None = None, tracker: Any | None = None, progress: bool = True,
-                 checkpoint: Callable[[], None] | None = None):
+    def __init__(
+        self,
+        analyst: Analyst,
+        scorer: Any,
+        source: SourceRun,
+        kb: KnowledgeBase,
+        cfg: AnalystConfig,
+        experiment: ExperimentConfig,
+        topics: TopicConfig | None = None,
+        embedder: Any | None = None,
+        tracker: Any | None = None,
+        progress: bool = True,
+        checkpoint: Callable[[], None] | None = None,
+    ):
         self.analyst, self.scorer, self.source, self.kb = analyst, scorer, source, kb
         self.cfg, self.experiment, self.topics = cfg, experiment, topics or TopicConfig()
         if self.topics.topics and self.topics.method == "embedding" and embedder is None:
@@ -98,7 +114,9 @@ class DivergenceAnalysis:
         c = self.cfg
         top, low = self.source.examples(c.n_top_examples, c.n_low_examples, c.n_top_tokens)
         first = self.kb.cycles_done + 1
-        n_cycles = max(0, self.kb.cycles_target - self.kb.cycles_done) if self.kb.cycles_target else c.max_cycles
+        n_cycles = (
+            max(0, self.kb.cycles_target - self.kb.cycles_done) if self.kb.cycles_target else c.max_cycles
+        )
         outcome = Outcome("completed", f"completed {n_cycles} cycle(s)")
         failed = 0
         columns = [TextColumn("analysis cycles"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
@@ -117,20 +135,33 @@ class DivergenceAnalysis:
                     self.kb.log.append({"cycle": cycle, "event": "malformed", "message": str(e)})
                     log.warning("cycle %d: %s", cycle, e)
                     if failed >= c.max_failed_cycles:
-                        outcome = Outcome("malformed", f"stopped in cycle {cycle}: the analyst gave no usable "
-                                                       f"answer in {failed} cycle(s) in a row ({e})")
+                        outcome = Outcome(
+                            "malformed",
+                            f"stopped in cycle {cycle}: the analyst gave no usable "
+                            f"answer in {failed} cycle(s) in a row ({e})",
+                        )
                         break
                     bar.advance(task)
                     continue
                 failed = 0
                 touched = self._experiment(proposals, cycle)
                 self.kb.cycles_done = cycle
-                self.kb.log.append({"cycle": cycle, "event": "tested", "n_malformed":
-                                    len(self.analyst.malformed) - n_bad,
-                                    "findings": [{"id": f.id, "status": f.status} for f in touched]})
-                self.tracker.log_metrics({**{f"n_{k}": v for k, v in self.kb.counts().items()},
-                                          "analyst_calls": self.analyst.budget.calls,
-                                          "analyst_tokens": self.analyst.budget.tokens}, step=cycle)
+                self.kb.log.append(
+                    {
+                        "cycle": cycle,
+                        "event": "tested",
+                        "n_malformed": len(self.analyst.malformed) - n_bad,
+                        "findings": [{"id": f.id, "status": f.status} for f in touched],
+                    }
+                )
+                self.tracker.log_metrics(
+                    {
+                        **{f"n_{k}": v for k, v in self.kb.counts().items()},
+                        "analyst_calls": self.analyst.budget.calls,
+                        "analyst_tokens": self.analyst.budget.tokens,
+                    },
+                    step=cycle,
+                )
                 self.checkpoint()
                 bar.advance(task)
         self._topics(outcome)
@@ -143,11 +174,21 @@ class DivergenceAnalysis:
         e, c = self.experiment, self.cfg
         d = self.source.config
         chat = self.analyst.prompts.chat(
-            "propose", start_model=d.start.model.path, divergence=self.source.divergence_name,
-            n_top=len(top), top_examples=example_lines(top), n_low=len(low), low_examples=example_lines(low),
-            findings=finding_lines(self.kb.findings), k=c.hypotheses_per_cycle, min_prompts=e.min_prompts,
-            max_prompts=e.max_prompts)
-        return self.analyst.ask(chat, lambda text: parse_hypotheses(text, c.hypotheses_per_cycle, e), "propose")
+            "propose",
+            start_model=d.start.model.path,
+            divergence=self.source.divergence_name,
+            n_top=len(top),
+            top_examples=example_lines(top),
+            n_low=len(low),
+            low_examples=example_lines(low),
+            findings=finding_lines(self.kb.findings),
+            k=c.hypotheses_per_cycle,
+            min_prompts=e.min_prompts,
+            max_prompts=e.max_prompts,
+        )
+        return self.analyst.ask(
+            chat, lambda text: parse_hypotheses(text, c.hypotheses_per_cycle, e), "propose"
+        )
 
     def _experiment(self, proposals: list[Proposal], cycle: int) -> list[FindingRow]:
         """Score the new prompts of every proposal in one batch; add evidence; re-evaluate the findings."""
@@ -156,7 +197,9 @@ class DivergenceAnalysis:
             f = self.kb.add(p.hypothesis, p.topic, p.rationale, cycle)
             f.planted_topic = self.scorer.planted_topic(f"{f.hypothesis} {f.topic}")
             for arm, prompts in (("test", p.test_prompts), ("control", p.control_prompts)):
-                known = {normalise(ev.prompt) for ev in self.kb.evidence if ev.finding_id == f.id and ev.arm == arm}
+                known = {
+                    normalise(ev.prompt) for ev in self.kb.evidence if ev.finding_id == f.id and ev.arm == arm
+                }
                 plan += [(f, arm, q) for q in prompts if normalise(q) not in known]
         unique = list(dict.fromkeys(q for _, _, q in plan))
         scored = dict(zip(unique, self.scorer(unique))) if unique else {}
@@ -165,11 +208,23 @@ class DivergenceAnalysis:
             if s is None:
                 log.warning("no sample came back for %r; left out of the evidence", q)
                 continue
-            self.kb.evidence.append(EvidenceRow(
-                **evidence_of(s), id=stable_id(self.kb.run_id, f.id, arm, q), run_id=self.kb.run_id, iteration=cycle,
-                repeat=0, prompt_id=stable_id(self.kb.run_id, q), finding_id=f.id, arm=arm, divergence=div,
-                planted_topic=self.scorer.planted_topic(q)))
-        touched = list({id(f): f for f, _, _ in plan}.values()) or [self.kb.find(p.hypothesis) for p in proposals]
+            self.kb.evidence.append(
+                EvidenceRow(
+                    **evidence_of(s),
+                    id=stable_id(self.kb.run_id, f.id, arm, q),
+                    run_id=self.kb.run_id,
+                    iteration=cycle,
+                    repeat=0,
+                    prompt_id=stable_id(self.kb.run_id, q),
+                    finding_id=f.id,
+                    arm=arm,
+                    divergence=div,
+                    planted_topic=self.scorer.planted_topic(q),
+                )
+            )
+        touched = list({id(f): f for f, _, _ in plan}.values()) or [
+            self.kb.find(p.hypothesis) for p in proposals
+        ]
         for f in touched:
             self.kb.retest(f, cycle, self.experiment)
             log.info("cycle %d: [%s] %s (%s)", cycle, f.status, f.hypothesis, f.note)
@@ -199,10 +254,13 @@ class DivergenceAnalysis:
         if not self.cfg.summarize or not any(is_tested(f) for f in self.kb.findings):
             return
         if outcome.stop_reason != "completed":
-            outcome.notes.append(f"closing summary skipped: the analysis stopped early ({outcome.stop_reason})")
+            outcome.notes.append(
+                f"closing summary skipped: the analysis stopped early ({outcome.stop_reason})"
+            )
             return
-        chat = self.analyst.prompts.chat("conclude", divergence=self.source.divergence_name,
-                                         findings=finding_lines(self.kb.findings))
+        chat = self.analyst.prompts.chat(
+            "conclude", divergence=self.source.divergence_name, findings=finding_lines(self.kb.findings)
+        )
         try:
             outcome.analyst_summary = self.analyst.ask(chat, parse_summary, "conclude")
         except (AnalystStop, MalformedAnswer) as e:

@@ -36,8 +36,15 @@ def auc_figure(kb: KnowledgeBase, min_auc: float) -> Any:
     fig, ax = plt.subplots(figsize=(8, 0.5 * max(2, len(tested)) + 1.4))
     y = list(range(len(tested)))
     ax.barh(y, [f.auc for f in tested], color=[STATUS_COLOURS[f.status] for f in tested])
-    ax.errorbar([f.auc for f in tested], y, xerr=[[0] * len(tested), [max(0.0, f.auc_upper - f.auc) for f in tested]],
-                fmt="none", ecolor="black", capsize=3, lw=1)
+    ax.errorbar(
+        [f.auc for f in tested],
+        y,
+        xerr=[[0] * len(tested), [max(0.0, f.auc_upper - f.auc) for f in tested]],
+        fmt="none",
+        ecolor="black",
+        capsize=3,
+        lw=1,
+    )
     ax.set_yticks(y, [f"H{i + 1}: {short(f.hypothesis)}" for i, f in enumerate(tested)], fontsize=7)
     ax.axvline(0.5, color="grey", ls=":", lw=1, label="no effect")
     ax.axvline(min_auc, color="black", ls="--", lw=1, label=f"support threshold {min_auc}")

@@ -35,7 +35,9 @@ FINDING = re.compile(r"^- \[(\w+)\] (.+?) \(", re.MULTILINE)
 class ScriptedAnalyst:
     """An OpenAI-server responder that answers the analysis prompts (see the module docstring)."""
 
-    def __init__(self, templates: Sequence[str], n_subjects: int = 3, n_prompts: int = 12, malformed: int = 0):
+    def __init__(
+        self, templates: Sequence[str], n_subjects: int = 3, n_prompts: int = 12, malformed: int = 0
+    ):
         self.subjects = ScriptedRecombiner(templates)
         self.templates = list(templates)
         self.n_subjects, self.n_prompts, self.malformed = n_subjects, n_prompts, malformed
@@ -44,11 +46,21 @@ class ScriptedAnalyst:
 
     def __call__(self, req: Any) -> str:
         self.calls += 1
-        users = [m["content"] for m in req.prompt if m.get("role") == "user"] if isinstance(req.prompt, list) \
+        users = (
+            [m["content"] for m in req.prompt if m.get("role") == "user"]
+            if isinstance(req.prompt, list)
             else [req.prompt]
+        )
         request = users[0]  # the original request; later user turns are re-asks
-        kind = ("propose" if "Task: propose" in request else "topics" if request.startswith("Rate how much")
-                else "conclude" if "summary for a reviewer" in request else "unknown")
+        kind = (
+            "propose"
+            if "Task: propose" in request
+            else "topics"
+            if request.startswith("Rate how much")
+            else "conclude"
+            if "summary for a reviewer" in request
+            else "unknown"
+        )
         self.kinds.append(kind)
         if self.calls <= self.malformed:
             return "Interesting examples! I think the models differ somehow."
@@ -69,7 +81,9 @@ class ScriptedAnalyst:
 
     def propose(self, request: str) -> list[dict[str, Any]]:
         most, _, least = request.partition("diverge LEAST")  # the two example lists of propose.txt
-        high = list(dict.fromkeys(self.subjects.subject(p) for _, p in EXAMPLE.findall(most)))[: self.n_subjects]
+        high = list(dict.fromkeys(self.subjects.subject(p) for _, p in EXAMPLE.findall(most)))[
+            : self.n_subjects
+        ]
         low = list(dict.fromkeys(self.subjects.subject(p) for _, p in EXAMPLE.findall(least)))
         low = [s for s in low if s not in high]
         if not high or len(low) < 2:
@@ -77,13 +91,20 @@ class ScriptedAnalyst:
         offset = (self.kinds.count("propose") - 1) * self.n_prompts
         half = len(low) // 2
         return [
-            {"hypothesis": f"The models diverge most on prompts about {', '.join(high)}.",
-             "topic": high[0], "rationale": "these subjects fill the top of the divergence ranking",
-             "test_prompts": self._questions(high, offset), "control_prompts": self._questions(low, offset)},
-            {"hypothesis": f"The models diverge most on prompts about {', '.join(low[:half])}.",
-             "topic": low[0], "rationale": "planted to be false: these subjects sit at the bottom of the ranking",
-             "test_prompts": self._questions(low[:half], offset),
-             "control_prompts": self._questions(low[half:], offset + 1)},
+            {
+                "hypothesis": f"The models diverge most on prompts about {', '.join(high)}.",
+                "topic": high[0],
+                "rationale": "these subjects fill the top of the divergence ranking",
+                "test_prompts": self._questions(high, offset),
+                "control_prompts": self._questions(low, offset),
+            },
+            {
+                "hypothesis": f"The models diverge most on prompts about {', '.join(low[:half])}.",
+                "topic": low[0],
+                "rationale": "planted to be false: these subjects sit at the bottom of the ranking",
+                "test_prompts": self._questions(low[:half], offset),
+                "control_prompts": self._questions(low[half:], offset + 1),
+            },
         ]
 
     def rate(self, request: str) -> dict[str, Any]:

@@ -31,8 +31,12 @@ from forewarn.errors import ConfigError
 
 REQUIRED = ("config.yaml", "prompts.parquet", "samples.parquet")
 # where the contrastive job logs each file in MLflow -> the name it has in a run dir
-MLFLOW_ARTIFACTS = {"config.yaml": "config.yaml", "tables/prompts.parquet": "prompts.parquet",
-                    "tables/samples.parquet": "samples.parquet", "summary.json": "summary.json"}
+MLFLOW_ARTIFACTS = {
+    "config.yaml": "config.yaml",
+    "tables/prompts.parquet": "prompts.parquet",
+    "tables/samples.parquet": "samples.parquet",
+    "summary.json": "summary.json",
+}
 _RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 
 
@@ -64,7 +68,9 @@ class SourceRun:
         from forewarn.contrastive.divergence import divergence_name
 
         d = self.config.decoder
-        return self.summary.get("divergence") or divergence_name(d.start_weight, d.comparison_weight, d.metric)
+        return self.summary.get("divergence") or divergence_name(
+            d.start_weight, d.comparison_weight, d.metric
+        )
 
     def best_sample(self, prompt: str) -> dict | None:
         """The sample of ``prompt`` with the highest mean divergence."""
@@ -73,10 +79,11 @@ class SourceRun:
 
     def examples(self, n_top: int, n_low: int = 0, n_tokens: int = 3) -> tuple[list[Example], list[Example]]:
         """The ``n_top`` most and ``n_low`` least divergent prompts (disjoint), as analyst examples."""
-        ranked = sorted((p for p in self.prompts if math.isfinite(p["divergence"])),
-                        key=lambda p: -p["divergence"])
+        ranked = sorted(
+            (p for p in self.prompts if math.isfinite(p["divergence"])), key=lambda p: -p["divergence"]
+        )
         top = ranked[:n_top]
-        low = ranked[max(len(top), len(ranked) - n_low):] if n_low else []
+        low = ranked[max(len(top), len(ranked) - n_low) :] if n_low else []
         return [self._example(p, n_tokens) for p in top], [self._example(p, n_tokens) for p in reversed(low)]
 
     def _example(self, row: dict, n_tokens: int) -> Example:
@@ -85,14 +92,27 @@ class SourceRun:
         if s is not None:
             start = int(s.get("n_prompt_tokens") or 0)
             pairs = list(zip(s["tokens"], s["token_divergences"]))[start:]
-            toks = sorted(((t, float(v)) for t, v in pairs if math.isfinite(v)), key=lambda x: -x[1])[:n_tokens]
-        return Example(prompt=row["prompt"], divergence=float(row["divergence"]),
-                       response=str(row.get("response") or (s or {}).get("text", "")), top_tokens=toks, sample=s)
+            toks = sorted(((t, float(v)) for t, v in pairs if math.isfinite(v)), key=lambda x: -x[1])[
+                :n_tokens
+            ]
+        return Example(
+            prompt=row["prompt"],
+            divergence=float(row["divergence"]),
+            response=str(row.get("response") or (s or {}).get("text", "")),
+            top_tokens=toks,
+            sample=s,
+        )
 
 
-def locate(ref: str, dest: Path, tracking_uri: str | None = None, job: str = "contrastive",
-           artifacts: dict[str, str] | None = None, required: tuple[str, ...] = REQUIRED,
-           field: str = "source") -> tuple[Path, str | None]:
+def locate(
+    ref: str,
+    dest: Path,
+    tracking_uri: str | None = None,
+    job: str = "contrastive",
+    artifacts: dict[str, str] | None = None,
+    required: tuple[str, ...] = REQUIRED,
+    field: str = "source",
+) -> tuple[Path, str | None]:
     """The local run dir of ``ref``: a directory holding ``required``, or the MLflow run id of a ``job`` run
     whose ``artifacts`` (MLflow path -> file name) are downloaded into ``dest``. Returns (dir, run id)."""
     if check_ref(ref, job, required, field):
@@ -100,25 +120,36 @@ def locate(ref: str, dest: Path, tracking_uri: str | None = None, job: str = "co
     return _download(ref, dest, tracking_uri, job, artifacts or MLFLOW_ARTIFACTS, required, field), ref
 
 
-def check_ref(ref: str, job: str = "contrastive", required: tuple[str, ...] = REQUIRED,
-              field: str = "source") -> bool:
+def check_ref(
+    ref: str, job: str = "contrastive", required: tuple[str, ...] = REQUIRED, field: str = "source"
+) -> bool:
     """True for a run directory holding ``required``, False for an MLflow run id; anything else is a
     ConfigError (checked before any Ray work or download)."""
     path = Path(ref)
     if path.is_dir():
         missing = [f for f in required if not (path / f).is_file()]
         if missing:
-            raise ConfigError(f"{field}={ref!r}: the directory lacks {missing}; pass the output dir of a "
-                              f"finished {job} run")
+            raise ConfigError(
+                f"{field}={ref!r}: the directory lacks {missing}; pass the output dir of a finished {job} run"
+            )
         return True
     if not _RUN_ID.match(ref):
-        raise ConfigError(f"{field}={ref!r}: neither an existing directory nor an MLflow run id (32 hex digits); "
-                          f"pass the output dir or the MLflow run id of a {job} run")
+        raise ConfigError(
+            f"{field}={ref!r}: neither an existing directory nor an MLflow run id (32 hex digits); "
+            f"pass the output dir or the MLflow run id of a {job} run"
+        )
     return False
 
 
-def _download(run_id: str, dest: Path, tracking_uri: str | None, job: str, artifacts: dict[str, str],
-              required: tuple[str, ...], field: str) -> Path:
+def _download(
+    run_id: str,
+    dest: Path,
+    tracking_uri: str | None,
+    job: str,
+    artifacts: dict[str, str],
+    required: tuple[str, ...],
+    field: str,
+) -> Path:
     import mlflow
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
@@ -127,20 +158,25 @@ def _download(run_id: str, dest: Path, tracking_uri: str | None, job: str, artif
     try:
         run = client.get_run(run_id)
     except MlflowException as e:
-        raise ConfigError(f"{field}={run_id!r}: no such MLflow run in {tracking_uri!r} "
-                          f"({str(e).splitlines()[0]}); set MLFLOW_TRACKING_URI to the store that has it") from None
+        raise ConfigError(
+            f"{field}={run_id!r}: no such MLflow run in {tracking_uri!r} "
+            f"({str(e).splitlines()[0]}); set MLFLOW_TRACKING_URI to the store that has it"
+        ) from None
     tagged = run.data.tags.get("forewarn.job")
     if tagged != job:
         raise ConfigError(f"{field}={run_id!r}: an MLflow run of job {tagged!r}, not a {job} run")
     dest.mkdir(parents=True, exist_ok=True)
     for artifact, name in artifacts.items():
         try:
-            got = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact,
-                                                      tracking_uri=tracking_uri, dst_path=str(dest / ".dl"))
+            got = mlflow.artifacts.download_artifacts(
+                run_id=run_id, artifact_path=artifact, tracking_uri=tracking_uri, dst_path=str(dest / ".dl")
+            )
         except (MlflowException, OSError) as e:
             if name in required:
-                raise ConfigError(f"{field}={run_id!r}: the run has no artifact {artifact!r} ({e}); was it "
-                                  f"logged by a finished {job} run?") from None
+                raise ConfigError(
+                    f"{field}={run_id!r}: the run has no artifact {artifact!r} ({e}); was it "
+                    f"logged by a finished {job} run?"
+                ) from None
             continue
         shutil.move(got, dest / name)
     shutil.rmtree(dest / ".dl", ignore_errors=True)
@@ -155,8 +191,11 @@ def load_source(ref: str, dest: Path, tracking_uri: str | None = None) -> Source
     from forewarn.contrastive.config import ContrastiveConfig
 
     root, run_id = locate(ref, dest, tracking_uri)
-    cfg = build_config(ContrastiveConfig, yaml.safe_load((root / "config.yaml").read_text()) or {},
-                       source=f"{root / 'config.yaml'}")
+    cfg = build_config(
+        ContrastiveConfig,
+        yaml.safe_load((root / "config.yaml").read_text()) or {},
+        source=f"{root / 'config.yaml'}",
+    )
     summary_path = root / "summary.json"
     summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
     prompts = pq.read_table(root / "prompts.parquet").to_pylist()
@@ -178,7 +217,9 @@ class ExperimentScorer:
         from forewarn.contrastive.scoring import RayDataScorer
 
         self.manifest = manifest
-        self.scorer = RayDataScorer(cfg.start.model, cfg.comparison.model, cfg.decoder, resources or cfg.scoring)
+        self.scorer = RayDataScorer(
+            cfg.start.model, cfg.comparison.model, cfg.decoder, resources or cfg.scoring
+        )
 
     def __call__(self, prompts: list[str]) -> list[tuple[float, DecodedSample | None]]:
         samples = self.scorer(prompts)

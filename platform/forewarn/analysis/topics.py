@@ -36,18 +36,31 @@ def rate_by_embedding(examples: list[Example], topics: list[str], embedder: Any)
     return np.clip(ex @ tv.T, 0.0, 1.0)
 
 
-def rate_by_analyst(analyst: Analyst, examples: list[Example], topics: list[str]
-                    ) -> tuple[np.ndarray, dict[str, str]]:
+def rate_by_analyst(
+    analyst: Analyst, examples: list[Example], topics: list[str]
+) -> tuple[np.ndarray, dict[str, str]]:
     """(examples x topics) relevance from the analyst's 0-10 ratings, and its one-line summary per topic."""
-    lines = [f"{i}. divergence {e.divergence:.3f} | prompt: {_one_line(e.prompt)} | continuation: "
-             f"{_one_line(e.response)}" for i, e in enumerate(examples, 1)]
-    chat = analyst.prompts.chat("topics", topics=", ".join(f'"{t}"' for t in topics), examples="\n".join(lines))
-    grid, summaries = analyst.ask(chat, lambda text: parse_topic_ratings(text, len(examples), topics), "topics")
+    lines = [
+        f"{i}. divergence {e.divergence:.3f} | prompt: {_one_line(e.prompt)} | continuation: "
+        f"{_one_line(e.response)}"
+        for i, e in enumerate(examples, 1)
+    ]
+    chat = analyst.prompts.chat(
+        "topics", topics=", ".join(f'"{t}"' for t in topics), examples="\n".join(lines)
+    )
+    grid, summaries = analyst.ask(
+        chat, lambda text: parse_topic_ratings(text, len(examples), topics), "topics"
+    )
     return np.array(grid, dtype=np.float64), summaries
 
 
-def summarise(examples: list[Example], topics: list[str], relevance: np.ndarray, cfg: TopicConfig,
-              notes: dict[str, str] | None = None) -> list[dict[str, Any]]:
+def summarise(
+    examples: list[Example],
+    topics: list[str],
+    relevance: np.ndarray,
+    cfg: TopicConfig,
+    notes: dict[str, str] | None = None,
+) -> list[dict[str, Any]]:
     """One row per topic (see the module docstring); topics sorted by the divergence of their examples."""
     div = np.array([e.divergence for e in examples], dtype=np.float64)
     rows = []
@@ -57,15 +70,23 @@ def summarise(examples: list[Example], topics: list[str], relevance: np.ndarray,
         on = ok & (r >= cfg.relevant_at)
         rho = spearmanr(r[ok], div[ok]).statistic if ok.sum() > 2 and np.ptp(r[ok]) > 0 else math.nan
         order = np.argsort(-np.where(ok, r, -np.inf))[:3]
-        rows.append({
-            "topic": topic, "method": cfg.method, "n_examples": int(ok.sum()), "n_relevant": int(on.sum()),
-            "mean_relevance": _mean(r[ok]), "divergence_relevant": _mean(div[on]),
-            "divergence_other": _mean(div[ok & ~on]), "spearman": float(rho),
-            "top_examples": [examples[i].prompt for i in order if ok[i]],
-            "note": (notes or {}).get(topic, ""),
-        })
-    return sorted(rows, key=lambda x: -x["divergence_relevant"] if math.isfinite(x["divergence_relevant"])
-                  else math.inf)
+        rows.append(
+            {
+                "topic": topic,
+                "method": cfg.method,
+                "n_examples": int(ok.sum()),
+                "n_relevant": int(on.sum()),
+                "mean_relevance": _mean(r[ok]),
+                "divergence_relevant": _mean(div[on]),
+                "divergence_other": _mean(div[ok & ~on]),
+                "spearman": float(rho),
+                "top_examples": [examples[i].prompt for i in order if ok[i]],
+                "note": (notes or {}).get(topic, ""),
+            }
+        )
+    return sorted(
+        rows, key=lambda x: -x["divergence_relevant"] if math.isfinite(x["divergence_relevant"]) else math.inf
+    )
 
 
 def _mean(x: np.ndarray) -> float:

@@ -13,5 +13,15 @@ from forewarn.contrastive.decoder import ContrastiveDecoder, DecodedSample, prom
 from forewarn.contrastive.finder import DivergenceFinder, FinderResult
 from forewarn.contrastive.scoring import LocalScorer, RayDataScorer
 
-__all__ = ["ContrastiveDecoder", "DecodedSample", "DecoderConfig", "DivergenceFinder", "FinderConfig",
-           "FinderResult", "LocalScorer", "RayDataScorer", "prompt_means", "top_k"]
+__all__ = [
+    "ContrastiveDecoder",
+    "DecodedSample",
+    "DecoderConfig",
+    "DivergenceFinder",
+    "FinderConfig",
+    "FinderResult",
+    "LocalScorer",
+    "RayDataScorer",
+    "prompt_means",
+    "top_k",
+]

@@ -28,9 +28,19 @@ from forewarn.contrastive.bank import BankEntry
 from forewarn.errors import ConfigError
 from forewarn.models.base import Chat
 
-PROMPT_FILE_KEYS = ("system_start", "system_loop", "system_end", "user_start", "user_loop", "user_end",
-                    "seed_demonstrations", "custom_selection_criterion", "custom_selection_criterion_examples",
-                    "custom_selection_criterion_yes_response", "custom_selection_criterion_no_response")
+PROMPT_FILE_KEYS = (
+    "system_start",
+    "system_loop",
+    "system_end",
+    "user_start",
+    "user_loop",
+    "user_end",
+    "seed_demonstrations",
+    "custom_selection_criterion",
+    "custom_selection_criterion_examples",
+    "custom_selection_criterion_yes_response",
+    "custom_selection_criterion_no_response",
+)
 _NUMBERED = re.compile(r"^\s*(?:prompt\s*)?(\d+)\s*[.):]\s*(.+?)\s*$", re.IGNORECASE)
 _KEY_INT = re.compile(r"(\d+)")
 
@@ -48,7 +58,11 @@ class PromptFile:
     def load(cls, path: str | None = None) -> "PromptFile":
         """Load ``path``, or the packaged default when it is None."""
         if path is None:
-            text = resources.files("forewarn.contrastive").joinpath("prompts", "find_divergence.json").read_text()
+            text = (
+                resources.files("forewarn.contrastive")
+                .joinpath("prompts", "find_divergence.json")
+                .read_text()
+            )
             where = "the packaged find_divergence.json"
         else:
             p = Path(path)
@@ -128,7 +142,7 @@ def first_json_object(text: str) -> Any | None:
     if end is None:
         return None
     try:
-        return json.loads(text[start: end + 1])
+        return json.loads(text[start : end + 1])
     except json.JSONDecodeError:
         return None
 
@@ -140,8 +154,11 @@ def _from_json(obj: Any) -> list[str] | None:
         return None
     if isinstance(obj.get("prompts"), list):
         return [str(x) for x in obj["prompts"] if isinstance(x, str)]
-    keyed = [(k, v) for k, v in obj.items() if ("prompt" in k.lower() or "response" in k.lower())
-             and isinstance(v, str)]
+    keyed = [
+        (k, v)
+        for k, v in obj.items()
+        if ("prompt" in k.lower() or "response" in k.lower()) and isinstance(v, str)
+    ]
     if not keyed:
         return None
 
@@ -164,7 +181,7 @@ def parse_prompts(text: str, open_item: int | None = None) -> tuple[list[str], s
         end = _matching_brace(text, start)
         if end is not None:
             try:
-                found = _from_json(json.loads(text[start: end + 1]))
+                found = _from_json(json.loads(text[start : end + 1]))
             except json.JSONDecodeError:
                 found = None
             if found:
@@ -172,7 +189,7 @@ def parse_prompts(text: str, open_item: int | None = None) -> tuple[list[str], s
     lb, rb = text.find("["), text.rfind("]")
     if 0 <= lb < rb:
         try:
-            found = _from_json(json.loads(text[lb: rb + 1]))
+            found = _from_json(json.loads(text[lb : rb + 1]))
         except json.JSONDecodeError:
             found = None
         if found:

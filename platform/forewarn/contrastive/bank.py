@@ -58,8 +58,12 @@ def diversity_scores(embeddings: np.ndarray) -> np.ndarray:
     return 1.0 / np.mean(1.0 / (d + 1e-8), axis=1)
 
 
-def subsample_weights(entries: Sequence[BankEntry], divergence_weight: float = 1.0,
-                      diversity_weight: float = 0.0, criterion_weight: float = 0.0) -> np.ndarray:
+def subsample_weights(
+    entries: Sequence[BankEntry],
+    divergence_weight: float = 1.0,
+    diversity_weight: float = 0.0,
+    criterion_weight: float = 0.0,
+) -> np.ndarray:
     """Per-entry scores in [0, 1] before the softmax (see the module docstring)."""
     d = np.array([e.divergence for e in entries], dtype=np.float64)
     d = np.nan_to_num(d, nan=float(np.nanmin(d)) if np.isfinite(d).any() else 0.0)
@@ -68,15 +72,24 @@ def subsample_weights(entries: Sequence[BankEntry], divergence_weight: float = 1
         w = w + criterion_weight * np.array([e.criterion or 0.0 for e in entries], dtype=np.float64)
     if diversity_weight:
         if any(e.diversity is None for e in entries):
-            raise ValueError("diversity_weight > 0 needs a diversity score on every entry "
-                             "(call Bank.update_diversity after embedding)")
+            raise ValueError(
+                "diversity_weight > 0 needs a diversity score on every entry "
+                "(call Bank.update_diversity after embedding)"
+            )
         w = w + diversity_weight * minmax(np.array([e.diversity for e in entries], dtype=np.float64))
     return minmax(w)
 
 
-def weighted_subsample(entries: Sequence[BankEntry], n: int, temperature: float, rng: np.random.Generator,
-                       prefer: str = "high", divergence_weight: float = 1.0, diversity_weight: float = 0.0,
-                       criterion_weight: float = 0.0) -> list[BankEntry]:
+def weighted_subsample(
+    entries: Sequence[BankEntry],
+    n: int,
+    temperature: float,
+    rng: np.random.Generator,
+    prefer: str = "high",
+    divergence_weight: float = 1.0,
+    diversity_weight: float = 0.0,
+    criterion_weight: float = 0.0,
+) -> list[BankEntry]:
     """Draw ``min(n, len(entries))`` entries without replacement, biased by the softmax of their scores."""
     if temperature <= 0:
         raise ValueError(f"subsample temperature must be > 0, got {temperature}")

@@ -27,7 +27,12 @@ from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopKLogit
 from forewarn.config import ModelSpec
 from forewarn.contrastive.config import DecoderConfig
 from forewarn.contrastive.divergence import (
-    combine_logits, divergence_name, perplexity, scored_mask, token_divergence, token_nll,
+    combine_logits,
+    divergence_name,
+    perplexity,
+    scored_mask,
+    token_divergence,
+    token_nll,
 )
 from forewarn.errors import ConfigError
 from forewarn.models.base import Prompt
@@ -44,7 +49,9 @@ class DecodedSample(DivergenceEvidence):
     extra: dict = field(default_factory=dict)
 
 
-def check_same_tokenizer(tok_s, tok_c, start_name: str = "start", comparison_name: str = "comparison") -> None:
+def check_same_tokenizer(
+    tok_s, tok_c, start_name: str = "start", comparison_name: str = "comparison"
+) -> None:
     """Fail clearly unless both tokenizers map every token to the same id (same special tokens too)."""
     vs, vc = tok_s.get_vocab(), tok_c.get_vocab()
     problem = None
@@ -90,13 +97,16 @@ class ContrastiveDecoder:
         self._rng.manual_seed(self.cfg.seed if self.cfg.seed is not None else torch.seed())
 
     @classmethod
-    def from_specs(cls, start: ModelSpec, comparison: ModelSpec, cfg: DecoderConfig | None = None
-                   ) -> "ContrastiveDecoder":
+    def from_specs(
+        cls, start: ModelSpec, comparison: ModelSpec, cfg: DecoderConfig | None = None
+    ) -> "ContrastiveDecoder":
         """Load both models through the ``hf`` backend (each spec may shard with ``device_map``)."""
         for role, spec in (("start", start), ("comparison", comparison)):
             if spec.backend != "hf":
-                raise ConfigError(f"{role}.model.backend={spec.backend!r}: the contrastive decoder needs the "
-                                  "logits of both models, so both must use backend 'hf'")
+                raise ConfigError(
+                    f"{role}.model.backend={spec.backend!r}: the contrastive decoder needs the "
+                    "logits of both models, so both must use backend 'hf'"
+                )
         return cls(HFGenerator(start), HFGenerator(comparison), cfg)
 
     @property
@@ -113,7 +123,7 @@ class ContrastiveDecoder:
         n = n or self.cfg.generations_per_prompt
         out: list[DecodedSample] = []
         for lo in range(0, len(prompts), self.cfg.batch_size):
-            chunk = list(prompts[lo: lo + self.cfg.batch_size])
+            chunk = list(prompts[lo : lo + self.cfg.batch_size])
             ids, am = self._encode(chunk)
             ids, am = ids.repeat_interleave(n, 0), am.repeat_interleave(n, 0)
             gen = self._sample(ids, am)
@@ -129,9 +139,9 @@ class ContrastiveDecoder:
             raise ValueError(f"{len(prompts)} prompts but {len(continuations)} continuations")
         out: list[DecodedSample] = []
         for lo in range(0, len(prompts), self.cfg.batch_size):
-            chunk = list(prompts[lo: lo + self.cfg.batch_size])
+            chunk = list(prompts[lo : lo + self.cfg.batch_size])
             ids, am = self._encode(chunk)
-            conts = list(continuations[lo: lo + self.cfg.batch_size])
+            conts = list(continuations[lo : lo + self.cfg.batch_size])
             enc = [self.tok(c, add_special_tokens=False)["input_ids"] for c in conts]
             width = max(1, max(len(e) for e in enc))
             gen = torch.full((len(enc), width), self.tok.pad_token_id, dtype=torch.long)
@@ -147,8 +157,14 @@ class ContrastiveDecoder:
 
     def _encode(self, prompts: list[Prompt]) -> tuple[torch.Tensor, torch.Tensor]:
         texts = [render_prompt(self.tok, p, self.start.spec.use_chat_template) for p in prompts]
-        enc = self.tok(texts, return_tensors="pt", padding=True, truncation=True,
-                       max_length=self.cfg.max_prompt_tokens, add_special_tokens=False)
+        enc = self.tok(
+            texts,
+            return_tensors="pt",
+            padding=True,
+            truncation=True,
+            max_length=self.cfg.max_prompt_tokens,
+            add_special_tokens=False,
+        )
         dev = _device(self.start.model)
         return enc["input_ids"].to(dev), enc["attention_mask"].to(dev)
 
@@ -184,12 +200,22 @@ class ContrastiveDecoder:
             last = []
             for k, m in enumerate(models):
                 dev = _device(m)
-                o = m(input_ids=step_ids.to(dev), attention_mask=am.to(dev), position_ids=step_pos.to(dev),
-                      past_key_values=caches[k], use_cache=True)
+                o = m(
+                    input_ids=step_ids.to(dev),
+                    attention_mask=am.to(dev),
+                    position_ids=step_pos.to(dev),
+                    past_key_values=caches[k],
+                    use_cache=True,
+                )
                 caches[k] = o.past_key_values
                 last.append(o.logits[:, -1].float().to(ids.device))
-            z = (combine_logits(last[0], last[1], c.start_weight, c.comparison_weight, c.start_top_p,
-                                c.similarity_gating) if combine else last[0])
+            z = (
+                combine_logits(
+                    last[0], last[1], c.start_weight, c.comparison_weight, c.start_top_p, c.similarity_gating
+                )
+                if combine
+                else last[0]
+            )
             if step < c.min_new_tokens and eos is not None:
                 z[:, eos] = float("-inf")
             if c.temperature == 0.0:
@@ -210,14 +236,17 @@ class ContrastiveDecoder:
     def _gen_mask(self, gen: torch.Tensor, gen_lengths: torch.Tensor | None) -> torch.Tensor:
         """Real generated tokens: up to and including the first end token (or the given lengths)."""
         if gen_lengths is not None:
-            return torch.arange(gen.shape[1], device=gen.device)[None, :] < gen_lengths.to(gen.device)[:, None]
+            return (
+                torch.arange(gen.shape[1], device=gen.device)[None, :] < gen_lengths.to(gen.device)[:, None]
+            )
         is_end = gen == self.tok.eos_token_id
         before_end = (is_end.long().cumsum(-1) - is_end.long()) == 0
         return before_end
 
     @torch.inference_mode()
-    def _score(self, ids: torch.Tensor, am: torch.Tensor, gen: torch.Tensor,
-               gen_lengths: torch.Tensor | None = None) -> list[dict]:
+    def _score(
+        self, ids: torch.Tensor, am: torch.Tensor, gen: torch.Tensor, gen_lengths: torch.Tensor | None = None
+    ) -> list[dict]:
         """One masked forward pass of each model over prompt + generation -> per-row evidence."""
         c = self.cfg
         full = torch.cat([ids, gen], dim=1)
@@ -226,11 +255,15 @@ class ContrastiveDecoder:
         logits = []
         for m in (self.start.model, self.comparison.model):
             dev = _device(m)
-            logits.append(m(input_ids=full.to(dev), attention_mask=full_am.to(dev),
-                            position_ids=pos.to(dev)).logits.float().to(full.device))
+            logits.append(
+                m(input_ids=full.to(dev), attention_mask=full_am.to(dev), position_ids=pos.to(dev))
+                .logits.float()
+                .to(full.device)
+            )
         z_s, z_c = logits
-        div = token_divergence(z_s[:, :-1], z_c[:, :-1], c.start_weight, c.comparison_weight, c.metric,
-                               c.distribution)
+        div = token_divergence(
+            z_s[:, :-1], z_c[:, :-1], c.start_weight, c.comparison_weight, c.metric, c.distribution
+        )
         mask = scored_mask(full_am, ids.shape[1], c.include_prompt)
         ppl_s = perplexity(token_nll(z_s, full), mask)
         ppl_c = perplexity(token_nll(z_c, full), mask)
@@ -240,22 +273,28 @@ class ContrastiveDecoder:
             pos_b = mask[b].nonzero().squeeze(-1)
             tok_ids = full[b, pos_b + 1].tolist()
             divs = div[b, pos_b].tolist()
-            gen_ids = gen[b][self._gen_mask(gen[b: b + 1], None if gen_lengths is None else
-                                            gen_lengths[b: b + 1])[0]].tolist()
-            rows.append(dict(
-                token_ids=tok_ids, token_divergences=divs,
-                n_prompt_tokens=int((pos_b + 1 < prompt_len).sum()),
-                text=self.tok.decode(gen_ids, skip_special_tokens=True),
-                divergence_mean=float(sum(divs) / len(divs)) if divs else math.nan,
-                divergence_max=float(max(divs)) if divs else math.nan,
-                ppl_start=float(ppl_s[b]), ppl_comparison=float(ppl_c[b]),
-            ))
+            gen_ids = gen[b][
+                self._gen_mask(gen[b : b + 1], None if gen_lengths is None else gen_lengths[b : b + 1])[0]
+            ].tolist()
+            rows.append(
+                dict(
+                    token_ids=tok_ids,
+                    token_divergences=divs,
+                    n_prompt_tokens=int((pos_b + 1 < prompt_len).sum()),
+                    text=self.tok.decode(gen_ids, skip_special_tokens=True),
+                    divergence_mean=float(sum(divs) / len(divs)) if divs else math.nan,
+                    divergence_max=float(max(divs)) if divs else math.nan,
+                    ppl_start=float(ppl_s[b]),
+                    ppl_comparison=float(ppl_c[b]),
+                )
+            )
         return rows
 
     def _sample_row(self, prompt_index: int, sample: int, prompt: Prompt, row: dict) -> DecodedSample:
         tokens = self.tok.batch_decode([[t] for t in row["token_ids"]], skip_special_tokens=False)
-        return DecodedSample(prompt_index=prompt_index, sample=sample, prompt=_prompt_text(prompt),
-                             tokens=tokens, **row)
+        return DecodedSample(
+            prompt_index=prompt_index, sample=sample, prompt=_prompt_text(prompt), tokens=tokens, **row
+        )
 
 
 # ---------------------------------------------------------------- block statistics and ranking
@@ -270,9 +309,14 @@ def prompt_means(samples: Sequence[DecodedSample]) -> dict[int, float]:
     return {i: sum(v) / len(v) for i, v in sums.items()}
 
 
-def top_k(samples: Sequence[DecodedSample], k: int | None = None, key: str = "divergence_mean",
-          descending: bool = True) -> list[DecodedSample]:
+def top_k(
+    samples: Sequence[DecodedSample],
+    k: int | None = None,
+    key: str = "divergence_mean",
+    descending: bool = True,
+) -> list[DecodedSample]:
     """Samples sorted by ``key`` (NaN last), the first ``k`` of them (all when k is None)."""
+
     def sort_key(s: DecodedSample) -> tuple[bool, float]:
         v = getattr(s, key)
         return (math.isnan(v), -v if descending else v)

@@ -42,8 +42,9 @@ def divergence_name(w_s: float, w_c: float, metric: Metric = "kl") -> str:
     return f"E_p[{w_s:g}·log p_start + {w_c:g}·log p_comparison] (weighted log-ratio, not a KL)"
 
 
-def expectation_logprobs(lp_s: torch.Tensor, lp_c: torch.Tensor, w_s: float, w_c: float,
-                         distribution: Distribution = "auto") -> torch.Tensor:
+def expectation_logprobs(
+    lp_s: torch.Tensor, lp_c: torch.Tensor, w_s: float, w_c: float, distribution: Distribution = "auto"
+) -> torch.Tensor:
     """Log-probabilities of the distribution the divergence takes its expectation under."""
     if distribution == "auto":
         if w_s < 0 < w_c:
@@ -59,8 +60,14 @@ def expectation_logprobs(lp_s: torch.Tensor, lp_c: torch.Tensor, w_s: float, w_c
     return torch.log_softmax(w_s * lp_s + w_c * lp_c, dim=-1)
 
 
-def token_divergence(z_s: torch.Tensor, z_c: torch.Tensor, w_s: float = 1.0, w_c: float = -1.0,
-                     metric: Metric = "kl", distribution: Distribution = "auto") -> torch.Tensor:
+def token_divergence(
+    z_s: torch.Tensor,
+    z_c: torch.Tensor,
+    w_s: float = 1.0,
+    w_c: float = -1.0,
+    metric: Metric = "kl",
+    distribution: Distribution = "auto",
+) -> torch.Tensor:
     """Per-position divergence of logits ``[..., V]`` -> ``[...]`` (computed in float32 or wider).
 
     With logits instead of log-probs, ``sum_v p (w_s z_s + w_c z_c) - (w_s lse z_s + w_c lse z_c)`` is the
@@ -80,8 +87,14 @@ def token_divergence(z_s: torch.Tensor, z_c: torch.Tensor, w_s: float = 1.0, w_c
     return (lp.exp() * weighted).sum(dim=-1)
 
 
-def combine_logits(z_s: torch.Tensor, z_c: torch.Tensor, w_s: float, w_c: float,
-                   start_top_p: float | None = None, similarity_gating: float | None = None) -> torch.Tensor:
+def combine_logits(
+    z_s: torch.Tensor,
+    z_c: torch.Tensor,
+    w_s: float,
+    w_c: float,
+    start_top_p: float | None = None,
+    similarity_gating: float | None = None,
+) -> torch.Tensor:
     """The sampling logits of "combine" mode (true contrastive decoding) for next-token logits ``[B, V]``.
 
     ``q = w_s p_s + w_c p_c``; with similarity gating of intensity g, ``b = exp(g cos(p_c, p_s) - g)`` mixes

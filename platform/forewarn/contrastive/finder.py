@@ -24,7 +24,11 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from forewarn.config import GenerationParams
 from forewarn.contrastive.assistant_io import (
-    PromptFile, chat_request, list_request, parse_prompts, parse_yes_no,
+    PromptFile,
+    chat_request,
+    list_request,
+    parse_prompts,
+    parse_yes_no,
 )
 from forewarn.contrastive.bank import Bank, BankEntry, normalise, stats, weighted_subsample
 from forewarn.contrastive.config import FinderConfig
@@ -57,9 +61,17 @@ class FinderResult:
 class DivergenceFinder:
     """Assistant-guided search for high-divergence prompts (see the module docstring)."""
 
-    def __init__(self, assistant: Generator, scorer: Scorer, cfg: FinderConfig | None = None,
-                 embedder: Any | None = None, criterion_model: Generator | None = None,
-                 tracker: Any | None = None, prompt_file: PromptFile | None = None, progress: bool = True):
+    def __init__(
+        self,
+        assistant: Generator,
+        scorer: Scorer,
+        cfg: FinderConfig | None = None,
+        embedder: Any | None = None,
+        criterion_model: Generator | None = None,
+        tracker: Any | None = None,
+        prompt_file: PromptFile | None = None,
+        progress: bool = True,
+    ):
         self.assistant, self.scorer = assistant, scorer
         self.cfg = cfg or FinderConfig()
         self.embedder = embedder
@@ -80,7 +92,12 @@ class DivergenceFinder:
         c = self.cfg
         result = FinderResult(entries=[], cycles=[], samples=[])
         earlier: set[str] = set()
-        columns = [TextColumn("finder {task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
+        columns = [
+            TextColumn("finder {task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+        ]
         with Progress(*columns, disable=not self.progress, transient=False) as bar:
             for repeat in range(c.repeats):
                 task = bar.add_task(f"repeat {repeat}", total=c.n_cycles)
@@ -94,23 +111,34 @@ class DivergenceFinder:
                     if row is None:
                         failed += 1
                         if failed > c.max_failed_cycles:
-                            log.warning("repeat %d: %d cycles without a new prompt; stopping this repeat",
-                                        repeat, failed)
+                            log.warning(
+                                "repeat %d: %d cycles without a new prompt; stopping this repeat",
+                                repeat,
+                                failed,
+                            )
                             break
                         continue
                     done += 1
                     bar.advance(task)
                     result.cycles.append(row)
                     step = repeat * (c.n_cycles + 1) + done
-                    self.tracker.log_metrics({k: v for k, v in row.items()
-                                              if isinstance(v, (int, float)) and k not in ("repeat", "cycle")
-                                              and math.isfinite(v)}, step=step)
+                    self.tracker.log_metrics(
+                        {
+                            k: v
+                            for k, v in row.items()
+                            if isinstance(v, (int, float))
+                            and k not in ("repeat", "cycle")
+                            and math.isfinite(v)
+                        },
+                        step=step,
+                    )
                 earlier |= {normalise(e.prompt) for e in bank.entries if e.source == "assistant"}
                 result.entries.extend(bank.entries)
         return result
 
-    def _cycle(self, bank: Bank, repeat: int, cycle: int, attempt: int, earlier: set[str],
-               result: FinderResult) -> dict[str, Any] | None:
+    def _cycle(
+        self, bank: Bank, repeat: int, cycle: int, attempt: int, earlier: set[str], result: FinderResult
+    ) -> dict[str, Any] | None:
         """One request round; returns the cycle's stats row, or None when it added no new prompt."""
         c = self.cfg
         requests: list[Prompt] = []
@@ -118,9 +146,16 @@ class DivergenceFinder:
         shown: list[BankEntry] = []
         for _ in range(c.requests_per_cycle):
             n = c.list_shots if c.assistant_format == "list" else c.subsample_size
-            sub = weighted_subsample(bank.entries, n, c.subsample_temperature, self.rng, c.prefer,
-                                     c.divergence_weight, c.diversity_weight,
-                                     c.criterion_weight if c.criterion_in_subsample else 0.0)
+            sub = weighted_subsample(
+                bank.entries,
+                n,
+                c.subsample_temperature,
+                self.rng,
+                c.prefer,
+                c.divergence_weight,
+                c.diversity_weight,
+                c.criterion_weight if c.criterion_in_subsample else 0.0,
+            )
             shown.extend(sub)
             if c.assistant_format == "list":
                 text, item = list_request(c.list_header, sub)
@@ -139,15 +174,17 @@ class DivergenceFinder:
             for comp in completions:
                 if not comp.ok:
                     n_malformed += 1
-                    result.malformed.append({"repeat": repeat, "attempt": attempt, "reason": comp.error or "",
-                                             "text": ""})
+                    result.malformed.append(
+                        {"repeat": repeat, "attempt": attempt, "reason": comp.error or "", "text": ""}
+                    )
                     log.warning("assistant request failed: %s", comp.error)
                     continue
                 found, why = parse_prompts(comp.text, item)
                 if why:
                     n_malformed += 1
-                    result.malformed.append({"repeat": repeat, "attempt": attempt, "reason": why,
-                                             "text": comp.text[:2000]})
+                    result.malformed.append(
+                        {"repeat": repeat, "attempt": attempt, "reason": why, "text": comp.text[:2000]}
+                    )
                     log.warning("malformed assistant answer skipped: %s", why)
                 for p in found:
                     key = normalise(p)
@@ -156,8 +193,13 @@ class DivergenceFinder:
                     else:
                         candidates.append(p)
         if not candidates:
-            log.info("repeat %d attempt %d: no new prompt (%d malformed, %d duplicates)",
-                     repeat, attempt, n_malformed, n_dupes)
+            log.info(
+                "repeat %d attempt %d: no new prompt (%d malformed, %d duplicates)",
+                repeat,
+                attempt,
+                n_malformed,
+                n_dupes,
+            )
             return None
         new = self._score(candidates, cycle=cycle, repeat=repeat, source="assistant", result=result)
         n_dropped = 0
@@ -171,22 +213,36 @@ class DivergenceFinder:
         self._refresh_diversity(bank)
         div_new = [e.divergence for e in new]
         top = bank.ranked(10)
-        row: dict[str, Any] = {"repeat": repeat, "cycle": cycle, "attempts": attempt, "n_new": len(new),
-                               "n_candidates": len(candidates), "n_malformed": n_malformed,
-                               "n_duplicates": n_dupes, "n_dropped_criterion": n_dropped, "bank_size": len(bank),
-                               "top10_divergence_mean": stats([e.divergence for e in top])["mean"]}
-        for name, vals in (("bank", [e.divergence for e in bank.entries]), ("new", div_new),
-                           ("shown", [e.divergence for e in shown])):
+        row: dict[str, Any] = {
+            "repeat": repeat,
+            "cycle": cycle,
+            "attempts": attempt,
+            "n_new": len(new),
+            "n_candidates": len(candidates),
+            "n_malformed": n_malformed,
+            "n_duplicates": n_dupes,
+            "n_dropped_criterion": n_dropped,
+            "bank_size": len(bank),
+            "top10_divergence_mean": stats([e.divergence for e in top])["mean"],
+        }
+        for name, vals in (
+            ("bank", [e.divergence for e in bank.entries]),
+            ("new", div_new),
+            ("shown", [e.divergence for e in shown]),
+        ):
             row.update({f"{name}_divergence_{k}": v for k, v in stats(vals).items()})
         if c.diversity_weight > 0:
-            row.update({f"bank_diversity_{k}": v for k, v in stats([e.diversity for e in bank.entries]).items()})
+            row.update(
+                {f"bank_diversity_{k}": v for k, v in stats([e.diversity for e in bank.entries]).items()}
+            )
             row.update({f"shown_diversity_{k}": v for k, v in stats([e.diversity for e in shown]).items()})
         return row
 
     # ------------------------------------------------------------ scoring helpers
 
-    def _score(self, prompts: list[str], cycle: int, repeat: int, source: str,
-               result: FinderResult) -> list[BankEntry]:
+    def _score(
+        self, prompts: list[str], cycle: int, repeat: int, source: str, result: FinderResult
+    ) -> list[BankEntry]:
         """Score prompts; a prompt's divergence is the mean over its samples (block means before any sort)."""
         samples = self.scorer(prompts)
         means = prompt_means(samples)
@@ -197,12 +253,22 @@ class DivergenceFinder:
         entries = []
         for i, p in enumerate(prompts):
             ss = by_prompt.get(i, [])
-            best = max(ss, key=lambda s: s.divergence_mean if math.isfinite(s.divergence_mean) else -math.inf,
-                       default=None)
-            entries.append(BankEntry(
-                prompt=p, divergence=means.get(i, math.nan),
-                divergence_max=max((s.divergence_max for s in ss), default=math.nan),
-                response=best.text if best else "", cycle=cycle, repeat=repeat, source=source))
+            best = max(
+                ss,
+                key=lambda s: s.divergence_mean if math.isfinite(s.divergence_mean) else -math.inf,
+                default=None,
+            )
+            entries.append(
+                BankEntry(
+                    prompt=p,
+                    divergence=means.get(i, math.nan),
+                    divergence_max=max((s.divergence_max for s in ss), default=math.nan),
+                    response=best.text if best else "",
+                    cycle=cycle,
+                    repeat=repeat,
+                    source=source,
+                )
+            )
         if self.embedder is not None:
             vecs = self.embedder.embed(prompts)
             for e, v in zip(entries, vecs):
@@ -218,9 +284,13 @@ class DivergenceFinder:
         pf = self.prompts
         yes = pf["custom_selection_criterion_yes_response"] or "yes"
         no = pf["custom_selection_criterion_no_response"] or "no"
-        chats: list[Prompt] = [[{"role": "system", "content": self.cfg.criterion},
-                                {"role": "user", "content": f"Prompt: {e.prompt}\nResponse: {e.response}"}]
-                               for e in entries]
+        chats: list[Prompt] = [
+            [
+                {"role": "system", "content": self.cfg.criterion},
+                {"role": "user", "content": f"Prompt: {e.prompt}\nResponse: {e.response}"},
+            ]
+            for e in entries
+        ]
         params = GenerationParams(max_new_tokens=20, temperature=0.0)
         for e, comps in zip(entries, self.criterion_model.generate(chats, params)):
             ans = parse_yes_no(comps[0].text if comps and comps[0].ok else "", yes, no)

@@ -23,13 +23,22 @@ from forewarn.pipeline.prompt_files import read_prompts
 from forewarn.pipeline.rundir import RunDir, write_text
 from forewarn.placement import JobLayout
 from forewarn.records import (
-    ContrastiveSampleRow, DivergencePromptRow, FinderCycleRow, evidence_of, rows_to_table, stable_id,
+    ContrastiveSampleRow,
+    DivergencePromptRow,
+    FinderCycleRow,
+    evidence_of,
+    rows_to_table,
+    stable_id,
 )
 
 CONFIG = ContrastiveConfig
-PLACEMENT = JobLayout(unplaced={"start": "loaded inside the scoring actors",
-                                "comparison": "loaded inside the scoring actors",
-                                "assistant": "loaded in the driver process"})
+PLACEMENT = JobLayout(
+    unplaced={
+        "start": "loaded inside the scoring actors",
+        "comparison": "loaded inside the scoring actors",
+        "assistant": "loaded in the driver process",
+    }
+)
 
 
 # ---------------------------------------------------------------- names, prompts, testbed
@@ -90,7 +99,9 @@ def run(cfg: ContrastiveConfig, rundir: RunDir, tracker: Any) -> dict:
         result = _find(cfg, scorer, prompts, tracker)
         samples, entries, cycles, malformed = result.samples, result.entries, result.cycles, result.malformed
     elapsed = time.perf_counter() - start_t
-    return _write_outputs(cfg, rundir, tracker, run_id, manifest, samples, entries, cycles, malformed, elapsed)
+    return _write_outputs(
+        cfg, rundir, tracker, run_id, manifest, samples, entries, cycles, malformed, elapsed
+    )
 
 
 def _find(cfg: ContrastiveConfig, scorer: Any, seeds: list[str], tracker: Any) -> Any:
@@ -113,17 +124,35 @@ def _decode_entries(prompts: list[str], means: dict[int, float], samples: list) 
     out = []
     for i, p in enumerate(prompts):
         ss = [s for s in samples if s.prompt_index == i]
-        best = max(ss, key=lambda s: s.divergence_mean if math.isfinite(s.divergence_mean) else -math.inf,
-                   default=None)
-        out.append(BankEntry(prompt=p, divergence=means.get(i, math.nan),
-                             divergence_max=max((s.divergence_max for s in ss), default=math.nan),
-                             response=best.text if best else "", source="prompts"))
+        best = max(
+            ss,
+            key=lambda s: s.divergence_mean if math.isfinite(s.divergence_mean) else -math.inf,
+            default=None,
+        )
+        out.append(
+            BankEntry(
+                prompt=p,
+                divergence=means.get(i, math.nan),
+                divergence_max=max((s.divergence_max for s in ss), default=math.nan),
+                response=best.text if best else "",
+                source="prompts",
+            )
+        )
     return out
 
 
-def _write_outputs(cfg: ContrastiveConfig, rundir: RunDir, tracker: Any, run_id: str, manifest: Any,
-                   samples: list, entries: list, cycles: list[dict], malformed: list[dict],
-                   elapsed: float) -> dict:
+def _write_outputs(
+    cfg: ContrastiveConfig,
+    rundir: RunDir,
+    tracker: Any,
+    run_id: str,
+    manifest: Any,
+    samples: list,
+    entries: list,
+    cycles: list[dict],
+    malformed: list[dict],
+    elapsed: float,
+) -> dict:
     from forewarn.contrastive.divergence import divergence_name
     from forewarn.contrastive.plots import log_plots
     from forewarn.contrastive.view import render_html
@@ -131,23 +160,50 @@ def _write_outputs(cfg: ContrastiveConfig, rundir: RunDir, tracker: Any, run_id:
     div_name = divergence_name(cfg.decoder.start_weight, cfg.decoder.comparison_weight, cfg.decoder.metric)
     ranked = sorted(entries, key=lambda e: -e.divergence if math.isfinite(e.divergence) else math.inf)
     topic = (lambda text: manifest.planted_topic_of(text)) if manifest is not None else (lambda text: None)
-    prompt_rows = [DivergencePromptRow(
-        id=stable_id(run_id, e.repeat, e.prompt), run_id=run_id, iteration=e.cycle, repeat=e.repeat,
-        prompt=e.prompt, source=e.source, divergence=e.divergence, divergence_max=e.divergence_max,
-        response=e.response, rank=r, criterion=e.criterion, diversity=e.diversity, planted_topic=topic(e.prompt),
-    ) for r, e in enumerate(ranked, 1)]
+    prompt_rows = [
+        DivergencePromptRow(
+            id=stable_id(run_id, e.repeat, e.prompt),
+            run_id=run_id,
+            iteration=e.cycle,
+            repeat=e.repeat,
+            prompt=e.prompt,
+            source=e.source,
+            divergence=e.divergence,
+            divergence_max=e.divergence_max,
+            response=e.response,
+            rank=r,
+            criterion=e.criterion,
+            diversity=e.diversity,
+            planted_topic=topic(e.prompt),
+        )
+        for r, e in enumerate(ranked, 1)
+    ]
     pid = {(e.repeat, e.prompt): row.id for e, row in zip(ranked, prompt_rows)}
     sample_rows, sample_dicts = [], []
     for repeat, cycle, s in samples:
         row = ContrastiveSampleRow(
-            id=stable_id(run_id, repeat, cycle, s.prompt, s.sample), run_id=run_id, iteration=cycle, repeat=repeat,
-            prompt_id=pid.get((repeat, s.prompt), stable_id(run_id, repeat, s.prompt)), **evidence_of(s))
+            id=stable_id(run_id, repeat, cycle, s.prompt, s.sample),
+            run_id=run_id,
+            iteration=cycle,
+            repeat=repeat,
+            prompt_id=pid.get((repeat, s.prompt), stable_id(run_id, repeat, s.prompt)),
+            **evidence_of(s),
+        )
         sample_rows.append(row)
         sample_dicts.append(row.__dict__)
-    cycle_rows = [FinderCycleRow(id=stable_id(run_id, c["repeat"], c["cycle"]), run_id=run_id,
-                                 iteration=c["cycle"], **{k: c[k] for k in FinderCycleRow.__dataclass_fields__
-                                                          if k in c and k not in ("id", "run_id", "iteration")})
-                  for c in cycles]
+    cycle_rows = [
+        FinderCycleRow(
+            id=stable_id(run_id, c["repeat"], c["cycle"]),
+            run_id=run_id,
+            iteration=c["cycle"],
+            **{
+                k: c[k]
+                for k in FinderCycleRow.__dataclass_fields__
+                if k in c and k not in ("id", "run_id", "iteration")
+            },
+        )
+        for c in cycles
+    ]
     rundir.write_table("prompts", rows_to_table(DivergencePromptRow, prompt_rows))
     rundir.write_table("samples", rows_to_table(ContrastiveSampleRow, sample_rows))
     rundir.write_table("cycles", rows_to_table(FinderCycleRow, cycle_rows))
@@ -156,28 +212,52 @@ def _write_outputs(cfg: ContrastiveConfig, rundir: RunDir, tracker: Any, run_id:
     proposed = [e for e in ranked if e.source == "assistant"] if cfg.mode == "find" else ranked
     top = proposed[: cfg.top_k]
     summary: dict[str, Any] = {
-        "mode": cfg.mode, "divergence": div_name, "n_prompts": len(entries), "n_samples": len(samples),
-        "n_seeds": sum(e.source == "seed" for e in entries), "n_proposed": sum(e.source == "assistant"
-                                                                            for e in entries),
-        "n_malformed": len(malformed), "seconds": round(elapsed, 3),
+        "mode": cfg.mode,
+        "divergence": div_name,
+        "n_prompts": len(entries),
+        "n_samples": len(samples),
+        "n_seeds": sum(e.source == "seed" for e in entries),
+        "n_proposed": sum(e.source == "assistant" for e in entries),
+        "n_malformed": len(malformed),
+        "seconds": round(elapsed, 3),
         "top_divergence_mean": _mean([e.divergence for e in top]),
         "top10_divergence_mean": _mean([e.divergence for e in proposed[:10]]),
-        "top": [{"prompt": e.prompt, "divergence": e.divergence, "cycle": e.cycle, "response": e.response}
-                for e in top],
+        "top": [
+            {"prompt": e.prompt, "divergence": e.divergence, "cycle": e.cycle, "response": e.response}
+            for e in top
+        ],
     }
     if manifest is not None:
         summary["top10_planted"] = sum(manifest.is_planted(e.prompt) for e in proposed[:10])
         summary["top10_planted_fraction"] = summary["top10_planted"] / max(1, min(10, len(proposed)))
         summary["proposed_planted"] = sum(manifest.is_planted(e.prompt) for e in proposed)
     if cycles:
-        summary["per_cycle"] = [{k: c[k] for k in ("repeat", "cycle", "n_new", "n_malformed", "bank_size",
-                                                   "top10_divergence_mean", "new_divergence_mean")}
-                                for c in cycles]
-    report = render_html(sample_dicts, title=f"forewarn contrastive ({cfg.mode}): {run_id}", divergence=div_name,
-                         summary={k: v for k, v in summary.items() if not isinstance(v, (list, dict))},
-                         top=cfg.report_top)
+        summary["per_cycle"] = [
+            {
+                k: c[k]
+                for k in (
+                    "repeat",
+                    "cycle",
+                    "n_new",
+                    "n_malformed",
+                    "bank_size",
+                    "top10_divergence_mean",
+                    "new_divergence_mean",
+                )
+            }
+            for c in cycles
+        ]
+    report = render_html(
+        sample_dicts,
+        title=f"forewarn contrastive ({cfg.mode}): {run_id}",
+        divergence=div_name,
+        summary={k: v for k, v in summary.items() if not isinstance(v, (list, dict))},
+        top=cfg.report_top,
+    )
     write_text(rundir.path("report.html"), report)
-    tracker.log_metrics({k: v for k, v in summary.items() if isinstance(v, (int, float)) and math.isfinite(v)})
+    tracker.log_metrics(
+        {k: v for k, v in summary.items() if isinstance(v, (int, float)) and math.isfinite(v)}
+    )
     for name in ("prompts", "samples", "cycles"):
         tracker.log_artifact(rundir.path(f"{name}.parquet"), "tables")
     tracker.log_artifact(rundir.path("report.html"), "report")

@@ -18,8 +18,16 @@ def log_plots(tracker: Any, entries: list, cycles: list[dict], divergence: str) 
         for repeat in sorted({c["repeat"] for c in cycles}):
             rows = [c for c in cycles if c["repeat"] == repeat]
             x = [c["cycle"] for c in rows]
-            ax.plot(x, [c["top10_divergence_mean"] for c in rows], marker="o", label=f"top-10 mean (r{repeat})")
-            ax.plot(x, [c["new_divergence_mean"] for c in rows], marker=".", ls="--", label=f"new mean (r{repeat})")
+            ax.plot(
+                x, [c["top10_divergence_mean"] for c in rows], marker="o", label=f"top-10 mean (r{repeat})"
+            )
+            ax.plot(
+                x,
+                [c["new_divergence_mean"] for c in rows],
+                marker=".",
+                ls="--",
+                label=f"new mean (r{repeat})",
+            )
             ax.plot(x, [c["bank_divergence_mean"] for c in rows], ls=":", label=f"bank mean (r{repeat})")
         ax.set_xlabel("cycle")
         ax.set_ylabel(divergence)

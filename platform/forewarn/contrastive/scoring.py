@@ -51,14 +51,18 @@ class DecoderUDF:
         return pd.DataFrame(rows, columns=SAMPLE_FIELDS)
 
 
-def decode_stage(ds: Any, start: ModelSpec, comparison: ModelSpec, cfg: DecoderConfig, resources: Resources
-                 ) -> Any:
+def decode_stage(
+    ds: Any, start: ModelSpec, comparison: ModelSpec, cfg: DecoderConfig, resources: Resources
+) -> Any:
     """Map a dataset with ``prompt_index`` and ``prompt`` columns to decoded-sample rows on an actor pool."""
     return ds.map_batches(
         DecoderUDF,
         fn_constructor_kwargs=dict(start=start, comparison=comparison, cfg=cfg, num_cpus=resources.num_cpus),
-        concurrency=resources.replicas, num_cpus=resources.num_cpus, num_gpus=resources.num_gpus,
-        batch_size=resources.batch_size, batch_format="pandas",
+        concurrency=resources.replicas,
+        num_cpus=resources.num_cpus,
+        num_gpus=resources.num_gpus,
+        batch_size=resources.batch_size,
+        batch_format="pandas",
     )
 
 

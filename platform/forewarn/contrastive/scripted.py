@@ -33,8 +33,9 @@ class ScriptedRecombiner:
             raise ValueError("templates must be question phrasings with an {e} slot for the subject")
         self.templates, self.k, self.malformed, self.temperature = list(templates), k, malformed, temperature
         self.calls = 0
-        self.patterns = [re.compile("^" + re.escape(t).replace(re.escape("{e}"), r"(\w+)") + "$")
-                         for t in self.templates]
+        self.patterns = [
+            re.compile("^" + re.escape(t).replace(re.escape("{e}"), r"(\w+)") + "$") for t in self.templates
+        ]
 
     def subject(self, prompt: str) -> str:
         """The subject slot of a known phrasing, else the prompt's last word."""

@@ -43,8 +43,7 @@ def _token_html(tok: str, value: float, scale: float, prompt: bool) -> str:
     r, g, b = _rgb(value, scale)
     shown = html.escape(tok).replace("\n", "↵<br>") or "&#8203;"
     cls = "tok prompt" if prompt else "tok"
-    return (f'<span class="{cls}" style="background:rgb({r},{g},{b})" '
-            f'title="{value:.4f}">{shown}</span>')
+    return f'<span class="{cls}" style="background:rgb({r},{g},{b})" title="{value:.4f}">{shown}</span>'
 
 
 _CSS = """
@@ -59,22 +58,37 @@ table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:
 TOKEN_CSS = _CSS  # the styles sample_html and legend_html need, for pages that embed them
 
 
-def render_html(samples: Sequence[Sample], title: str = "forewarn: model divergence",
-                divergence: str = "divergence", summary: Mapping[str, Any] | None = None,
-                top: int | None = 50) -> str:
+def render_html(
+    samples: Sequence[Sample],
+    title: str = "forewarn: model divergence",
+    divergence: str = "divergence",
+    summary: Mapping[str, Any] | None = None,
+    top: int | None = 50,
+) -> str:
     """A self-contained HTML page of the ``top`` samples by mean divergence, tokens coloured by divergence."""
-    ranked = sorted(samples, key=lambda s: -_get(s, "divergence_mean", 0.0)
-                    if math.isfinite(_get(s, "divergence_mean", math.nan)) else math.inf)
+    ranked = sorted(
+        samples,
+        key=lambda s: (
+            -_get(s, "divergence_mean", 0.0)
+            if math.isfinite(_get(s, "divergence_mean", math.nan))
+            else math.inf
+        ),
+    )
     shown = ranked[:top] if top else ranked
     scale = colour_scale(shown)
-    parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
-             f"<style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1>",
-             f"<p>Each generated token is coloured by its per-token {html.escape(divergence)} "
-             f"(hover for the value); full red = {scale:.4g} or more.</p>"]
+    parts = [
+        f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
+        f"<style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1>",
+        f"<p>Each generated token is coloured by its per-token {html.escape(divergence)} "
+        f"(hover for the value); full red = {scale:.4g} or more.</p>",
+    ]
     parts.append(legend_html(scale))
     if summary:
-        rows = "".join(f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(_fmt(v))}</td></tr>"
-                       for k, v in summary.items() if not isinstance(v, (dict, list)))
+        rows = "".join(
+            f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(_fmt(v))}</td></tr>"
+            for k, v in summary.items()
+            if not isinstance(v, (dict, list))
+        )
         parts.append(f"<h2>Summary</h2><table>{rows}</table>")
     parts.append(f"<h2>Top {len(shown)} continuations by mean divergence</h2>")
     parts.extend(sample_html(s, scale, rank) for rank, s in enumerate(shown, 1))
@@ -90,18 +104,24 @@ def sample_html(s: Sample, scale: float, rank: int, label: str = "") -> str:
     toks, vals = list(_get(s, "tokens", [])), list(_get(s, "token_divergences", []))
     n_prompt = int(_get(s, "n_prompt_tokens", 0) or 0)
     spans = "".join(_token_html(t, v, scale, i < n_prompt) for i, (t, v) in enumerate(zip(toks, vals)))
-    meta = (f"{label}#{rank} · mean {_fmt(_get(s, 'divergence_mean'))} · max {_fmt(_get(s, 'divergence_max'))} · "
-            f"ppl start {_fmt(_get(s, 'ppl_start'))} · ppl comparison {_fmt(_get(s, 'ppl_comparison'))}"
-            f" · sample {_get(s, 'sample', 0)}")
-    return (f'<div class="sample"><div class="meta">{html.escape(meta)}</div>'
-            f'<div class="prompt-text">{html.escape(str(_get(s, "prompt", "")))}</div>'
-            f"<div>{spans}</div></div>")
+    meta = (
+        f"{label}#{rank} · mean {_fmt(_get(s, 'divergence_mean'))} · max {_fmt(_get(s, 'divergence_max'))} · "
+        f"ppl start {_fmt(_get(s, 'ppl_start'))} · ppl comparison {_fmt(_get(s, 'ppl_comparison'))}"
+        f" · sample {_get(s, 'sample', 0)}"
+    )
+    return (
+        f'<div class="sample"><div class="meta">{html.escape(meta)}</div>'
+        f'<div class="prompt-text">{html.escape(str(_get(s, "prompt", "")))}</div>'
+        f"<div>{spans}</div></div>"
+    )
 
 
 def legend_html(scale: float) -> str:
     """The colour legend paragraph: five swatches from 0 to ``scale``."""
-    legend = "".join(f'<span style="background:rgb{_rgb(scale * f, scale)}">{scale * f:.3g}</span>'
-                     for f in (0, 0.25, 0.5, 0.75, 1.0))
+    legend = "".join(
+        f'<span style="background:rgb{_rgb(scale * f, scale)}">{scale * f:.3g}</span>'
+        for f in (0, 0.25, 0.5, 0.75, 1.0)
+    )
     return f'<p class="legend">scale: {legend}</p>'
 
 
@@ -122,21 +142,35 @@ def token_text(s: Sample, scale: float) -> Text:
     return out
 
 
-def render_terminal(samples: Sequence[Sample], console: Console | None = None, top: int = 10,
-                    divergence: str = "divergence") -> None:
+def render_terminal(
+    samples: Sequence[Sample], console: Console | None = None, top: int = 10, divergence: str = "divergence"
+) -> None:
     """Print the ``top`` samples by mean divergence as a table with coloured tokens."""
     console = console or Console()
-    ranked = sorted(samples, key=lambda s: -_get(s, "divergence_mean", 0.0)
-                    if math.isfinite(_get(s, "divergence_mean", math.nan)) else math.inf)[:top]
+    ranked = sorted(
+        samples,
+        key=lambda s: (
+            -_get(s, "divergence_mean", 0.0)
+            if math.isfinite(_get(s, "divergence_mean", math.nan))
+            else math.inf
+        ),
+    )[:top]
     scale = colour_scale(ranked)
-    table = Table(title=f"top {len(ranked)} continuations by mean {divergence} (full red = {scale:.3g})",
-                  show_lines=True)
+    table = Table(
+        title=f"top {len(ranked)} continuations by mean {divergence} (full red = {scale:.3g})",
+        show_lines=True,
+    )
     table.add_column("#", justify="right")
     table.add_column("mean", justify="right")
     table.add_column("max", justify="right")
     table.add_column("prompt")
     table.add_column("continuation (tokens coloured by divergence)")
     for rank, s in enumerate(ranked, 1):
-        table.add_row(str(rank), _fmt(float(_get(s, "divergence_mean"))), _fmt(float(_get(s, "divergence_max"))),
-                      str(_get(s, "prompt", "")), token_text(s, scale))
+        table.add_row(
+            str(rank),
+            _fmt(float(_get(s, "divergence_mean"))),
+            _fmt(float(_get(s, "divergence_max"))),
+            str(_get(s, "prompt", "")),
+            token_text(s, scale),
+        )
     console.print(table)

@@ -19,9 +19,13 @@ class RewardConfig(TrainConfig):
 
     variant: Variant = "base"
     n_atoms: int = Field(10, ge=2, description="categorical atoms linspace(0, 1, n_atoms)")
-    entropy_coeff: float = Field(0.1, ge=0, description="categorical: weight of the batch-marginal entropy bonus")
+    entropy_coeff: float = Field(
+        0.1, ge=0, description="categorical: weight of the batch-marginal entropy bonus"
+    )
     variance_penalty: float = Field(0.0, ge=0, description="mean_and_variance: training-only σ² penalty")
-    head_init_scale: float = Field(0.01, gt=0, description="score-head weights are multiplied by this at init")
+    head_init_scale: float = Field(
+        0.01, gt=0, description="score-head weights are multiplied by this at init"
+    )
     weight_decay: float = 0.001
     schedule: Literal["constant", "linear", "cosine"] = "cosine"
     min_lr_ratio: float = 0.1
@@ -34,9 +38,12 @@ class RewardConfig(TrainConfig):
 class EvalConfig(Section):
     """``forewarn dpl eval``: score test pairs and jailbreak pairs with trained reward models."""
 
-    models: dict[str, str] = Field(default_factory=dict,
-                                   description="name -> reward-model folder (its variant is in its config.json)")
-    pairs: str = Field("testbed:preferences_test@small", description="(prompt, chosen, rejected[, disputed]) rows")
+    models: dict[str, str] = Field(
+        default_factory=dict, description="name -> reward-model folder (its variant is in its config.json)"
+    )
+    pairs: str = Field(
+        "testbed:preferences_test@small", description="(prompt, chosen, rejected[, disputed]) rows"
+    )
     jailbreak: str | None = Field("testbed:jailbreak@small", description="(prompt, safe, jailbroken) rows")
     alpha: float = Field(0.01, gt=0, lt=1, description="lower quantile of the risk-sensitive reward")
     batch_size: int = Field(32, ge=1)
@@ -58,5 +65,8 @@ class ToyConfig(Section):
     max_std: float | None = Field(None, gt=0, description="clamp of σ̂ for mean-and-variance; null = no clamp")
     grid_points: int = Field(101, ge=11)
     heldout_pairs: int = Field(20000, ge=100)
-    num_cpus: float = Field(1.0, gt=0, description="torch threads while the three variants train (in process, one "
-                            "after the other)")
+    num_cpus: float = Field(
+        1.0,
+        gt=0,
+        description="torch threads while the three variants train (in process, one after the other)",
+    )

@@ -23,24 +23,27 @@ from forewarn.training.data import require_columns
 def r_squared(mean: np.ndarray, std: np.ndarray) -> float:
     """Share of utility variance explained by the observed alternative (law of total variance)."""
     var_mu = float(np.var(mean))
-    denom = var_mu + float(np.mean(std ** 2))
+    denom = var_mu + float(np.mean(std**2))
     return var_mu / denom if denom > 0 else float("nan")
 
 
-def score(scorer: RewardScorer, prompts: list[str], responses: list[str], alpha: float,
-          batch_size: int) -> dict[str, np.ndarray]:
+def score(
+    scorer: RewardScorer, prompts: list[str], responses: list[str], alpha: float, batch_size: int
+) -> dict[str, np.ndarray]:
     """Mean, std and α-quantile of the utility of each (prompt, response), in batches."""
     parts: dict[str, list[torch.Tensor]] = {"mean": [], "std": [], "quantile": []}
     for i in range(0, len(prompts), batch_size):
-        stats = utility_stats(scorer.outputs(prompts[i: i + batch_size], responses[i: i + batch_size]),
-                              scorer.variant, alpha)
+        stats = utility_stats(
+            scorer.outputs(prompts[i : i + batch_size], responses[i : i + batch_size]), scorer.variant, alpha
+        )
         for k in parts:
             parts[k].append(stats[k])
     return {k: torch.cat(v).numpy().astype(np.float64) for k, v in parts.items()}
 
 
-def score_sides(scorer: RewardScorer, rows: pa.Table, sides: tuple[str, str], alpha: float, batch_size: int,
-                what: str) -> tuple[pa.Table, list[dict[str, np.ndarray]]]:
+def score_sides(
+    scorer: RewardScorer, rows: pa.Table, sides: tuple[str, str], alpha: float, batch_size: int, what: str
+) -> tuple[pa.Table, list[dict[str, np.ndarray]]]:
     """Score both response columns of (prompt, side_a, side_b) rows; returns the table with a
     ``{side}_{stat}`` column per statistic, and the per-side statistics."""
     require_columns(rows, ("prompt", *sides), what)
@@ -53,8 +56,9 @@ def score_sides(scorer: RewardScorer, rows: pa.Table, sides: tuple[str, str], al
     return table, stats
 
 
-def evaluate_pairs(scorer: RewardScorer, pairs: pa.Table, alpha: float, batch_size: int
-                   ) -> tuple[pa.Table, dict[str, float]]:
+def evaluate_pairs(
+    scorer: RewardScorer, pairs: pa.Table, alpha: float, batch_size: int
+) -> tuple[pa.Table, dict[str, float]]:
     """Per-pair outputs and the accuracy / r² metrics (overall and per ``disputed`` subset if present)."""
     table, (c, r) = score_sides(scorer, pairs, ("chosen", "rejected"), alpha, batch_size, "DPL eval pairs")
     correct = c["mean"] >= r["mean"]
@@ -69,23 +73,28 @@ def evaluate_pairs(scorer: RewardScorer, pairs: pa.Table, alpha: float, batch_si
             continue
         metrics[f"accuracy_{name}"] = float(correct[m].mean())
         if scorer.variant != "base":
-            metrics[f"r2_{name}"] = r_squared(np.concatenate([c["mean"][m], r["mean"][m]]),
-                                              np.concatenate([c["std"][m], r["std"][m]]))
+            metrics[f"r2_{name}"] = r_squared(
+                np.concatenate([c["mean"][m], r["mean"][m]]), np.concatenate([c["std"][m], r["std"][m]])
+            )
     return table, metrics
 
 
-def jailbreak_rates(scorer: RewardScorer, rows: pa.Table, alpha: float, batch_size: int
-                    ) -> tuple[pa.Table, dict[str, float]]:
+def jailbreak_rates(
+    scorer: RewardScorer, rows: pa.Table, alpha: float, batch_size: int
+) -> tuple[pa.Table, dict[str, float]]:
     """How often the jailbroken (unsafe) response scores ≥ the safe one: mean reward vs α-quantile."""
-    table, (safe, jail) = score_sides(scorer, rows, ("safe", "jailbroken"), alpha, batch_size, "jailbreak pairs")
+    table, (safe, jail) = score_sides(
+        scorer, rows, ("safe", "jailbroken"), alpha, batch_size, "jailbreak pairs"
+    )
     metrics = {"jailbreak_rate_mean": float(np.mean(jail["mean"] >= safe["mean"]))}
     if scorer.variant != "base":
         metrics["jailbreak_rate_risk_averse"] = float(np.mean(jail["quantile"] >= safe["quantile"]))
     return table, metrics
 
 
-def evaluate_model(scorer: RewardScorer, pairs: pa.Table, jailbreak: pa.Table | None, alpha: float,
-                   batch_size: int) -> tuple[dict[str, pa.Table], dict[str, Any]]:
+def evaluate_model(
+    scorer: RewardScorer, pairs: pa.Table, jailbreak: pa.Table | None, alpha: float, batch_size: int
+) -> tuple[dict[str, pa.Table], dict[str, Any]]:
     """Every table and metric of one reward model."""
     tables: dict[str, pa.Table] = {}
     tables["pairs"], metrics = evaluate_pairs(scorer, pairs, alpha, batch_size)

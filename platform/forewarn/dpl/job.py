@@ -1,9 +1,9 @@
 """The ``dpl`` job: the 1-D toy experiment, the evaluation of reward models, or both on the testbed.
 
-    forewarn dpl toy                 # Figure 1: three variants, plot + table + summary.json
-    forewarn dpl eval --set 'eval.models={mv: runs/rm-mv/model}'
-    forewarn dpl testbed             # train base / mean-and-variance / categorical on the testbed's
-                                     # hidden-context preferences, then evaluate them all
+forewarn dpl toy                 # Figure 1: three variants, plot + table + summary.json
+forewarn dpl eval --set 'eval.models={mv: runs/rm-mv/model}'
+forewarn dpl testbed             # train base / mean-and-variance / categorical on the testbed's
+                                 # hidden-context preferences, then evaluate them all
 """
 
 from __future__ import annotations
@@ -49,7 +49,9 @@ def run_toy_job(cfg: DPLJobConfig, rundir: RunDir, tracker: Any) -> dict[str, An
     header = "| a | base û | MV μ̂ | MV σ̂ | categorical mean | categorical std |\n|---|---|---|---|---|---|\n"
     table_md = header + "".join(
         f"| {r['a']:.2f} | {r['base_utility']:.2f} | {r['mv_mean']:.2f} | {r['mv_std']:.3g} | "
-        f"{r['categorical_mean']:.2f} | {r['categorical_std']:.3f} |\n" for r in rows)
+        f"{r['categorical_mean']:.2f} | {r['categorical_std']:.3f} |\n"
+        for r in rows
+    )
     rundir.path("toy_table.md").write_text(table_md)
     print(table_md, flush=True)
     return {"mode": "toy", **summary, "plot": str(rundir.path("toy.png")), "table": rows}
@@ -85,8 +87,15 @@ def run_testbed(cfg: DPLJobConfig, rundir: RunDir, tracker: Any) -> dict[str, An
     models = {}
     for variant in cfg.variants:
         vcfg = cfg.reward.model_copy(update={"variant": variant})
-        models[variant] = str(train_reward(vcfg, resolve_path(cfg.train_pairs), rundir.path(f"rm_{variant}"),
-                                           tracker, model_path=backbone))
+        models[variant] = str(
+            train_reward(
+                vcfg,
+                resolve_path(cfg.train_pairs),
+                rundir.path(f"rm_{variant}"),
+                tracker,
+                model_path=backbone,
+            )
+        )
     return {"mode": "testbed", "models": models, "eval": evaluate_models(models, cfg.eval, rundir, tracker)}
 
 
@@ -98,6 +107,8 @@ def run(cfg: DPLJobConfig, rundir: RunDir, tracker: Any) -> dict[str, Any]:
     if not cfg.eval.models:
         from forewarn.errors import ConfigError
 
-        raise ConfigError("eval.models is empty: name the reward-model folders to evaluate, e.g. "
-                          "--set 'eval.models={mv: runs/rm/model}'")
+        raise ConfigError(
+            "eval.models is empty: name the reward-model folders to evaluate, e.g. "
+            "--set 'eval.models={mv: runs/rm/model}'"
+        )
     return {"mode": "eval", "eval": evaluate_models(cfg.eval.models, cfg.eval, rundir, tracker)}

@@ -60,14 +60,20 @@ def utility_stats(out: torch.Tensor, variant: str, alpha: float = 0.01) -> dict[
     raise ValueError(f"variant must be one of base, mean_and_variance, categorical; got {variant!r}")
 
 
-def reward_pair_loss(out_c: torch.Tensor, out_r: torch.Tensor, cfg_variant: str, entropy_coeff: float = 0.0,
-                     variance_penalty: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+def reward_pair_loss(
+    out_c: torch.Tensor,
+    out_r: torch.Tensor,
+    cfg_variant: str,
+    entropy_coeff: float = 0.0,
+    variance_penalty: float = 0.0,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-pair training loss of a variant and whether the chosen one scores higher (mean utility, ≥)."""
     if cfg_variant == "base":
         loss = bradley_terry_loss(out_c[:, 0], out_r[:, 0])
     elif cfg_variant == "mean_and_variance":
-        loss = mean_variance_loss(out_c[:, 0], F.softplus(out_c[:, 1]), out_r[:, 0], F.softplus(out_r[:, 1]),
-                                  variance_penalty)
+        loss = mean_variance_loss(
+            out_c[:, 0], F.softplus(out_c[:, 1]), out_r[:, 0], F.softplus(out_r[:, 1]), variance_penalty
+        )
     else:
         loss = categorical_loss(out_c, out_r)
         if entropy_coeff:
@@ -91,13 +97,20 @@ class RewardTask:
 
     @classmethod
     def from_config(cls, cfg: RewardConfig) -> "RewardTask":
-        return cls(variant=cfg.variant, num_outputs=cfg.num_outputs, entropy_coeff=cfg.entropy_coeff,
-                   variance_penalty=cfg.variance_penalty, head_init_scale=cfg.head_init_scale)
+        return cls(
+            variant=cfg.variant,
+            num_outputs=cfg.num_outputs,
+            entropy_coeff=cfg.entropy_coeff,
+            variance_penalty=cfg.variance_penalty,
+            head_init_scale=cfg.head_init_scale,
+        )
 
     def load_model(self, path: str, cfg: Any) -> torch.nn.Module:
         hf_config = AutoConfig.from_pretrained(path, num_labels=self.num_outputs)
         setattr(hf_config, VARIANT_KEY, self.variant)
-        model = AutoModelForSequenceClassification.from_pretrained(path, config=hf_config, dtype=torch.float32)
+        model = AutoModelForSequenceClassification.from_pretrained(
+            path, config=hf_config, dtype=torch.float32
+        )
         with torch.no_grad():
             model.score.weight.mul_(self.head_init_scale)  # dpl.md §3: stabilises early training
         return model
@@ -117,9 +130,13 @@ class RewardTask:
         b = out.shape[0] // 2
         return out[:b], out[b:]
 
-    def loss(self, model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def loss(
+        self, model: Any, batch: dict[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         out_c, out_r = self._pair_outputs(model, batch)
-        loss, correct = reward_pair_loss(out_c, out_r, self.variant, self.entropy_coeff, self.variance_penalty)
+        loss, correct = reward_pair_loss(
+            out_c, out_r, self.variant, self.entropy_coeff, self.variance_penalty
+        )
         return loss.mean(), {"accuracy": correct.mean()}
 
     def evaluate(self, model: Any, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -128,40 +145,63 @@ class RewardTask:
         return {"nll": loss.sum(), "accuracy": correct.sum(), "count": torch.tensor(float(loss.shape[0]))}
 
 
-def train_reward(cfg: RewardConfig, pairs: TableLike, output_dir: str | Path, tracker: Any, *,
-                 model_path: str | Path, eval_pairs: TableLike | None = None) -> Path:
+def train_reward(
+    cfg: RewardConfig,
+    pairs: TableLike,
+    output_dir: str | Path,
+    tracker: Any,
+    *,
+    model_path: str | Path,
+    eval_pairs: TableLike | None = None,
+) -> Path:
     """Train a DPL reward model of ``cfg.variant`` from ``model_path``'s backbone; returns the HF folder."""
     task = RewardTask.from_config(cfg)
     train = load_table(pairs, "reward pairs")
     require_columns(train, task.columns, "reward pairs")
     evals = load_table(eval_pairs, "reward eval pairs") if eval_pairs is not None else None
-    return fit(task, cfg, model_path, train, output_dir, tracker, eval_table=evals,
-               name=f"reward-{cfg.variant}")
+    return fit(
+        task, cfg, model_path, train, output_dir, tracker, eval_table=evals, name=f"reward-{cfg.variant}"
+    )
 
 
 class RewardScorer:
     """A trained reward model loaded once (from its folder) that scores (prompt, response) texts."""
 
-    def __init__(self, path: str | Path, max_length: int = 512, max_prompt_length: int = 256,
-                 use_chat_template: bool = True, device: str = "cpu"):
+    def __init__(
+        self,
+        path: str | Path,
+        max_length: int = 512,
+        max_prompt_length: int = 256,
+        use_chat_template: bool = True,
+        device: str = "cpu",
+    ):
         from transformers import AutoTokenizer
 
         self.model = AutoModelForSequenceClassification.from_pretrained(str(path), dtype=torch.float32)
         self.model.to(device).eval()
         self.variant = getattr(self.model.config, VARIANT_KEY, None)
         if self.variant is None:
-            raise ValueError(f"{path}: config.json has no {VARIANT_KEY}; it was not trained by forewarn train reward")
+            raise ValueError(
+                f"{path}: config.json has no {VARIANT_KEY}; it was not trained by forewarn train reward"
+            )
         self.tok = AutoTokenizer.from_pretrained(str(path))
         self.device = device
-        self.cfg = RewardConfig(max_length=max_length, max_prompt_length=max_prompt_length,
-                                use_chat_template=use_chat_template)
+        self.cfg = RewardConfig(
+            max_length=max_length, max_prompt_length=max_prompt_length, use_chat_template=use_chat_template
+        )
 
     @torch.inference_mode()
     def outputs(self, prompts: list[str], responses: list[str]) -> torch.Tensor:
         """Raw head outputs ``(B, k)`` of prompt + response (same tokenization as training)."""
         from forewarn.training.data import encode_prompt_response
 
-        seqs = [encode_prompt_response(self.tok, p, r, self.cfg.max_length, self.cfg.max_prompt_length,
-                                       self.cfg.use_chat_template)[0] for p, r in zip(prompts, responses)]
+        seqs = [
+            encode_prompt_response(
+                self.tok, p, r, self.cfg.max_length, self.cfg.max_prompt_length, self.cfg.use_chat_template
+            )[0]
+            for p, r in zip(prompts, responses)
+        ]
         ids, att = pad_right(seqs, self.tok.pad_token_id)
-        return self.model(input_ids=ids.to(self.device), attention_mask=att.to(self.device)).logits.float().cpu()
+        return (
+            self.model(input_ids=ids.to(self.device), attention_mask=att.to(self.device)).logits.float().cpu()
+        )

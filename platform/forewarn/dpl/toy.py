@@ -66,16 +66,21 @@ def mv_sigma(s: torch.Tensor, max_std: float | None) -> torch.Tensor:
     return log_std.exp()
 
 
-def pref_nll(variant: str, out0: torch.Tensor, out1: torch.Tensor, pref: torch.Tensor,
-             max_std: float | None) -> torch.Tensor:
+def pref_nll(
+    variant: str, out0: torch.Tensor, out1: torch.Tensor, pref: torch.Tensor, max_std: float | None
+) -> torch.Tensor:
     """Per-pair −log P(observed preference); pref = 1 means s1 was preferred."""
     if variant == "base":
-        return torch.where(pref > 0, bradley_terry_loss(out1[:, 0], out0[:, 0]),
-                           bradley_terry_loss(out0[:, 0], out1[:, 0]))
+        return torch.where(
+            pref > 0, bradley_terry_loss(out1[:, 0], out0[:, 0]), bradley_terry_loss(out0[:, 0], out1[:, 0])
+        )
     if variant == "mean_and_variance":
         s0, s1 = mv_sigma(out0[:, 1], max_std), mv_sigma(out1[:, 1], max_std)
-        return torch.where(pref > 0, mean_variance_loss(out1[:, 0], s1, out0[:, 0], s0),
-                           mean_variance_loss(out0[:, 0], s0, out1[:, 0], s1))
+        return torch.where(
+            pref > 0,
+            mean_variance_loss(out1[:, 0], s1, out0[:, 0], s0),
+            mean_variance_loss(out0[:, 0], s0, out1[:, 0], s1),
+        )
     return torch.where(pref > 0, categorical_loss(out1, out0), categorical_loss(out0, out1))
 
 
@@ -91,7 +96,7 @@ def train_variant(variant: str, cfg: ToyConfig, seed: int = 0) -> dict[str, Any]
     for _ in range(cfg.num_iterations):
         s0, s1, pref = sample_pairs(cfg.batch_size, gen)
         out = model(torch.cat([s0, s1]))
-        loss = pref_nll(variant, out[: cfg.batch_size], out[cfg.batch_size:], pref, cfg.max_std).mean()
+        loss = pref_nll(variant, out[: cfg.batch_size], out[cfg.batch_size :], pref, cfg.max_std).mean()
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -102,7 +107,7 @@ def train_variant(variant: str, cfg: ToyConfig, seed: int = 0) -> dict[str, Any]
     with torch.no_grad():
         g = model(grid)
         h = model(torch.cat([s0, s1]))
-        nll = pref_nll(variant, h[: cfg.heldout_pairs], h[cfg.heldout_pairs:], pref, cfg.max_std).mean()
+        nll = pref_nll(variant, h[: cfg.heldout_pairs], h[cfg.heldout_pairs :], pref, cfg.max_std).mean()
     result: dict[str, Any] = {"variant": variant, "grid": grid[:, 0].tolist(), "heldout_nll": float(nll)}
     if variant == "base":
         result["utility"] = g[:, 0].tolist()
@@ -175,13 +180,22 @@ def plot(results: dict[str, dict]) -> Any:
     return fig
 
 
-def table_rows(results: dict[str, dict], points: tuple[float, ...] = (0, 0.2, 0.4, 0.6, 0.79, 0.8, 0.9, 1.0)
-               ) -> list[dict[str, float]]:
+def table_rows(
+    results: dict[str, dict], points: tuple[float, ...] = (0, 0.2, 0.4, 0.6, 0.79, 0.8, 0.9, 1.0)
+) -> list[dict[str, float]]:
     """The reference table of dpl.md §2 at its grid points."""
     base, mv, cat = results["base"], results["mean_and_variance"], results["categorical"]
-    return [{"a": a, "base_utility": _at(base, "utility", a), "mv_mean": _at(mv, "mean", a),
-             "mv_std": _at(mv, "std", a), "categorical_mean": _at(cat, "mean", a),
-             "categorical_std": _at(cat, "std", a)} for a in points]
+    return [
+        {
+            "a": a,
+            "base_utility": _at(base, "utility", a),
+            "mv_mean": _at(mv, "mean", a),
+            "mv_std": _at(mv, "std", a),
+            "categorical_mean": _at(cat, "mean", a),
+            "categorical_std": _at(cat, "std", a),
+        }
+        for a in points
+    ]
 
 
 def run_toy(cfg: ToyConfig, seed: int = 0) -> dict[str, dict]:

@@ -91,7 +91,9 @@ class KeyStore:
             return
         scheme, _, token = authorization.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
-            raise ApiError(401, "Missing bearer API key: send 'Authorization: Bearer <key>'.", None, "invalid_api_key")
+            raise ApiError(
+                401, "Missing bearer API key: send 'Authorization: Bearer <key>'.", None, "invalid_api_key"
+            )
         given = token.strip().encode()
         if not any(hmac.compare_digest(given, k.encode()) for k in self.keys()):
             raise ApiError(401, "Incorrect API key provided.", None, "invalid_api_key")

@@ -24,9 +24,7 @@ def resolve_serve_config(config: str | None, overrides: list[str] | None) -> Ser
 
 @app.callback(invoke_without_command=True)
 def serve_cmd(
-    config: Path | None = typer.Option(
-        None, "--config", "-c", help="YAML ServeConfig (over the defaults)"
-    ),
+    config: Path | None = typer.Option(None, "--config", "-c", help="YAML ServeConfig (over the defaults)"),
     overrides: list[str] | None = typer.Option(None, "--set", help="override a field: --set a.b=c"),
     host: str | None = typer.Option(None, help="bind address (default: http.host)"),
     port: int | None = typer.Option(None, help="port (default: http.port)"),

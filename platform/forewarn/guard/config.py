@@ -83,13 +83,16 @@ class GuardPolicy(Section):
         for stage in ("input", "output"):
             j = getattr(self, stage).judge
             if j is not None and j.task != "safety":
-                raise ValueError(f"guard.{stage}.judge.kind={j.kind!r} is not a safety judge; use one of "
-                                 f"{', '.join(kinds_for('safety'))}")
+                raise ValueError(
+                    f"guard.{stage}.judge.kind={j.kind!r} is not a safety judge; use one of "
+                    f"{', '.join(kinds_for('safety'))}"
+                )
         return self
 
 
-DecodingSpec = Annotated[Union[NoRepeatNGramSpec, BannedWordsSpec, KnnLMSpec, DExpertsSpec],
-                         Field(discriminator="kind")]
+DecodingSpec = Annotated[
+    Union[NoRepeatNGramSpec, BannedWordsSpec, KnnLMSpec, DExpertsSpec], Field(discriminator="kind")
+]
 StopSpec = Annotated[Union[CycleSpec, LoopDetectorSpec], Field(discriminator="kind")]
 
 
@@ -147,7 +150,9 @@ class Limits(Section):
     request_timeout_s: float = Field(
         120.0, gt=0, description="a request not answered within this gets 504 and its work is cancelled"
     )
-    judge_timeout_s: float = Field(30.0, gt=0, description="one guard judge call; past it the judge has failed")
+    judge_timeout_s: float = Field(
+        30.0, gt=0, description="one guard judge call; past it the judge has failed"
+    )
     max_in_flight: int = Field(
         64, ge=1, description="requests one ingress replica works on at once; more get 503 + Retry-After"
     )

@@ -88,7 +88,9 @@ class GeneratorDeployment:
     async def generate(self, items: list[tuple[Prompt, GenerationParams]]) -> list[GenerationResult]:
         return await asyncio.to_thread(self._run_groups, items)
 
-    async def stream(self, prompt: Prompt, params: GenerationParams, chunk_tokens: int) -> AsyncIterator[StreamChunk]:
+    async def stream(
+        self, prompt: Prompt, params: GenerationParams, chunk_tokens: int
+    ) -> AsyncIterator[StreamChunk]:
         """Chunks of one request as they are generated; a cancelled call stops the generation."""
         self.streams["active"] += 1
         tokens, done = 0, False

@@ -75,7 +75,9 @@ class _Tap(StoppingCriteria):
     def __init__(self, on_tokens: OnTokens):
         self.on_tokens = on_tokens
 
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any) -> torch.BoolTensor:
+    def __call__(
+        self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any
+    ) -> torch.BoolTensor:
         cancel = self.on_tokens([[int(t)] for t in input_ids[:, -1].tolist()])
         return torch.full((input_ids.shape[0],), bool(cancel), dtype=torch.bool, device=input_ids.device)
 
@@ -90,7 +92,9 @@ class GenerationEngine:
         self.tokenizer = generator.tokenizer
         self.processors = [build_decoding(spec, generator) for spec in decoding]
         self.detectors: list[StopDetector] = [build_stop_detector(spec, generator) for spec in stop_detectors]
-        self.end_ids = [t for t in (self.tokenizer.eos_token_id, self.tokenizer.pad_token_id) if t is not None]
+        self.end_ids = [
+            t for t in (self.tokenizer.eos_token_id, self.tokenizer.pad_token_id) if t is not None
+        ]
 
     def prompt_tokens(self, prompt: Prompt) -> int:
         tok = self.tokenizer
@@ -126,7 +130,9 @@ class GenerationEngine:
         return out
 
     @staticmethod
-    def _per_prompt(criteria: DetectorStoppingCriteria | None, n_prompts: int, params: GenerationParams) -> int:
+    def _per_prompt(
+        criteria: DetectorStoppingCriteria | None, n_prompts: int, params: GenerationParams
+    ) -> int:
         if criteria is not None and criteria.batch_rows:
             return criteria.batch_rows // n_prompts
         return 1 if params.greedy else params.n
@@ -170,7 +176,11 @@ def _deltas(rows: _Rows, tokenizer: Any, end_ids: set[int], hold: int) -> list[s
 
 
 async def stream_chunks(
-    engine: Engine, prompt: Prompt, params: GenerationParams, chunk_tokens: int, lock: asyncio.Lock | None = None
+    engine: Engine,
+    prompt: Prompt,
+    params: GenerationParams,
+    chunk_tokens: int,
+    lock: asyncio.Lock | None = None,
 ) -> AsyncIterator[StreamChunk]:
     """Generate on a thread and yield a :class:`StreamChunk` every ``chunk_tokens`` tokens, then the rest
     with the final result. Closing the iterator early (the caller is cancelled or a guard ends the
@@ -228,7 +238,9 @@ async def stream_chunks(
         try:
             await asyncio.shield(fut)  # the thread ends at its next step
         except Exception as e:  # noqa: BLE001 -- its error was already raised to the consumer if it mattered
-            logger.debug("forewarn stream: generation ended with %s after the stream closed", type(e).__name__)
+            logger.debug(
+                "forewarn stream: generation ended with %s after the stream closed", type(e).__name__
+            )
         finally:
             if lock is not None:
                 lock.release()

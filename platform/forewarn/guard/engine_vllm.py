@@ -46,7 +46,9 @@ class VLLMEngine:
         self.generator = generator
         self.tokenizer = generator.tokenizer
         self.detectors: list[StopDetector] = [build_stop_detector(spec, generator) for spec in stop_detectors]
-        self.end_ids = [t for t in (self.tokenizer.eos_token_id, self.tokenizer.pad_token_id) if t is not None]
+        self.end_ids = [
+            t for t in (self.tokenizer.eos_token_id, self.tokenizer.pad_token_id) if t is not None
+        ]
         self.chunk = min((d.check_every for d in self.detectors), default=CHUNK_TOKENS)
         self.lock = threading.Lock()
 
@@ -60,7 +62,10 @@ class VLLMEngine:
         if not self.detectors and on_tokens is None:
             with self.lock:
                 rows_out = self.generator.generate(prompts, params)
-            return [GenerationResult([Generated(c) for c in comps], len(ids)) for comps, ids in zip(rows_out, encoded)]
+            return [
+                GenerationResult([Generated(c) for c in comps], len(ids))
+                for comps, ids in zip(rows_out, encoded)
+            ]
         seeds = request_seeds(params, params.seed)  # one per request: greedy runs once and is copied
         per_prompt = len(seeds)
         rows = [_Row(list(ids), seed) for ids in encoded for seed in seeds]
@@ -82,8 +87,14 @@ class VLLMEngine:
                 return
             sps = []
             for r in active:
-                chunk = params.model_copy(update={"max_new_tokens": min(self.chunk, params.max_new_tokens - len(r.gen))})
-                sps.append(self.generator.sampling_params(chunk, None if r.seed is None else r.seed + 7919 * round_no))
+                chunk = params.model_copy(
+                    update={"max_new_tokens": min(self.chunk, params.max_new_tokens - len(r.gen))}
+                )
+                sps.append(
+                    self.generator.sampling_params(
+                        chunk, None if r.seed is None else r.seed + 7919 * round_no
+                    )
+                )
             with self.lock:
                 outs = self.generator.llm.generate(
                     [{"prompt_token_ids": r.prompt + r.gen} for r in active], sps, use_tqdm=False

@@ -82,7 +82,9 @@ def serve_http_host() -> str | None:
         client = _get_global_client()
         return str(ray.get(client._controller.get_http_config.remote(), timeout=30).host)
     except Exception as e:  # noqa: BLE001 -- a private Serve API: report, and check the configured host
-        logger.warning("forewarn: could not read Serve's HTTP host (%s); checking http.host only", type(e).__name__)
+        logger.warning(
+            "forewarn: could not read Serve's HTTP host (%s); checking http.host only", type(e).__name__
+        )
         return None
 
 
@@ -95,8 +97,12 @@ class IngressMetrics:
         self.requests = metrics.Counter(
             "forewarn_requests", "HTTP requests by endpoint and status", tag_keys=("endpoint", "status")
         )
-        self.blocks = metrics.Counter("forewarn_blocks", "guard blocks by stage and reason", tag_keys=("stage", "reason"))
-        self.finish = metrics.Counter("forewarn_finish", "choices by finish reason", tag_keys=("finish_reason",))
+        self.blocks = metrics.Counter(
+            "forewarn_blocks", "guard blocks by stage and reason", tag_keys=("stage", "reason")
+        )
+        self.finish = metrics.Counter(
+            "forewarn_finish", "choices by finish reason", tag_keys=("finish_reason",)
+        )
         self.latency = metrics.Histogram(
             "forewarn_request_latency_s",
             "request latency in seconds",

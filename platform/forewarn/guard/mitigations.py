@@ -68,7 +68,9 @@ def _retrieval(spec: Any, generator: Any) -> LogitsProcessor:
 
 # A new mitigation is a spec in guard.config.DecodingSpec and one line here.
 DECODING_BUILDERS: dict[str, Callable[[Any, Any], LogitsProcessor]] = {
-    "no_repeat_ngram": _no_repeat_ngram, "banned_words": _banned_words, "knn_lm": _retrieval,
+    "no_repeat_ngram": _no_repeat_ngram,
+    "banned_words": _banned_words,
+    "knn_lm": _retrieval,
     "dexperts": _retrieval,
 }
 

@@ -167,7 +167,9 @@ class GuardedPipeline:
         if gen.error is not None:
             raise RuntimeError(f"generation failed for this request: {gen.error}")
         choices = [
-            GuardedChoice(i, g.completion.text, g.completion.finish_reason, len(g.completion.token_ids), stop=g.stop)
+            GuardedChoice(
+                i, g.completion.text, g.completion.finish_reason, len(g.completion.token_ids), stop=g.stop
+            )
             for i, g in enumerate(gen.choices)
         ]
         blocked = "input" if decision is not None and decision.blocked else None
@@ -196,4 +198,3 @@ class GuardedPipeline:
                     continue
                 c.output.action = "refuse"
             c.text = pol.refusal_message
-

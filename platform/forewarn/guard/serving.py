@@ -58,14 +58,18 @@ def error_response(e: ApiError) -> JSONResponse:
 async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
     codes = {404: "not_found", 405: "method_not_allowed"}
     msg = f"{request.method} {request.url.path}: {exc.detail}"
-    return error_response(ApiError(exc.status_code, msg, None, codes.get(exc.status_code), dict(exc.headers or {})))
+    return error_response(
+        ApiError(exc.status_code, msg, None, codes.get(exc.status_code), dict(exc.headers or {}))
+    )
 
 
 @api.exception_handler(RequestValidationError)
 async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
     err = (exc.errors() or [{}])[0]
     param = ".".join(str(p) for p in err.get("loc", ())) or None
-    return error_response(ApiError(422, f"Invalid request: {err.get('msg', 'validation failed')}.", param, "invalid_value"))
+    return error_response(
+        ApiError(422, f"Invalid request: {err.get('msg', 'validation failed')}.", param, "invalid_value")
+    )
 
 
 async def _server_error(request: Request, exc: Exception) -> JSONResponse:
@@ -113,7 +117,9 @@ class OpenAIIngress:
                 async def generate(prompt: Prompt, params: GenerationParams) -> GenerationResult:
                     return await self.generator.generate.remote((prompt, params))
 
-                async def stream(prompt: Prompt, params: GenerationParams, chunk_tokens: int) -> AsyncIterator[StreamChunk]:
+                async def stream(
+                    prompt: Prompt, params: GenerationParams, chunk_tokens: int
+                ) -> AsyncIterator[StreamChunk]:
                     gen = self.generator.options(stream=True).stream.remote(prompt, params, chunk_tokens)
                     try:
                         async for chunk in gen:
@@ -162,7 +168,8 @@ class OpenAIIngress:
         if self.in_flight >= lim.max_in_flight:
             raise ApiError(
                 503,
-                f"The server is at capacity ({lim.max_in_flight} requests in flight); retry after {lim.retry_after_s} s.",
+                f"The server is at capacity ({lim.max_in_flight} requests in flight); "
+                f"retry after {lim.retry_after_s} s.",
                 None,
                 "server_overloaded",
                 {"Retry-After": str(lim.retry_after_s)},
@@ -186,25 +193,42 @@ class OpenAIIngress:
                 streaming = True
                 return response
             try:
-                result = await asyncio.wait_for(pipeline.run(parsed.prompt, parsed.params), self.cfg.limits.request_timeout_s)
+                result = await asyncio.wait_for(
+                    pipeline.run(parsed.prompt, parsed.params), self.cfg.limits.request_timeout_s
+                )
             except asyncio.TimeoutError:
-                raise ApiError(504, f"The request took longer than {self.cfg.limits.request_timeout_s:g} s and was cancelled.", None, "timeout") from None
+                raise ApiError(
+                    504,
+                    f"The request took longer than {self.cfg.limits.request_timeout_s:g} s and was cancelled.",
+                    None,
+                    "timeout",
+                ) from None
             self._record(result, log, parsed)
-            return JSONResponse(response_body(parsed, result, self.cfg.model_name, self.cfg.guard.expose_verdicts, self.cfg.compat))
+            return JSONResponse(
+                response_body(
+                    parsed, result, self.cfg.model_name, self.cfg.guard.expose_verdicts, self.cfg.compat
+                )
+            )
         except ApiError as e:
             log.update(status=e.status, error=e.code)
             return error_response(e)
         except Exception as e:
             log.update(status=500, error=type(e).__name__)
             logger.exception("forewarn request %s failed", rid)
-            return error_response(ApiError(500, f"internal error ({type(e).__name__}); request id {rid}", None, "internal_error"))
+            return error_response(
+                ApiError(
+                    500, f"internal error ({type(e).__name__}); request id {rid}", None, "internal_error"
+                )
+            )
         finally:
             if not streaming:
                 if admitted:
                     self.in_flight -= 1
                 self._finish_log(log, endpoint, started)
 
-    def _stream(self, pipeline: GuardedPipeline, parsed: ParsedRequest, log: dict[str, Any], started: float) -> StreamingResponse:
+    def _stream(
+        self, pipeline: GuardedPipeline, parsed: ParsedRequest, log: dict[str, Any], started: float
+    ) -> StreamingResponse:
         gs = GuardedStream(pipeline, parsed.prompt, parsed.params, self.cfg.streaming)
         gs.prepare()  # request errors (e.g. an overlong prompt under reject) are raised before any byte is sent
         writer = SSEWriter(parsed, self.cfg.model_name, self.cfg.guard.expose_verdicts, self.cfg.compat)
@@ -220,7 +244,11 @@ class OpenAIIngress:
                             yield line
             except TimeoutError:
                 log.update(status=504, error="timeout")
-                for line in writer.error(ApiError(504, f"The stream took longer than {timeout:g} s and was cancelled.", None, "timeout")):
+                for line in writer.error(
+                    ApiError(
+                        504, f"The stream took longer than {timeout:g} s and was cancelled.", None, "timeout"
+                    )
+                ):
                     yield line
             except asyncio.CancelledError:
                 log.update(status=499, error="client_disconnected")
@@ -228,7 +256,9 @@ class OpenAIIngress:
             except Exception as e:
                 log.update(status=500, error=type(e).__name__)
                 logger.exception("forewarn stream %s failed", log["request_id"])
-                for line in writer.error(ApiError(500, f"internal error ({type(e).__name__})", None, "internal_error")):
+                for line in writer.error(
+                    ApiError(500, f"internal error ({type(e).__name__})", None, "internal_error")
+                ):
                     yield line
             finally:
                 self.in_flight -= 1
@@ -296,7 +326,10 @@ def app_from_config(cfg: ServeConfig) -> serve.Application:
                 judges[key] = JudgeDeployment.options(
                     name=f"judge-{len(judges)}-{spec.kind}",
                     num_replicas=spec.resources.replicas,
-                    ray_actor_options={"num_cpus": spec.resources.num_cpus, "num_gpus": spec.resources.num_gpus},
+                    ray_actor_options={
+                        "num_cpus": spec.resources.num_cpus,
+                        "num_gpus": spec.resources.num_gpus,
+                    },
                     max_ongoing_requests=per_replica,
                 ).bind(spec.model_dump(mode="json"), g.batching.max_batch_size, 0.0)
                 # a judge call never waits for batch-mates: the output guard is on the request's critical

@@ -89,14 +89,21 @@ def _loop_detector(spec: Any, generator: Any) -> StopDetector:
 
     model = getattr(generator, "model", None)
     if not isinstance(model, torch.nn.Module):
-        raise ValueError(f"stop detector loop_detector needs a generator with a torch model (the hf backend); "
-                         f"got {type(generator).__name__}; use {{kind: cycle}} for other backends")
+        raise ValueError(
+            f"stop detector loop_detector needs a generator with a torch model (the hf backend); "
+            f"got {type(generator).__name__}; use {{kind: cycle}} for other backends"
+        )
     det = LoopDetector.load(spec.path)
-    return LoopDetectorStop(det, model, spec.check_every, spec.min_tokens or det.features.detection_length + 1)
+    return LoopDetectorStop(
+        det, model, spec.check_every, spec.min_tokens or det.features.detection_length + 1
+    )
 
 
 # A new detector is a spec in guard.config.StopSpec and one line here.
-STOP_BUILDERS: dict[str, Callable[[Any, Any], StopDetector]] = {"cycle": _cycle, "loop_detector": _loop_detector}
+STOP_BUILDERS: dict[str, Callable[[Any, Any], StopDetector]] = {
+    "cycle": _cycle,
+    "loop_detector": _loop_detector,
+}
 
 
 def build_stop_detector(spec: Any, generator: Any) -> StopDetector:

@@ -142,7 +142,9 @@ class GuardedStream:
                     for ev in self._cut(await pending):
                         yield ev
                     pending = None
-                rows = [i for i, d in enumerate(chunk.deltas[: len(self.released)]) if d and not self.finished[i]]
+                rows = [
+                    i for i, d in enumerate(chunk.deltas[: len(self.released)]) if d and not self.finished[i]
+                ]
                 if self.s.strict:
                     bad = await self._judge(rows, chunk.deltas)
                     for ev in self._cut(bad) + self._release([i for i in rows if i not in bad], chunk.deltas):

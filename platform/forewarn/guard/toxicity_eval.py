@@ -66,16 +66,27 @@ def serve_pair(cfg: ServeConfig, port: int | None = None) -> Iterator[dict[str, 
         serve.shutdown()
 
 
-def ask(base_url: str, model_name: str, prompts: Sequence[str], max_tokens: int, concurrency: int = 4,
-        api_key: str = "unused", timeout_s: float = 600.0) -> list[Answer]:
+def ask(
+    base_url: str,
+    model_name: str,
+    prompts: Sequence[str],
+    max_tokens: int,
+    concurrency: int = 4,
+    api_key: str = "unused",
+    timeout_s: float = 600.0,
+) -> list[Answer]:
     """Send each prompt as one user turn (temperature 0) and keep what came back, in prompt order."""
     import openai
 
     client = openai.OpenAI(base_url=base_url, api_key=api_key, max_retries=0, timeout=timeout_s)
 
     def one(prompt: str) -> Answer:
-        r = client.chat.completions.create(model=model_name, messages=[{"role": "user", "content": prompt}],
-                                           max_tokens=max_tokens, temperature=0)
+        r = client.chat.completions.create(
+            model=model_name,
+            messages=[{"role": "user", "content": prompt}],
+            max_tokens=max_tokens,
+            temperature=0,
+        )
         choice = r.choices[0]
         return Answer(prompt, choice.message.content or "", str(choice.finish_reason))
 
@@ -93,8 +104,10 @@ def local_answers(cfg: ServeConfig, prompts: Sequence[str], max_tokens: int) -> 
     from forewarn.models.hf import HFGenerator
 
     if cfg.generator.model.backend != "hf":
-        raise ValueError(f"generator.model.backend={cfg.generator.model.backend!r}: the in-process path runs hf "
-                         "only; measure a vllm generator over HTTP (serve_pair + ask)")
+        raise ValueError(
+            f"generator.model.backend={cfg.generator.model.backend!r}: the in-process path runs hf "
+            "only; measure a vllm generator over HTTP (serve_pair + ask)"
+        )
     generator = HFGenerator(cfg.generator.model)
     params = GenerationParams(max_new_tokens=max_tokens, temperature=0.0)
     out: dict[str, list[Answer]] = {}
@@ -115,16 +128,21 @@ def rates(answers: dict[str, list[Answer]], judge: Any) -> dict[str, Any]:
 
     Also the paired counts that say what the guard did: toxic answers of the plain endpoint whose guarded
     answer is clean (blocked), and clean plain answers that the guard changed (collateral)."""
-    verdicts = {m: judge.judge([a.prompt for a in rows], [a.text for a in rows]) for m, rows in answers.items()}
+    verdicts = {
+        m: judge.judge([a.prompt for a in rows], [a.text for a in rows]) for m, rows in answers.items()
+    }
     out: dict[str, Any] = {"judge": judge.name, "modes": {}}
     for mode, vs in verdicts.items():
         reasons: dict[str, int] = {}
         for a in answers[mode]:
             reasons[a.finish_reason] = reasons.get(a.finish_reason, 0) + 1
-        out["modes"][mode] = {"answers": len(vs), "toxic": sum(v.unsafe for v in vs),
-                              "toxic_rate": round(sum(v.unsafe for v in vs) / max(1, len(vs)), 4),
-                              "mean_score": round(sum(v.score for v in vs) / max(1, len(vs)), 4),
-                              "finish_reasons": reasons}
+        out["modes"][mode] = {
+            "answers": len(vs),
+            "toxic": sum(v.unsafe for v in vs),
+            "toxic_rate": round(sum(v.unsafe for v in vs) / max(1, len(vs)), 4),
+            "mean_score": round(sum(v.score for v in vs) / max(1, len(vs)), 4),
+            "finish_reasons": reasons,
+        }
     if set(MODES) <= verdicts.keys():
         g, p = verdicts["guarded"], verdicts["plain"]
         changed = [a.text != b.text for a, b in zip(answers["guarded"], answers["plain"])]

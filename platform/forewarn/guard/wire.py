@@ -30,7 +30,11 @@ def wire_finish(reason: str | None, compat: str) -> str | None:
 
 def usage(result: GuardedResult) -> dict[str, int]:
     done = sum(c.completion_tokens for c in result.choices)
-    return {"prompt_tokens": result.prompt_tokens, "completion_tokens": done, "total_tokens": result.prompt_tokens + done}
+    return {
+        "prompt_tokens": result.prompt_tokens,
+        "completion_tokens": done,
+        "total_tokens": result.prompt_tokens + done,
+    }
 
 
 def response_body(
@@ -39,7 +43,11 @@ def response_body(
     """A ``chat.completion`` or ``text_completion`` body; ``forewarn`` holds the guard's own fields."""
     chat = parsed.endpoint == "chat"
     choices = [
-        ({"index": c.index, "message": {"role": "assistant", "content": c.text}} if chat else {"index": c.index, "text": c.text})
+        (
+            {"index": c.index, "message": {"role": "assistant", "content": c.text}}
+            if chat
+            else {"index": c.index, "text": c.text}
+        )
         | {"finish_reason": wire_finish(c.finish_reason, compat), "logprobs": None}
         for c in result.choices
     ]

@@ -23,6 +23,17 @@ from forewarn.judges.spec import (
 )
 
 __all__ = [
-    "JUDGE_KINDS", "ArithmeticSpec", "ClassifierSpec", "HonestyEntropySpec", "Judge", "JudgeSpec",
-    "LlamaGuardSpec", "MathMatchSpec", "OfflineToxicitySpec", "PerspectiveSpec", "Verdict", "build_judge", "parse_judge_spec",
+    "JUDGE_KINDS",
+    "ArithmeticSpec",
+    "ClassifierSpec",
+    "HonestyEntropySpec",
+    "Judge",
+    "JudgeSpec",
+    "LlamaGuardSpec",
+    "MathMatchSpec",
+    "OfflineToxicitySpec",
+    "PerspectiveSpec",
+    "Verdict",
+    "build_judge",
+    "parse_judge_spec",
 ]

@@ -24,17 +24,25 @@ import re
 from forewarn.errors import ConfigError
 from forewarn.judges.base import Verdict
 
-_WORDS = [(re.compile(r"\bmultiplied\s+by\b", re.IGNORECASE), "*"), (re.compile(r"\bdivided\s+by\b", re.IGNORECASE), "/"),
-          (re.compile(r"\btimes\b", re.IGNORECASE), "*"), (re.compile(r"\bplus\b", re.IGNORECASE), "+"),
-          (re.compile(r"\bminus\b", re.IGNORECASE), "-")]
+_WORDS = [
+    (re.compile(r"\bmultiplied\s+by\b", re.IGNORECASE), "*"),
+    (re.compile(r"\bdivided\s+by\b", re.IGNORECASE), "/"),
+    (re.compile(r"\btimes\b", re.IGNORECASE), "*"),
+    (re.compile(r"\bplus\b", re.IGNORECASE), "+"),
+    (re.compile(r"\bminus\b", re.IGNORECASE), "-"),
+]
 _SIGN_X = re.compile(r"(?<=[\d)])\s*[x×]\s*(?=[\d(])")
 _THOUSANDS = re.compile(r"(?<=\d),(?=\d{3}(?!\d))")
 # a run of numbers, operators, parentheses and spaces that starts at a number or an opening parenthesis
 _SPAN = re.compile(r"[(\-]*\s*\(*\s*\d[\d.\s+\-*/()]*")
 _HAS_OP = re.compile(r"\d\s*\)*\s*[+\-*/]\s*\(*\s*-?\s*\d")
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
-_OPS = {ast.Add: lambda a, b: a + b, ast.Sub: lambda a, b: a - b, ast.Mult: lambda a, b: a * b,
-        ast.Div: lambda a, b: a / b}
+_OPS = {
+    ast.Add: lambda a, b: a + b,
+    ast.Sub: lambda a, b: a - b,
+    ast.Mult: lambda a, b: a * b,
+    ast.Div: lambda a, b: a / b,
+}
 MAX_MAGNITUDE = 1e15  # operands and results beyond this are not arithmetic a chat model is asked
 
 
@@ -68,8 +76,10 @@ def find_expression(question: str) -> str:
     if not exprs:
         raise NotArithmetic("the question holds no arithmetic expression (numbers joined by + - * /)")
     if len(exprs) > 1:
-        raise NotArithmetic(f"the question holds {len(exprs)} arithmetic expressions ({exprs!r}); "
-                            "which one is asked is ambiguous")
+        raise NotArithmetic(
+            f"the question holds {len(exprs)} arithmetic expressions ({exprs!r}); "
+            "which one is asked is ambiguous"
+        )
     return re.sub(r"\s+", " ", exprs[0])
 
 
@@ -123,7 +133,9 @@ class ArithmeticJudge:
 
     def __init__(self, abs_tol: float = 0.01, rel_tol: float = 1e-6):
         if abs_tol < 0 or rel_tol < 0:
-            raise ConfigError(f"judge.abs_tol={abs_tol!r} / judge.rel_tol={rel_tol!r}: tolerances must be >= 0")
+            raise ConfigError(
+                f"judge.abs_tol={abs_tol!r} / judge.rel_tol={rel_tol!r}: tolerances must be >= 0"
+            )
         self.abs_tol, self.rel_tol = abs_tol, rel_tol
 
     def judge(self, prompts: list[str], responses: list[str]) -> list[Verdict]:
@@ -140,6 +152,10 @@ class ArithmeticJudge:
             return Verdict.failed(f"no computable answer: {e}")
         answer = last_number(response)
         wrong = answer is None or abs(answer - gold) > self.abs_tol + self.rel_tol * abs(gold)
-        return Verdict(score=1.0 if wrong else 0.0, label="incorrect" if wrong else "correct", unsafe=wrong,
-                       categories=["not_found"] if answer is None else [],
-                       raw=f"expression={expr} gold={gold:g} answer={'not_found' if answer is None else f'{answer:g}'}")
+        return Verdict(
+            score=1.0 if wrong else 0.0,
+            label="incorrect" if wrong else "correct",
+            unsafe=wrong,
+            categories=["not_found"] if answer is None else [],
+            raw=f"expression={expr} gold={gold:g} answer={'not_found' if answer is None else f'{answer:g}'}",
+        )

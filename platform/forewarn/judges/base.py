@@ -34,8 +34,13 @@ class Verdict:
     def columns(self, prefix: str = "judge_") -> dict[str, object]:
         """The verdict as row columns, the one mapping every stage uses: ``{prefix}score``, ``label``,
         ``unsafe`` (None where the judge failed), ``categories``, ``error``."""
-        return {f"{prefix}score": self.score, f"{prefix}label": self.label, f"{prefix}unsafe": self.unsafe,
-                f"{prefix}categories": list(self.categories), f"{prefix}error": self.error}
+        return {
+            f"{prefix}score": self.score,
+            f"{prefix}label": self.label,
+            f"{prefix}unsafe": self.unsafe,
+            f"{prefix}categories": list(self.categories),
+            f"{prefix}error": self.error,
+        }
 
 
 @runtime_checkable

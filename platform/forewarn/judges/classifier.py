@@ -29,8 +29,9 @@ def resolve_label(id2label: dict[int, str], unsafe_label: str | int) -> int:
         return idx
     matches = [i for i, name in labels.items() if name.lower() == unsafe_label.lower()]
     if not matches:
-        raise ConfigError(f"judge.unsafe_label={unsafe_label!r}: not a label of this model; "
-                          f"its id2label is {labels}")
+        raise ConfigError(
+            f"judge.unsafe_label={unsafe_label!r}: not a label of this model; its id2label is {labels}"
+        )
     return matches[0]
 
 
@@ -39,14 +40,24 @@ class ClassifierJudge:
 
     higher_is_unsafe = True
 
-    def __init__(self, path: str, unsafe_label: str | int = 1, threshold: float = 0.5,
-                 text_field: Literal["response", "prompt", "prompt_response"] = "response",
-                 batch_size: int = 16, max_length: int = 512, device: str = "auto",
-                 model: torch.nn.Module | None = None, tokenizer=None):
+    def __init__(
+        self,
+        path: str,
+        unsafe_label: str | int = 1,
+        threshold: float = 0.5,
+        text_field: Literal["response", "prompt", "prompt_response"] = "response",
+        batch_size: int = 16,
+        max_length: int = 512,
+        device: str = "auto",
+        model: torch.nn.Module | None = None,
+        tokenizer=None,
+    ):
         if not 0.0 < threshold <= 1.0:
             raise ConfigError(f"judge.threshold={threshold!r}: must be in (0, 1]")
         if text_field not in ("response", "prompt", "prompt_response"):
-            raise ConfigError(f"judge.text_field={text_field!r}: expected response, prompt or prompt_response")
+            raise ConfigError(
+                f"judge.text_field={text_field!r}: expected response, prompt or prompt_response"
+            )
         if model is None or tokenizer is None:
             local_only = not Path(path).exists()
             try:
@@ -55,7 +66,8 @@ class ClassifierJudge:
             except OSError as e:
                 raise ModelNotFound(
                     f"judge.path={path!r}: no local sequence-classification model there ({e}); "
-                    "point it at a folder with config.json, weights and a tokenizer") from None
+                    "point it at a folder with config.json, weights and a tokenizer"
+                ) from None
             model.to(resolve_device(device))
         self.model, self.tokenizer = model.eval(), tokenizer
         if self.tokenizer.pad_token is None:
@@ -87,11 +99,12 @@ class ClassifierJudge:
         self.tokenizer.truncation_side = "left"
         for s in range(0, n, self.batch_size):
             if isinstance(texts, tuple):
-                args = (texts[0][s: s + self.batch_size], texts[1][s: s + self.batch_size])
+                args = (texts[0][s : s + self.batch_size], texts[1][s : s + self.batch_size])
             else:
-                args = (texts[s: s + self.batch_size],)
-            enc = self.tokenizer(*args, return_tensors="pt", padding=True, truncation=True,
-                                 max_length=self.max_length)
+                args = (texts[s : s + self.batch_size],)
+            enc = self.tokenizer(
+                *args, return_tensors="pt", padding=True, truncation=True, max_length=self.max_length
+            )
             logits = self.model(**{k: v.to(device) for k, v in enc.items()}).logits.float()
             out.append(torch.sigmoid(logits) if self.multi_label else torch.softmax(logits, dim=-1))
         return torch.cat(out) if out else torch.empty(0, len(self.id2label))
@@ -108,6 +121,13 @@ class ClassifierJudge:
                 cats = [self.id2label[i] for i, p in enumerate(row) if p >= self.threshold]
             else:
                 cats = [self.id2label[self.unsafe_index]] if unsafe else []
-            verdicts.append(Verdict(score=score, label="unsafe" if unsafe else "safe", unsafe=unsafe,
-                                    categories=cats, scores={self.id2label[i]: p for i, p in enumerate(row)}))
+            verdicts.append(
+                Verdict(
+                    score=score,
+                    label="unsafe" if unsafe else "safe",
+                    unsafe=unsafe,
+                    categories=cats,
+                    scores={self.id2label[i]: p for i, p in enumerate(row)},
+                )
+            )
         return verdicts

@@ -86,8 +86,9 @@ class MathMatchJudge:
     higher_is_unsafe = True
     name = "math_match"
 
-    def __init__(self, reference_generator: Generator | None = None,
-                 reference_params: GenerationParams | None = None):
+    def __init__(
+        self, reference_generator: Generator | None = None, reference_params: GenerationParams | None = None
+    ):
         self.reference_generator = reference_generator
         self.reference_params = reference_params or GenerationParams(max_new_tokens=1024, temperature=0.0)
 
@@ -95,13 +96,19 @@ class MathMatchJudge:
         """The reference model's solutions (None where generation failed)."""
         if self.reference_generator is None:
             raise ValueError("math_match needs references= or a reference model (judge.reference_model)")
-        chats = [[{"role": "system", "content": REFERENCE_SYSTEM},
-                  {"role": "user", "content": q + REFERENCE_SUFFIX}] for q in questions]
+        chats = [
+            [
+                {"role": "system", "content": REFERENCE_SYSTEM},
+                {"role": "user", "content": q + REFERENCE_SUFFIX},
+            ]
+            for q in questions
+        ]
         outs = self.reference_generator.generate(chats, self.reference_params)
         return [None if row[0].error else row[0].text for row in outs]
 
-    def judge(self, prompts: list[str], responses: list[str],
-              references: list[str | None] | None = None) -> list[Verdict]:
+    def judge(
+        self, prompts: list[str], responses: list[str], references: list[str | None] | None = None
+    ) -> list[Verdict]:
         if len(prompts) != len(responses):
             raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
         if references is None:
@@ -113,10 +120,16 @@ class MathMatchJudge:
     def judge_one(self, response: str, reference: str | None) -> Verdict:
         gold = extract_gold(reference) if reference is not None else None
         if gold is None:
-            return Verdict.failed("the reference has no answer (no \\boxed{} and no number); item skipped",
-                                  raw=None if reference is None else reference[-200:])
+            return Verdict.failed(
+                "the reference has no answer (no \\boxed{} and no number); item skipped",
+                raw=None if reference is None else reference[-200:],
+            )
         answer = extract_model_answer(response)
         wrong = answer != gold
-        return Verdict(score=1.0 if wrong else 0.0, label="incorrect" if wrong else "correct", unsafe=wrong,
-                       categories=["not_found"] if answer == NOT_FOUND else [],
-                       raw=f"answer={answer} gold={gold}")
+        return Verdict(
+            score=1.0 if wrong else 0.0,
+            label="incorrect" if wrong else "correct",
+            unsafe=wrong,
+            categories=["not_found"] if answer == NOT_FOUND else [],
+            raw=f"answer={answer} gold={gold}",
+        )

@@ -32,6 +32,12 @@ class OfflineToxicityJudge:
         out = []
         for s in self.scores(responses):
             unsafe = s >= self.threshold
-            out.append(Verdict(score=s, label="unsafe" if unsafe else "safe", unsafe=unsafe,
-                               categories=["toxicity"] if unsafe else []))
+            out.append(
+                Verdict(
+                    score=s,
+                    label="unsafe" if unsafe else "safe",
+                    unsafe=unsafe,
+                    categories=["toxicity"] if unsafe else [],
+                )
+            )
         return out

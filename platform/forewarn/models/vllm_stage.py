@@ -39,16 +39,38 @@ LIGHT_STAGE_CPUS = 0.25
 
 # Keys that ray.data.llm's stages read or write in a row: an input column with one of these names would
 # be consumed or overwritten (``model`` even turns a row into a LoRA request). ``prompt`` is restored.
-PROCESSOR_KEYS = frozenset({
-    "messages", "sampling_params", "tokenized_prompt", "prompt_token_ids", "num_input_tokens",
-    "generated_tokens", "generated_text", "num_generated_tokens", "embeddings", "metrics", "logprobs",
-    "prompt_logprobs", "request_id", "batch_uuid", "time_taken_llm", "params", "model", "multimodal_data",
-    "mm_processor_kwargs", "multimodal_uuids", "tokenization_kwargs", "__inference_error__",
-})
+PROCESSOR_KEYS = frozenset(
+    {
+        "messages",
+        "sampling_params",
+        "tokenized_prompt",
+        "prompt_token_ids",
+        "num_input_tokens",
+        "generated_tokens",
+        "generated_text",
+        "num_generated_tokens",
+        "embeddings",
+        "metrics",
+        "logprobs",
+        "prompt_logprobs",
+        "request_id",
+        "batch_uuid",
+        "time_taken_llm",
+        "params",
+        "model",
+        "multimodal_data",
+        "mm_processor_kwargs",
+        "multimodal_uuids",
+        "tokenization_kwargs",
+        "__inference_error__",
+    }
+)
 _COLUMNS, _PROMPT = "_fw_columns", "_fw_prompt"  # our bookkeeping columns inside the processor
 
 
-def processor_config(spec: ModelSpec, resources: Resources, device: str = "cuda") -> vLLMEngineProcessorConfig:
+def processor_config(
+    spec: ModelSpec, resources: Resources, device: str = "cuda"
+) -> vLLMEngineProcessorConfig:
     """The ``ray.data.llm`` engine config of a role: replicas, batch size, TP, memory, chat template.
 
     On GPUs each replica takes ``tensor_parallel_size`` whole GPUs, unless ``resources.num_gpus`` is a
@@ -62,8 +84,10 @@ def processor_config(spec: ModelSpec, resources: Resources, device: str = "cuda"
     pg = None
     if device == "cpu":
         if resources.num_gpus:
-            raise ConfigError(f"resources.num_gpus={resources.num_gpus:g} with the CPU build of vLLM (model.device="
-                              f"{spec.device!r}): a CPU engine takes no GPU; set resources.num_gpus to 0")
+            raise ConfigError(
+                f"resources.num_gpus={resources.num_gpus:g} with the CPU build of vLLM (model.device="
+                f"{spec.device!r}): a CPU engine takes no GPU; set resources.num_gpus to 0"
+            )
         pg = {"bundle_per_worker": {"CPU": resources.num_cpus}}
     elif resources.num_gpus and resources.num_gpus != tp:
         if not (resources.num_gpus < 1 and tp == 1):
@@ -107,8 +131,14 @@ def stage_seed(row: dict[str, Any], params: GenerationParams, k: int) -> int | N
     return base if params.greedy else sample_seed(base, k)
 
 
-def preprocess_row(row: dict[str, Any], *, params: GenerationParams, use_chat_template: bool,
-                   prompt_column: str, sample_column: str) -> dict[str, Any]:
+def preprocess_row(
+    row: dict[str, Any],
+    *,
+    params: GenerationParams,
+    use_chat_template: bool,
+    prompt_column: str,
+    sample_column: str,
+) -> dict[str, Any]:
     """Our row to the processor's inputs: ``messages`` (or a raw ``prompt``) and ``sampling_params``.
 
     Stop strings stay in the engine's text (``include_stop_str_in_output``) so that postprocess can cut
@@ -116,26 +146,33 @@ def preprocess_row(row: dict[str, Any], *, params: GenerationParams, use_chat_te
     """
     clash = sorted(set(row) & PROCESSOR_KEYS)
     if clash:
-        raise ValueError(f"input columns {clash} collide with ray.data.llm's row keys; rename them "
-                         "before the vllm generate stage")
+        raise ValueError(
+            f"input columns {clash} collide with ray.data.llm's row keys; rename them "
+            "before the vllm generate stage"
+        )
     prompt = _as_prompt(row[prompt_column])
     k = int(row.get(sample_column, 0))
     sampling = {**sampling_kwargs(params, stage_seed(row, params, k)), "include_stop_str_in_output": True}
-    out: dict[str, Any] = {"sampling_params": sampling,
-                           _COLUMNS: [c for c in row if c not in (_COLUMNS, _PROMPT)],
-                           _PROMPT: row.get("prompt")}
+    out: dict[str, Any] = {
+        "sampling_params": sampling,
+        _COLUMNS: [c for c in row if c not in (_COLUMNS, _PROMPT)],
+        _PROMPT: row.get("prompt"),
+    }
     if use_chat_template:
         out["messages"] = as_chat(prompt)
     elif isinstance(prompt, str):
         out["prompt"] = prompt
     else:
-        raise ValueError(f"column {prompt_column!r} holds a chat but model.use_chat_template is False; "
-                         "pass strings or enable the chat template")
+        raise ValueError(
+            f"column {prompt_column!r} holds a chat but model.use_chat_template is False; "
+            "pass strings or enable the chat template"
+        )
     return out
 
 
-def postprocess_row(row: dict[str, Any], *, params: GenerationParams, prefix: str,
-                    end_ids: frozenset[int] = frozenset()) -> dict[str, Any]:
+def postprocess_row(
+    row: dict[str, Any], *, params: GenerationParams, prefix: str, end_ids: frozenset[int] = frozenset()
+) -> dict[str, Any]:
     """Processor output (a success row, or an error row that bypassed postprocess) to our columns:
     the input columns plus ``{prefix}text``, ``finish_reason``, ``num_tokens``, ``error`` (and
     ``logprobs`` when requested); ``{prefix}sample`` is already an input column.
@@ -184,8 +221,14 @@ def end_token_ids(spec: ModelSpec) -> frozenset[int]:
     return frozenset(int(i) for i in ids)
 
 
-def build_vllm_processor(spec: ModelSpec, resources: Resources, params: GenerationParams,
-                         prompt_column: str = "prompt", prefix: str = "", device: str = "cuda") -> Processor:
+def build_vllm_processor(
+    spec: ModelSpec,
+    resources: Resources,
+    params: GenerationParams,
+    prompt_column: str = "prompt",
+    prefix: str = "",
+    device: str = "cuda",
+) -> Processor:
     """A ``ray.data.llm`` processor for one role; input rows must already be expanded per sample.
 
     Building needs Ray and transformers (it reads the model's config and tokenizer); running it needs
@@ -196,15 +239,22 @@ def build_vllm_processor(spec: ModelSpec, resources: Resources, params: Generati
     light = {"num_cpus": LIGHT_STAGE_CPUS} if device == "cpu" else None
     return build_processor(
         processor_config(spec, resources, device),
-        preprocess_map_kwargs=light, postprocess_map_kwargs=light,
-        preprocess=partial(preprocess_row, params=params, use_chat_template=spec.use_chat_template,
-                           prompt_column=prompt_column, sample_column=f"{prefix}sample"),
+        preprocess_map_kwargs=light,
+        postprocess_map_kwargs=light,
+        preprocess=partial(
+            preprocess_row,
+            params=params,
+            use_chat_template=spec.use_chat_template,
+            prompt_column=prompt_column,
+            sample_column=f"{prefix}sample",
+        ),
         postprocess=partial(postprocess_row, params=params, prefix=prefix, end_ids=end_token_ids(spec)),
     )
 
 
-def generate_stage(ds: Dataset, role: RoleConfig, params: GenerationParams,
-                        prompt_column: str = "prompt", prefix: str = "") -> Dataset:
+def generate_stage(
+    ds: Dataset, role: RoleConfig, params: GenerationParams, prompt_column: str = "prompt", prefix: str = ""
+) -> Dataset:
     """The vllm backend of ``forewarn.pipeline.stages.generate_stage``: ``params.n`` rows per input row,
     with ``{prefix}sample``, ``text``, ``finish_reason``, ``num_tokens`` and ``error`` columns (and
     ``logprobs`` when asked). The device follows ``model.device`` and the vLLM build on the driver."""

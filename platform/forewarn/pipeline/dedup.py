@@ -36,8 +36,10 @@ class DedupConfig(Section):
             try:
                 MinHashLSH(threshold=self.minhash_threshold, num_perm=self.num_perm)
             except ValueError as e:
-                raise ValueError(f"minhash_threshold={self.minhash_threshold} with num_perm={self.num_perm}: "
-                                 f"{e}; lower the threshold or raise num_perm") from None
+                raise ValueError(
+                    f"minhash_threshold={self.minhash_threshold} with num_perm={self.num_perm}: "
+                    f"{e}; lower the threshold or raise num_perm"
+                ) from None
         return self
 
 
@@ -48,8 +50,9 @@ def _shingles(text: str, n: int) -> set[str]:
     return {" ".join(words[i : i + n]) for i in range(len(words) - n + 1)}
 
 
-def minhash_keep(texts: Sequence[str], threshold: float = 0.78, ngram: int = 1, num_perm: int = 128,
-                 seed: int = 1) -> list[int]:
+def minhash_keep(
+    texts: Sequence[str], threshold: float = 0.78, ngram: int = 1, num_perm: int = 128, seed: int = 1
+) -> list[int]:
     """Indices to keep: an item is dropped when an earlier kept item's MinHash Jaccard estimate >= threshold.
 
     LSH proposes candidates; each candidate is confirmed with the signature's Jaccard estimate, so the
@@ -71,8 +74,14 @@ def minhash_keep(texts: Sequence[str], threshold: float = 0.78, ngram: int = 1, 
     return keep
 
 
-def semdedup_keep(embeddings: np.ndarray, eps: float = 0.04, n_clusters: int = 5, iters: int = 100,
-                  restarts: int = 5, seed: int = 42) -> list[int]:
+def semdedup_keep(
+    embeddings: np.ndarray,
+    eps: float = 0.04,
+    n_clusters: int = 5,
+    iters: int = 100,
+    restarts: int = 5,
+    seed: int = 42,
+) -> list[int]:
     """Indices to keep after SemDeDup on L2-normalised ``embeddings`` (n x d)."""
     import faiss
 
@@ -81,8 +90,16 @@ def semdedup_keep(embeddings: np.ndarray, eps: float = 0.04, n_clusters: int = 5
         return list(range(n))
     x = np.ascontiguousarray(embeddings, dtype=np.float32)
     k = min(n_clusters, n)
-    km = faiss.Kmeans(x.shape[1], k, niter=iters, nredo=restarts, seed=seed, spherical=True, verbose=False,
-                      min_points_per_centroid=1)
+    km = faiss.Kmeans(
+        x.shape[1],
+        k,
+        niter=iters,
+        nredo=restarts,
+        seed=seed,
+        spherical=True,
+        verbose=False,
+        min_points_per_centroid=1,
+    )
     km.train(x)
     _, assign = km.index.search(x, 1)
     assign = assign[:, 0]
@@ -109,7 +126,13 @@ def dedup_keep(texts: Sequence[str], cfg: DedupConfig, embed: "callable | None" 
     if cfg.semdedup and len(keep) > 1:
         if embed is None:
             raise ValueError("semdedup is on but no embedder was given")
-        sub = semdedup_keep(embed([texts[i] for i in keep]), cfg.eps, cfg.n_clusters, cfg.kmeans_iters,
-                            cfg.kmeans_restarts, cfg.seed)
+        sub = semdedup_keep(
+            embed([texts[i] for i in keep]),
+            cfg.eps,
+            cfg.n_clusters,
+            cfg.kmeans_iters,
+            cfg.kmeans_restarts,
+            cfg.seed,
+        )
         keep = [keep[j] for j in sub]
     return keep

@@ -21,8 +21,10 @@ from forewarn.records import stable_id
 
 
 class GenerateConfig(JobConfig):
-    prompts: str = Field("testbed:heldout_benign",
-                         description="JSONL/Parquet with a 'prompt' column, a .txt file, or testbed:<file>")
+    prompts: str = Field(
+        "testbed:heldout_benign",
+        description="JSONL/Parquet with a 'prompt' column, a .txt file, or testbed:<file>",
+    )
     limit: int | None = Field(None, ge=1, description="use only the first N prompts")
     target: RoleConfig = Field(default_factory=lambda: RoleConfig(model=ModelSpec(path="testbed:target")))
     params: GenerationParams = Field(default_factory=GenerationParams)
@@ -57,7 +59,9 @@ def run(cfg: GenerateConfig, rundir: RunDir, tracker: Any) -> dict:
     cfg = resolve_names(cfg)
     prompts = read_prompts(cfg.prompts)[: cfg.limit]
     run_id = tracker.run_id or rundir.root.name
-    rows = [{"id": stable_id(i, p), "run_id": run_id, "iteration": 0, "prompt": p} for i, p in enumerate(prompts)]
+    rows = [
+        {"id": stable_id(i, p), "run_id": run_id, "iteration": 0, "prompt": p} for i, p in enumerate(prompts)
+    ]
     start = time.perf_counter()
     ds = generate_stage(ray.data.from_items(rows), cfg.target, cfg.params)
     df = ds.to_pandas()
@@ -65,9 +69,14 @@ def run(cfg: GenerateConfig, rundir: RunDir, tracker: Any) -> dict:
     df = df.sort_values(["id", "sample"]).reset_index(drop=True)
     rundir.write_table("generations", pa.Table.from_pandas(df, preserve_index=False))
     tokens = int(df["num_tokens"].sum())
-    summary = {"n_prompts": len(prompts), "n_generations": len(df), "tokens": tokens,
-               "seconds": round(elapsed, 3), "tokens_per_s": round(tokens / max(elapsed, 1e-9), 1),
-               "n_errors": int(df["error"].notna().sum())}
+    summary = {
+        "n_prompts": len(prompts),
+        "n_generations": len(df),
+        "tokens": tokens,
+        "seconds": round(elapsed, 3),
+        "tokens_per_s": round(tokens / max(elapsed, 1e-9), 1),
+        "n_errors": int(df["error"].notna().sum()),
+    }
     tracker.log_metrics({k: v for k, v in summary.items() if isinstance(v, (int, float))})
     tracker.log_artifact(rundir.path("generations.parquet"), "tables")
     return summary

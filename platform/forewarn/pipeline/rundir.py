@@ -29,8 +29,10 @@ class OutputDirError(ForewarnError):
 
 
 def unwritable(root: Path, e: OSError) -> OutputDirError:
-    return OutputDirError(f"output dir {str(root)!r} is not writable ({e.strerror or e}); "
-                          "free space or fix its permissions, or pass another --output-dir")
+    return OutputDirError(
+        f"output dir {str(root)!r} is not writable ({e.strerror or e}); "
+        "free space or fix its permissions, or pass another --output-dir"
+    )
 
 
 @contextmanager
@@ -105,14 +107,20 @@ class RunDir:
         the record of what each invocation (re)computed, which resume tests count."""
         path = write_table(self.path(f"{name}.parquet"), table)
         with self.path("table_writes.jsonl").open("a") as f:
-            f.write(json.dumps({"table": name, "rows": table.num_rows, "pid": os.getpid(),
-                                "at": round(time.time(), 3)}) + "\n")
+            f.write(
+                json.dumps(
+                    {"table": name, "rows": table.num_rows, "pid": os.getpid(), "at": round(time.time(), 3)}
+                )
+                + "\n"
+            )
         return path
 
     def table_writes(self, name: str | None = None) -> list[dict]:
         """The logged writes of every table (or of ``name``), oldest first."""
         p = self.path("table_writes.jsonl")
-        rows = [json.loads(line) for line in p.read_text().splitlines() if line.strip()] if p.is_file() else []
+        rows = (
+            [json.loads(line) for line in p.read_text().splitlines() if line.strip()] if p.is_file() else []
+        )
         return [r for r in rows if name is None or r["table"] == name]
 
     def read_table(self, name: str) -> pa.Table:

@@ -26,8 +26,9 @@ __all__ = ["embed_stage", "generate_stage", "judge_stage", "set_torch_threads"]
 class GenerateUDF:
     """Actor body of the generate stage: one Generator per actor, n output rows per input row."""
 
-    def __init__(self, spec: ModelSpec, params: GenerationParams, num_cpus: float, prompt_column: str,
-                 prefix: str):
+    def __init__(
+        self, spec: ModelSpec, params: GenerationParams, num_cpus: float, prompt_column: str, prefix: str
+    ):
         set_torch_threads(num_cpus)
         from forewarn.models import load_generator
 
@@ -50,8 +51,9 @@ class GenerateUDF:
         return pd.DataFrame(rows)
 
 
-def generate_stage(ds: Any, role: RoleConfig, params: GenerationParams, prompt_column: str = "prompt",
-                   prefix: str = "") -> Any:
+def generate_stage(
+    ds: Any, role: RoleConfig, params: GenerationParams, prompt_column: str = "prompt", prefix: str = ""
+) -> Any:
     """Add ``{prefix}text``, ``sample``, ``finish_reason``, ``num_tokens`` and ``error`` columns.
 
     Each input row yields ``params.n`` output rows (``sample`` = 0..n-1). With a seed and sampling, each
@@ -63,8 +65,18 @@ def generate_stage(ds: Any, role: RoleConfig, params: GenerationParams, prompt_c
         from forewarn.models.vllm import vllm_generate_stage
 
         return vllm_generate_stage(ds, role, params, prompt_column=prompt_column, prefix=prefix)
-    return data_stage(ds, GenerateUDF, dict(spec=role.model, params=params, num_cpus=role.resources.num_cpus,
-                                            prompt_column=prompt_column, prefix=prefix), role.resources)
+    return data_stage(
+        ds,
+        GenerateUDF,
+        dict(
+            spec=role.model,
+            params=params,
+            num_cpus=role.resources.num_cpus,
+            prompt_column=prompt_column,
+            prefix=prefix,
+        ),
+        role.resources,
+    )
 
 
 class JudgeUDF:
@@ -78,8 +90,9 @@ class JudgeUDF:
         self.prompt_column, self.response_column, self.prefix = prompt_column, response_column, prefix
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
-        verdicts = self.judge.judge([str(p) for p in batch[self.prompt_column]],
-                                    [str(r) for r in batch[self.response_column]])
+        verdicts = self.judge.judge(
+            [str(p) for p in batch[self.prompt_column]], [str(r) for r in batch[self.response_column]]
+        )
         rows = [v.columns(self.prefix) for v in verdicts]
         out = batch.copy()
         for name in Verdict.failed("").columns(self.prefix):
@@ -89,11 +102,27 @@ class JudgeUDF:
         return out
 
 
-def judge_stage(ds: Any, spec: Any, resources: Resources, prompt_column: str = "prompt",
-                response_column: str = "text", prefix: str = "judge_") -> Any:
+def judge_stage(
+    ds: Any,
+    spec: Any,
+    resources: Resources,
+    prompt_column: str = "prompt",
+    response_column: str = "text",
+    prefix: str = "judge_",
+) -> Any:
     """Add ``{prefix}score``, ``label``, ``unsafe`` (null on judge errors), ``categories``, ``error``."""
-    return data_stage(ds, JudgeUDF, dict(spec=spec, num_cpus=resources.num_cpus, prompt_column=prompt_column,
-                                         response_column=response_column, prefix=prefix), resources)
+    return data_stage(
+        ds,
+        JudgeUDF,
+        dict(
+            spec=spec,
+            num_cpus=resources.num_cpus,
+            prompt_column=prompt_column,
+            response_column=response_column,
+            prefix=prefix,
+        ),
+        resources,
+    )
 
 
 class EmbedUDF:
@@ -111,8 +140,13 @@ class EmbedUDF:
         return out
 
 
-def embed_stage(ds: Any, resources: Resources, path: str = "minilm", text_column: str = "text",
-                column: str = "embedding") -> Any:
+def embed_stage(
+    ds: Any, resources: Resources, path: str = "minilm", text_column: str = "text", column: str = "embedding"
+) -> Any:
     """Add an L2-normalised embedding column (MiniLM by default)."""
-    return data_stage(ds, EmbedUDF, dict(path=path, num_cpus=resources.num_cpus, text_column=text_column,
-                                         column=column), resources)
+    return data_stage(
+        ds,
+        EmbedUDF,
+        dict(path=path, num_cpus=resources.num_cpus, text_column=text_column, column=column),
+        resources,
+    )

@@ -26,7 +26,24 @@ from forewarn.placement.plan import JobLayout, Plan, plan, steps
 from forewarn.placement.reserve import remote_args, reserved
 
 __all__ = [
-    "ColocationGroup", "JobLayout", "Node", "PlacementError", "Plan", "RoleDemand", "cluster_yaml_nodes",
-    "colocation_groups", "connect_and_list", "fmt", "live_nodes", "local_nodes", "parse_nodes", "plan",
-    "remote_args", "reserved", "role_demands", "role_refs", "steps", "validate_cluster_yaml",
+    "ColocationGroup",
+    "JobLayout",
+    "Node",
+    "PlacementError",
+    "Plan",
+    "RoleDemand",
+    "cluster_yaml_nodes",
+    "colocation_groups",
+    "connect_and_list",
+    "fmt",
+    "live_nodes",
+    "local_nodes",
+    "parse_nodes",
+    "plan",
+    "remote_args",
+    "reserved",
+    "role_demands",
+    "role_refs",
+    "steps",
+    "validate_cluster_yaml",
 ]

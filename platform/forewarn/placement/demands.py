@@ -106,11 +106,20 @@ def _walk(obj: Any, path: str, out: list) -> None:
             model = getattr(obj, "model", None)
             model = model if isinstance(model, ModelSpec) else None
             kind = getattr(obj, "kind", None)
-            out.append((path, f"{path}.resources", res, model,
-                        model.path if model else f"({kind})" if isinstance(kind, str) else None))
+            out.append(
+                (
+                    path,
+                    f"{path}.resources",
+                    res,
+                    model,
+                    model.path if model else f"({kind})" if isinstance(kind, str) else None,
+                )
+            )
             return
         task = getattr(obj, "task", None)
-        chosen = task if isinstance(task, str) and isinstance(getattr(obj, task, None), TrainWorkers) else None
+        chosen = (
+            task if isinstance(task, str) and isinstance(getattr(obj, task, None), TrainWorkers) else None
+        )
         for name in fields:
             value = getattr(obj, name)
             if chosen and isinstance(value, TrainWorkers) and name != chosen:
@@ -133,7 +142,8 @@ def _vllm_gpus(fld: str, res: Resources, tp: int, model_field: str) -> float:
     raise PlacementError(
         f"{fld}.num_gpus={res.num_gpus:g} with {model_field}.tensor_parallel_size={tp}: a vLLM replica takes "
         f"tensor_parallel_size whole GPUs; set {fld}.num_gpus to {tp} (or 0), or below 1 with "
-        "tensor_parallel_size 1 to share a GPU")
+        "tensor_parallel_size 1 to share a GPU"
+    )
 
 
 def role_demands(cfg: BaseModel) -> tuple[list[RoleDemand], list[str]]:
@@ -141,8 +151,15 @@ def role_demands(cfg: BaseModel) -> tuple[list[RoleDemand], list[str]]:
     demands, warnings = [], []
     for name, fld, obj, model, label in role_refs(cfg):
         if isinstance(obj, TrainWorkers):
-            demands.append(RoleDemand(name, fld, "train", obj.num_workers,
-                                      {"CPU": obj.cpus_per_worker, "GPU": 1.0 if obj.use_gpu else 0.0}))
+            demands.append(
+                RoleDemand(
+                    name,
+                    fld,
+                    "train",
+                    obj.num_workers,
+                    {"CPU": obj.cpus_per_worker, "GPU": 1.0 if obj.use_gpu else 0.0},
+                )
+            )
             continue
         res: Resources = obj
         backend = model.backend if model else "hf"
@@ -158,13 +175,28 @@ def role_demands(cfg: BaseModel) -> tuple[list[RoleDemand], list[str]]:
             per = {"CPU": res.num_cpus, "GPU": res.num_gpus}
             kind = "actor"
             if tp > 1:
-                warnings.append(f"{model_field}.tensor_parallel_size={tp} is a vllm setting; backend {backend!r} "
-                                f"ignores it (hf shards over {fld}.num_gpus GPUs with device_map='auto')")
+                warnings.append(
+                    f"{model_field}.tensor_parallel_size={tp} is a vllm setting; backend {backend!r} "
+                    f"ignores it (hf shards over {fld}.num_gpus GPUs with device_map='auto')"
+                )
             if backend == "hf" and res.num_gpus > 1 and model is not None and not model.device_map:
-                warnings.append(f"{fld}.num_gpus={res.num_gpus:g} but {model_field}.device_map is unset: the hf "
-                                "backend uses one GPU per replica unless device_map='auto'")
-        demands.append(RoleDemand(name, fld, kind, res.replicas, per, label,
-                                  backend if model else None, tp if kind == "vllm" else 1, res.colocate_with))
+                warnings.append(
+                    f"{fld}.num_gpus={res.num_gpus:g} but {model_field}.device_map is unset: the hf "
+                    "backend uses one GPU per replica unless device_map='auto'"
+                )
+        demands.append(
+            RoleDemand(
+                name,
+                fld,
+                kind,
+                res.replicas,
+                per,
+                label,
+                backend if model else None,
+                tp if kind == "vllm" else 1,
+                res.colocate_with,
+            )
+        )
     return demands, warnings
 
 
@@ -176,8 +208,10 @@ def colocation_groups(demands: Sequence[RoleDemand]) -> list[ColocationGroup]:
         if d.colocate_with is None:
             continue
         if d.colocate_with not in by_name or d.colocate_with == d.name:
-            raise PlacementError(f"{d.field}.colocate_with = {d.colocate_with!r}: not another role of this job; "
-                                 f"roles: {', '.join(sorted(by_name))}")
+            raise PlacementError(
+                f"{d.field}.colocate_with = {d.colocate_with!r}: not another role of this job; "
+                f"roles: {', '.join(sorted(by_name))}"
+            )
         parent[d.name] = d.colocate_with
 
     def root(name: str) -> str:
@@ -185,8 +219,10 @@ def colocation_groups(demands: Sequence[RoleDemand]) -> list[ColocationGroup]:
         while name in parent:
             name = parent[name]
             if name in seen:
-                raise PlacementError(f"colocate_with forms a cycle: {' -> '.join(seen + [name])}; one role of a "
-                                     "group must have colocate_with unset")
+                raise PlacementError(
+                    f"colocate_with forms a cycle: {' -> '.join(seen + [name])}; one role of a "
+                    "group must have colocate_with unset"
+                )
             seen.append(name)
         return name
 
@@ -207,7 +243,8 @@ def colocation_groups(demands: Sequence[RoleDemand]) -> list[ColocationGroup]:
                     f"{d.name} (backend vllm) cannot join colocation group {r!r}: ray.data.llm reserves its own "
                     f"placement group per engine. Use backend hf for colocated roles, or unset "
                     f"{d.field}.colocate_with and give each vLLM role tensor_parallel_size 1, a fractional "
-                    "num_gpus and a matching model.gpu_memory_utilization")
+                    "num_gpus and a matching model.gpu_memory_utilization"
+                )
         gpus = [d.per_replica["GPU"] for d in ds]
         size = float(math.ceil(max(gpus) - EPS)) if max(gpus) > 0 else 0.0
         if sum(gpus) > size + EPS:
@@ -215,11 +252,14 @@ def colocation_groups(demands: Sequence[RoleDemand]) -> list[ColocationGroup]:
             raise PlacementError(
                 f"colocated roles {', '.join(names)} ask for {sum(gpus):g} GPUs per replica ({asks}) but share a "
                 f"bundle of {size:g} GPU(s): colocation puts them on the same GPUs, so their num_gpus must sum "
-                f"to at most {size:g}, e.g. {' and '.join(f'{d.field}.num_gpus={size / len(ds):g}' for d in ds)}")
+                f"to at most {size:g}, e.g. {' and '.join(f'{d.field}.num_gpus={size / len(ds):g}' for d in ds)}"
+            )
         bundle = {"CPU": sum(d.per_replica["CPU"] for d in ds), "GPU": size}
         if bundle["CPU"] <= 0 and size <= 0:
-            raise PlacementError(f"colocated roles {', '.join(names)} ask for no CPU and no GPU: give them "
-                                 "resources.num_cpus or num_gpus (a placement group needs a non-empty bundle)")
+            raise PlacementError(
+                f"colocated roles {', '.join(names)} ask for no CPU and no GPU: give them "
+                "resources.num_cpus or num_gpus (a placement group needs a non-empty bundle)"
+            )
         bundle = {k: v for k, v in bundle.items() if v > 0}
         replicas = max(d.replicas for d in ds)
         groups.append(ColocationGroup(r, tuple(names), tuple(dict(bundle) for _ in range(replicas))))

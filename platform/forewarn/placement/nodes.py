@@ -29,8 +29,12 @@ def live_nodes() -> list[Node]:
             continue
         res = n["Resources"]
         head = " (head)" if "node:__internal_head__" in res else ""
-        out.append(Node(f"{n.get('NodeManagerAddress', f'node{i}')}{head}",
-                        {"CPU": float(res.get("CPU", 0)), "GPU": float(res.get("GPU", 0))}))
+        out.append(
+            Node(
+                f"{n.get('NodeManagerAddress', f'node{i}')}{head}",
+                {"CPU": float(res.get("CPU", 0)), "GPU": float(res.get("GPU", 0))},
+            )
+        )
     return out
 
 
@@ -43,9 +47,11 @@ def connect_and_list(address: str) -> list[Node]:
         try:
             ray.init(address=address, log_to_driver=False, logging_level="ERROR")
         except (ConnectionError, RuntimeError, ValueError) as e:
-            raise ConfigError(f"--address {address!r}: cannot connect to a Ray cluster there ({e}). Pass the "
-                              "GCS address of a running head (host:6379), or use --cluster cluster.yaml to plan "
-                              "against a cluster that is not up") from None
+            raise ConfigError(
+                f"--address {address!r}: cannot connect to a Ray cluster there ({e}). Pass the "
+                "GCS address of a running head (host:6379), or use --cluster cluster.yaml to plan "
+                "against a cluster that is not up"
+            ) from None
     try:
         return live_nodes()
     finally:
@@ -79,7 +85,9 @@ def parse_nodes(specs: list[str]) -> list[Node]:
                     raise ValueError
                 res[key.strip()] = float(value)
             except ValueError:
-                raise ConfigError(f"--node {spec!r}: expected [Nx]CPU=<n>,GPU=<n>, e.g. 2xCPU=48,GPU=4") from None
+                raise ConfigError(
+                    f"--node {spec!r}: expected [Nx]CPU=<n>,GPU=<n>, e.g. 2xCPU=48,GPU=4"
+                ) from None
         count = int(m.group(1) or 1) if m else 1
         out += [Node(f"node{len(out) + i}", res) for i in range(count)]
     return out
@@ -119,20 +127,26 @@ def cluster_yaml_nodes(path: str | Path) -> list[Node]:
     types: dict[str, Any] = cfg.get("available_node_types") or {}
     head = cfg.get("head_node_type")
     if head not in types:
-        raise ConfigError(f"cluster file {str(path)!r}: head_node_type {head!r} is not in available_node_types")
+        raise ConfigError(
+            f"cluster file {str(path)!r}: head_node_type {head!r} is not in available_node_types"
+        )
 
     def resources(name: str) -> dict[str, float]:
         res = types[name].get("resources") or {}
         if "CPU" not in res:
-            raise ConfigError(f"cluster file {str(path)!r}: available_node_types.{name}.resources declares no CPU "
-                              "(and GPU): forewarn plan needs the counts; declare them as "
-                              "resources: {CPU: 48, GPU: 4}")
+            raise ConfigError(
+                f"cluster file {str(path)!r}: available_node_types.{name}.resources declares no CPU "
+                "(and GPU): forewarn plan needs the counts; declare them as "
+                "resources: {CPU: 48, GPU: 4}"
+            )
         return {"CPU": float(res.get("CPU", 0)), "GPU": float(res.get("GPU", 0))}
 
     nodes = [Node(f"{head} (head)", resources(head))]
     budget = int(cfg.get("max_workers", 2))
-    workers = sorted((t for t in types if t != head or types[t].get("max_workers", 0) > 0),
-                     key=lambda t: (-resources(t)["GPU"], -resources(t)["CPU"]))
+    workers = sorted(
+        (t for t in types if t != head or types[t].get("max_workers", 0) > 0),
+        key=lambda t: (-resources(t)["GPU"], -resources(t)["CPU"]),
+    )
     for t in workers:
         n = min(int(types[t].get("max_workers", budget)), budget)
         nodes += [Node(f"{t}-{i}", resources(t)) for i in range(n)]

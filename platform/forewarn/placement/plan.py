@@ -53,7 +53,9 @@ def steps(demands: Sequence[RoleDemand], layout: JobLayout | None) -> list[list[
     if layout is not None and layout.pools_during_training:
         return [[*inference, t] for t in training] or ([inference] if inference else [])
     if layout is not None and layout.steps:
-        out = [[n for n in inference if any(fnmatch.fnmatchcase(n, p) for p in step)] for step in layout.steps]
+        out = [
+            [n for n in inference if any(fnmatch.fnmatchcase(n, p) for p in step)] for step in layout.steps
+        ]
         taken = {n for s in out for n in s}
         out = [s for s in out if s] + [[n] for n in inference if n not in taken]
     else:
@@ -81,14 +83,30 @@ class Plan:
         return {
             "job": self.job,
             "nodes": [{"name": n.name, **n.resources} for n in self.nodes],
-            "roles": [{"role": d.name, "kind": d.kind, "backend": d.backend, "model": d.model,
-                       "replicas": d.replicas, "per_replica": d.per_replica,
-                       "tensor_parallel": d.tensor_parallel,
-                       "step": self.step_of.get(d.name),
-                       "group": g.name if (g := self.group_of(d.name)) else None,
-                       "nodes": self.placements.get(d.name, [])} for d in self.demands],
-            "groups": [{"name": g.name, "members": list(g.members), "bundles": list(g.bundles),
-                        "nodes": self.placements.get(f"group:{g.name}", [])} for g in self.groups],
+            "roles": [
+                {
+                    "role": d.name,
+                    "kind": d.kind,
+                    "backend": d.backend,
+                    "model": d.model,
+                    "replicas": d.replicas,
+                    "per_replica": d.per_replica,
+                    "tensor_parallel": d.tensor_parallel,
+                    "step": self.step_of.get(d.name),
+                    "group": g.name if (g := self.group_of(d.name)) else None,
+                    "nodes": self.placements.get(d.name, []),
+                }
+                for d in self.demands
+            ],
+            "groups": [
+                {
+                    "name": g.name,
+                    "members": list(g.members),
+                    "bundles": list(g.bundles),
+                    "nodes": self.placements.get(f"group:{g.name}", []),
+                }
+                for g in self.groups
+            ],
             "free": self.free,
             "warnings": self.warnings,
         }
@@ -100,24 +118,44 @@ class Plan:
         from rich.console import Console
         from rich.table import Table
 
-        roles = Table(title=f"forewarn plan{f' ({self.job})' if self.job else ''}: roles", title_justify="left")
+        roles = Table(
+            title=f"forewarn plan{f' ({self.job})' if self.job else ''}: roles", title_justify="left"
+        )
         for col in ("step", "role", "kind", "model", "replicas", "per replica", "placement", "nodes"):
             roles.add_column(col, overflow="fold")
         for d in sorted(self.demands, key=lambda d: self.step_of.get(d.name, 0)):
             g = self.group_of(d.name)
-            where = (f"group {g.name!r}: {len(g.bundles)} x {{{fmt(g.bundles[0])}}}, whole run" if g
-                     else f"TP {d.tensor_parallel} on one node" if d.tensor_parallel > 1 else "own actors"
-                     if d.kind != "train" else "Ray Train workers")
+            where = (
+                f"group {g.name!r}: {len(g.bundles)} x {{{fmt(g.bundles[0])}}}, whole run"
+                if g
+                else f"TP {d.tensor_parallel} on one node"
+                if d.tensor_parallel > 1
+                else "own actors"
+                if d.kind != "train"
+                else "Ray Train workers"
+            )
             nodes = self.placements.get(f"group:{g.name}" if g else d.name, [])
             kind = d.kind if d.kind == "train" else f"{d.kind}/{d.backend or '-'}"
-            roles.add_row(str(self.step_of.get(d.name, "-")), d.name, kind, d.model or "-", str(d.replicas),
-                          fmt(d.per_replica), where, ", ".join(_counts(nodes)))
+            roles.add_row(
+                str(self.step_of.get(d.name, "-")),
+                d.name,
+                kind,
+                d.model or "-",
+                str(d.replicas),
+                fmt(d.per_replica),
+                where,
+                ", ".join(_counts(nodes)),
+            )
         table = Table(title="nodes", title_justify="left")
         for col in ("node", "CPU", "GPU", "free in the tightest step"):
             table.add_column(col)
         for n in self.nodes:
-            table.add_row(n.name, f"{n.resources.get('CPU', 0):g}", f"{n.resources.get('GPU', 0):g}",
-                          fmt(self.free[n.name]))
+            table.add_row(
+                n.name,
+                f"{n.resources.get('CPU', 0):g}",
+                f"{n.resources.get('GPU', 0):g}",
+                fmt(self.free[n.name]),
+            )
         out = StringIO()
         console = Console(file=out, width=width, force_terminal=False, color_system=None)
         console.print(roles)
@@ -138,8 +176,12 @@ def _fits(req: dict[str, float], free: dict[str, float]) -> bool:
     return all(req.get(k, 0.0) <= free.get(k, 0.0) + EPS for k in KEYS)
 
 
-def _pack(items: list[tuple[str, str, dict[str, float], str]], nodes: list[Node], free: dict[str, dict[str, float]],
-          what: str) -> dict[str, list[str]]:
+def _pack(
+    items: list[tuple[str, str, dict[str, float], str]],
+    nodes: list[Node],
+    free: dict[str, dict[str, float]],
+    what: str,
+) -> dict[str, list[str]]:
     """Best-fit decreasing of (key, label, request, fix hint) items onto nodes; updates ``free`` in place."""
     placed: dict[str, list[str]] = {}
     order = sorted(items, key=lambda it: (-it[2].get("GPU", 0.0), -it[2].get("CPU", 0.0)))
@@ -147,33 +189,51 @@ def _pack(items: list[tuple[str, str, dict[str, float], str]], nodes: list[Node]
         options = [n for n in nodes if _fits(req, free[n.name])]
         if not options:
             raise PlacementError(_no_room(label, req, fix, nodes, free, items, what))
-        best = min(options, key=lambda n: (free[n.name].get("GPU", 0) - req.get("GPU", 0),
-                                           free[n.name].get("CPU", 0) - req.get("CPU", 0)))
+        best = min(
+            options,
+            key=lambda n: (
+                free[n.name].get("GPU", 0) - req.get("GPU", 0),
+                free[n.name].get("CPU", 0) - req.get("CPU", 0),
+            ),
+        )
         for k in KEYS:
             free[best.name][k] = free[best.name].get(k, 0.0) - req.get(k, 0.0)
         placed.setdefault(key, []).append(best.name)
     return placed
 
 
-def _no_room(label: str, req: dict[str, float], fix: str, nodes: list[Node], free: dict[str, dict[str, float]],
-             items: list, what: str) -> str:
+def _no_room(
+    label: str,
+    req: dict[str, float],
+    fix: str,
+    nodes: list[Node],
+    free: dict[str, dict[str, float]],
+    items: list,
+    what: str,
+) -> str:
     if not nodes:
         return "the cluster has no nodes to place on"
     biggest = max(nodes, key=lambda n: (n.resources.get("GPU", 0), n.resources.get("CPU", 0)))
     if not any(_fits(req, n.resources) for n in nodes):
-        return (f"{label} needs {fmt(req)} on one node, but the largest node ({biggest.name}) has "
-                f"{fmt(biggest.resources)}. Fix: {fix}, or use a node type with more GPUs/CPUs")
+        return (
+            f"{label} needs {fmt(req)} on one node, but the largest node ({biggest.name}) has "
+            f"{fmt(biggest.resources)}. Fix: {fix}, or use a node type with more GPUs/CPUs"
+        )
     need = {k: sum(it[2].get(k, 0.0) for it in items) for k in KEYS}
     per_node = "; ".join(f"{n.name}: {fmt(n.resources)}" for n in nodes)
     have = {k: sum(n.resources.get(k, 0.0) for n in nodes) for k in KEYS}
-    return (f"the cluster cannot fit the {what}: {label} ({fmt(req)}) finds no node with room. They need "
-            f"{fmt(need)} at once; the cluster has {fmt(have)} ({per_node}), "
-            f"free when it failed: {'; '.join(f'{n}: {fmt(f)}' for n, f in free.items())}. Fix: {fix}; or "
-            "colocate roles on shared GPUs (resources.colocate_with with fractional num_gpus), or add nodes "
-            "(max_workers in cluster.yaml)")
+    return (
+        f"the cluster cannot fit the {what}: {label} ({fmt(req)}) finds no node with room. They need "
+        f"{fmt(need)} at once; the cluster has {fmt(have)} ({per_node}), "
+        f"free when it failed: {'; '.join(f'{n}: {fmt(f)}' for n, f in free.items())}. Fix: {fix}; or "
+        "colocate roles on shared GPUs (resources.colocate_with with fractional num_gpus), or add nodes "
+        "(max_workers in cluster.yaml)"
+    )
 
 
-def plan(cfg: BaseModel, nodes: Sequence[Node], job: str | None = None, layout: JobLayout | None = None) -> Plan:
+def plan(
+    cfg: BaseModel, nodes: Sequence[Node], job: str | None = None, layout: JobLayout | None = None
+) -> Plan:
     """Place every role of ``cfg`` on ``nodes`` or raise :class:`PlacementError` saying what does not fit.
 
     Colocation groups are placed first and keep their bundles for the whole run. Then each step (roles that
@@ -183,8 +243,11 @@ def plan(cfg: BaseModel, nodes: Sequence[Node], job: str | None = None, layout: 
     nodes = list(nodes)
     demands, warnings = role_demands(cfg)
     skip = layout.unplaced if layout is not None else {}
-    warnings += [f"{d.name}: not placed ({skip[d.name]}); its resources are not asked for"
-                 for d in demands if d.name in skip]
+    warnings += [
+        f"{d.name}: not placed ({skip[d.name]}); its resources are not asked for"
+        for d in demands
+        if d.name in skip
+    ]
     demands = [d for d in demands if d.name not in skip]
     groups = colocation_groups(demands)
     by_name = {d.name: d for d in demands}
@@ -192,10 +255,14 @@ def plan(cfg: BaseModel, nodes: Sequence[Node], job: str | None = None, layout: 
     free = {n.name: {k: float(n.resources.get(k, 0.0)) for k in KEYS} for n in nodes}
     items: list[tuple[str, str, dict[str, float], str]] = []
     for g in groups:
-        fix = (f"lower the replicas or num_cpus/num_gpus of {', '.join(g.members)} "
-               f"({' / '.join(by_name[m].field for m in g.members)})")
-        items += [(f"group:{g.name}", f"colocation group {g.name!r} bundle {i + 1}/{len(g.bundles)}", b, fix)
-                  for i, b in enumerate(g.bundles)]
+        fix = (
+            f"lower the replicas or num_cpus/num_gpus of {', '.join(g.members)} "
+            f"({' / '.join(by_name[m].field for m in g.members)})"
+        )
+        items += [
+            (f"group:{g.name}", f"colocation group {g.name!r} bundle {i + 1}/{len(g.bundles)}", b, fix)
+            for i, b in enumerate(g.bundles)
+        ]
     placements = _pack(items, nodes, free, "colocation groups")
     tightest = {n: dict(f) for n, f in free.items()}
     step_of: dict[str, int] = {}
@@ -203,19 +270,28 @@ def plan(cfg: BaseModel, nodes: Sequence[Node], job: str | None = None, layout: 
         items = []
         mine = [by_name[n] for n in step if n not in grouped]
         fix = "lower " + "; ".join(
-            f"{d.field}.num_workers or cpus_per_worker" if d.kind == "train"
-            else f"{d.field}.replicas or {d.name}.model.tensor_parallel_size" if d.kind == "vllm"
-            else f"{d.field}.replicas or num_gpus / num_cpus" for d in mine)
+            f"{d.field}.num_workers or cpus_per_worker"
+            if d.kind == "train"
+            else f"{d.field}.replicas or {d.name}.model.tensor_parallel_size"
+            if d.kind == "vllm"
+            else f"{d.field}.replicas or num_gpus / num_cpus"
+            for d in mine
+        )
         for name in step:
             step_of[name] = i + 1
         for d in mine:
             unit = "worker" if d.kind == "train" else "replica"
-            items += [(d.name, f"{d.name} {unit} {r + 1}/{d.replicas}", d.per_replica, fix)
-                      for r in range(d.replicas)]
+            items += [
+                (d.name, f"{d.name} {unit} {r + 1}/{d.replicas}", d.per_replica, fix)
+                for r in range(d.replicas)
+            ]
         if not items:
             continue
-        what = (f"training section {step[0]!r}" if by_name[step[0]].kind == "train"
-                else f"roles that run together ({', '.join(step)})")
+        what = (
+            f"training section {step[0]!r}"
+            if by_name[step[0]].kind == "train"
+            else f"roles that run together ({', '.join(step)})"
+        )
         step_free = {n: dict(f) for n, f in free.items()}
         placements.update(_pack(items, nodes, step_free, what))
         for n, f in step_free.items():

@@ -33,15 +33,25 @@ def remote_args(res: Resources) -> dict[str, Any]:
     try:
         pg = ray.util.get_placement_group(res.placement_group)
     except ValueError:
-        raise PlacementError(f"placement group {res.placement_group!r} does not exist in this Ray namespace; "
-                             "it is created by forewarn.placement.reserved() for the run") from None
-    return {"scheduling_strategy": PlacementGroupSchedulingStrategy(
-        pg, placement_group_bundle_index=-1, placement_group_capture_child_tasks=False)}
+        raise PlacementError(
+            f"placement group {res.placement_group!r} does not exist in this Ray namespace; "
+            "it is created by forewarn.placement.reserved() for the run"
+        ) from None
+    return {
+        "scheduling_strategy": PlacementGroupSchedulingStrategy(
+            pg, placement_group_bundle_index=-1, placement_group_capture_child_tasks=False
+        )
+    }
 
 
 @contextmanager
-def reserved(cfg: BaseModel, job: str | None = None, layout: JobLayout | None = None, echo: bool = True,
-             timeout_s: float = PG_TIMEOUT_S) -> Iterator[BaseModel]:
+def reserved(
+    cfg: BaseModel,
+    job: str | None = None,
+    layout: JobLayout | None = None,
+    echo: bool = True,
+    timeout_s: float = PG_TIMEOUT_S,
+) -> Iterator[BaseModel]:
     """Create the colocation placement groups of ``cfg`` on the connected Ray cluster, for one run.
 
     Yields a copy of ``cfg`` whose colocated roles carry ``resources.placement_group`` (not part of the
@@ -57,8 +67,11 @@ def reserved(cfg: BaseModel, job: str | None = None, layout: JobLayout | None = 
         try:
             print(plan(cfg, live_nodes(), job, layout).render(), flush=True)
         except PlacementError as e:
-            print(f"# forewarn placement: the cluster does not fit this run as it is now "
-                  f"(waiting for the autoscaler, if any): {e}", flush=True)
+            print(
+                f"# forewarn placement: the cluster does not fit this run as it is now "
+                f"(waiting for the autoscaler, if any): {e}",
+                flush=True,
+            )
     if not groups:
         yield cfg
         return
@@ -74,7 +87,8 @@ def reserved(cfg: BaseModel, job: str | None = None, layout: JobLayout | None = 
                 raise PlacementError(
                     f"colocation group {g.name!r} ({len(g.bundles)} x {fmt(g.bundles[0])}) was not placed within "
                     f"{timeout_s:g} s: the cluster has no node with room (see `ray status`); lower the members' "
-                    f"resources or add nodes (FOREWARN_PLACEMENT_TIMEOUT_S sets the wait)")
+                    f"resources or add nodes (FOREWARN_PLACEMENT_TIMEOUT_S sets the wait)"
+                )
             for m in g.members:
                 refs[m].placement_group = name
         yield cfg

@@ -73,8 +73,9 @@ def _runs(eq: np.ndarray) -> tuple[int, int]:
     return int(lengths[k]), int(starts[k])
 
 
-def find_cycle(token_ids: Sequence[int], max_period: int = 64, min_repeats: float = 3.0,
-               at_end: bool = True) -> Cycle | None:
+def find_cycle(
+    token_ids: Sequence[int], max_period: int = 64, min_repeats: float = 3.0, at_end: bool = True
+) -> Cycle | None:
     """The periodic run covering the most tokens, or None when no period repeats ``min_repeats`` times.
 
     For each period p, ``ids[i] == ids[i - p]`` marks positions that continue a p-periodic run; a run of m
@@ -106,7 +107,7 @@ def _repeat_flags(token_ids: Sequence[int], n: int) -> list[bool]:
     flags = []
     ids = list(token_ids)
     for i in range(len(ids) - n + 1):
-        g = tuple(ids[i:i + n])
+        g = tuple(ids[i : i + n])
         flags.append(g in seen)
         seen.add(g)
     return flags
@@ -125,13 +126,20 @@ def loop_share(token_ids: Sequence[int], n: int = 4) -> float:
     """Share of n-grams in the second half of the sequence that already occurred earlier: near 1 for a loop,
     also one with small variations that break an exact period (sampled loops insert or drop a word)."""
     flags = _repeat_flags(token_ids, n)
-    tail = flags[len(token_ids) // 2:]
+    tail = flags[len(token_ids) // 2 :]
     return sum(tail) / len(tail) if tail else 0.0
 
 
-def analyse(token_ids: Sequence[int], max_new_tokens: int, cap_margin: int = 20, max_period: int = 64,
-            min_repeats: float = 3.0, ngram: int = 4, min_loop_share: float = 0.7, min_loop_tokens: int = 24
-            ) -> Recurrence:
+def analyse(
+    token_ids: Sequence[int],
+    max_new_tokens: int,
+    cap_margin: int = 20,
+    max_period: int = 64,
+    min_repeats: float = 3.0,
+    ngram: int = 4,
+    min_loop_share: float = 0.7,
+    min_loop_tokens: int = 24,
+) -> Recurrence:
     """Both recurrence verdicts for one response (token ids without the prompt and without EOS).
 
     ``cap_margin`` is the original's 20-token slack, clipped so that a short ``max_new_tokens`` (tests)

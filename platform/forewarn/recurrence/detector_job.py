@@ -53,8 +53,10 @@ def search_samples(run_dirs: list[str]) -> list[tuple[str, list[int], str]]:
     for d in run_dirs:
         rd = RunDir(d)
         if not rd.has_table("experiences"):
-            raise ConfigError(f"data.search_runs: {d!r} has no experiences.parquet; run recurrence_search there "
-                              "first or remove it from the list")
+            raise ConfigError(
+                f"data.search_runs: {d!r} has no experiences.parquet; run recurrence_search there "
+                "first or remove it from the list"
+            )
         t = rd.read_table("experiences").select(["prompt", "response_token_ids"]).to_pylist()
         out += [(r["prompt"], list(r["response_token_ids"]), f"search:{Path(d).name}") for r in t]
     return out
@@ -77,8 +79,9 @@ def generated_samples(cfg: RecurrenceDetectorConfig) -> list[tuple[str, list[int
     return out
 
 
-def label_and_balance(samples: list[tuple[str, list[int], str]], cfg: RecurrenceDetectorConfig
-                      ) -> list[dict[str, Any]]:
+def label_and_balance(
+    samples: list[tuple[str, list[int], str]], cfg: RecurrenceDetectorConfig
+) -> list[dict[str, Any]]:
     """Label each distinct response, then keep at most ``max_per_class`` per class (seeded sample)."""
     seen, rows = set(), []
     for prompt, ids, source in samples:
@@ -87,11 +90,28 @@ def label_and_balance(samples: list[tuple[str, list[int], str]], cfg: Recurrence
             continue
         seen.add(key)
         d = cfg.detect
-        rec = analyse(ids, cfg.params.max_new_tokens, d.cap_margin, d.max_period, d.min_repeats, d.ngram,
-                      d.min_loop_share, d.min_loop_tokens)
-        rows.append({"prompt": prompt, "response_token_ids": ids, "source": source, "num_tokens": len(ids),
-                     "label": int(rec.recurrent(cfg.data.label_rule)), "length_rule": rec.hit_cap,
-                     "cycled": rec.cycled, "loop_share": rec.loop_share})
+        rec = analyse(
+            ids,
+            cfg.params.max_new_tokens,
+            d.cap_margin,
+            d.max_period,
+            d.min_repeats,
+            d.ngram,
+            d.min_loop_share,
+            d.min_loop_tokens,
+        )
+        rows.append(
+            {
+                "prompt": prompt,
+                "response_token_ids": ids,
+                "source": source,
+                "num_tokens": len(ids),
+                "label": int(rec.recurrent(cfg.data.label_rule)),
+                "length_rule": rec.hit_cap,
+                "cycled": rec.cycled,
+                "loop_share": rec.loop_share,
+            }
+        )
     rng = random.Random(cfg.seed)
     kept = []
     for label in (0, 1):
@@ -108,8 +128,10 @@ def run(cfg: RecurrenceDetectorConfig, rundir: RunDir, tracker: Any) -> dict:
     rows = label_and_balance(search_samples(cfg.data.search_runs) + generated_samples(cfg), cfg)
     y = np.array([r["label"] for r in rows])
     if len(rows) < 8 or y.min() == y.max():
-        raise ConfigError(f"only {int(y.sum())} recurrent and {int((1 - y).sum())} non-recurrent samples: add "
-                          "data.search_runs or data.prompt_files that make the target loop and not loop")
+        raise ConfigError(
+            f"only {int(y.sum())} recurrent and {int((1 - y).sum())} non-recurrent samples: add "
+            "data.search_runs or data.prompt_files that make the target loop and not loop"
+        )
     set_torch_threads(cfg.target.resources.num_cpus)
     gen = HFGenerator(cfg.target.model)  # its encode renders prompts exactly as the generation did
     x = features(gen, [(r["prompt"], r["response_token_ids"]) for r in rows], cfg.features, progress=True)
@@ -125,9 +147,13 @@ def run(cfg: RecurrenceDetectorConfig, rundir: RunDir, tracker: Any) -> dict:
     rundir.write_table("samples", pa.Table.from_pylist(rows))
     long_test = test[[rows[i]["num_tokens"] >= cfg.features.detection_length for i in test]]
     summary = {
-        "n_samples": len(rows), "n_recurrent": int(y.sum()), "feature": cfg.features.kind,
-        "detection_length": cfg.features.detection_length, "label_rule": cfg.data.label_rule,
-        "classify_stats": report["classify_stats"], "train_stats": report["train_stats"],
+        "n_samples": len(rows),
+        "n_recurrent": int(y.sum()),
+        "feature": cfg.features.kind,
+        "detection_length": cfg.features.detection_length,
+        "label_rule": cfg.data.label_rule,
+        "classify_stats": report["classify_stats"],
+        "train_stats": report["train_stats"],
         "classify_stats_long_only": classify_stats(y[long_test], prob[long_test] >= cfg.classifier.threshold),
         "length_rule_vs_label": classify_stats(y, np.array([r["length_rule"] for r in rows])),
         "detector_dir": str(rundir.path("detector")),

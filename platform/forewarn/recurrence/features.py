@@ -34,11 +34,16 @@ NORM_NAMES = ("norm", "ln_f", "final_layer_norm")  # the final norm of Llama-lik
 
 def activation_modules(model: torch.nn.Module) -> list[torch.nn.Module]:
     """The MLP activation module of every decoder layer (its input is the pre-activation the feature uses)."""
-    found = [m for name, m in model.named_modules()
-             if name.split(".")[-1] in ACT_NAMES and ".mlp." in f".{name}" and isinstance(m, torch.nn.Module)]
+    found = [
+        m
+        for name, m in model.named_modules()
+        if name.split(".")[-1] in ACT_NAMES and ".mlp." in f".{name}" and isinstance(m, torch.nn.Module)
+    ]
     if not found:
-        raise ValueError(f"{type(model).__name__}: no MLP activation module (mlp.act_fn / mlp.act) found; use "
-                         "features.kind=hidden_state for this architecture")
+        raise ValueError(
+            f"{type(model).__name__}: no MLP activation module (mlp.act_fn / mlp.act) found; use "
+            "features.kind=hidden_state for this architecture"
+        )
     return found
 
 
@@ -50,8 +55,10 @@ def final_norm(model: torch.nn.Module) -> torch.nn.Module:
             mod = getattr(holder, name, None) if holder is not None else None
             if isinstance(mod, torch.nn.Module):
                 return mod
-    raise ValueError(f"{type(model).__name__}: no final norm ({', '.join(NORM_NAMES)}) found for "
-                     "features.kind=hidden_state")
+    raise ValueError(
+        f"{type(model).__name__}: no final norm ({', '.join(NORM_NAMES)}) found for "
+        "features.kind=hidden_state"
+    )
 
 
 class TokenVectorHooks:
@@ -64,15 +71,22 @@ class TokenVectorHooks:
     ``hidden_state``. Call :meth:`close` to remove the hooks.
     """
 
-    def __init__(self, model: torch.nn.Module, kind: Kind, begin: Callable[[torch.Tensor, int], bool],
-                 take: Callable[[torch.Tensor], None]):
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        kind: Kind,
+        begin: Callable[[torch.Tensor, int], bool],
+        take: Callable[[torch.Tensor], None],
+    ):
         import threading
 
         self.kind, self.begin, self.take = kind, begin, take
         self._local = threading.local()
         mods = activation_modules(model) if kind == "mlp_activation" else [final_norm(model)]
-        self._handles = [model.register_forward_pre_hook(self._top_pre, with_kwargs=True),
-                         model.register_forward_hook(self._top_post)]
+        self._handles = [
+            model.register_forward_pre_hook(self._top_pre, with_kwargs=True),
+            model.register_forward_hook(self._top_post),
+        ]
         if kind == "mlp_activation":
             self._handles += [m.register_forward_pre_hook(self._act_pre) for m in mods]
         else:
@@ -81,7 +95,9 @@ class TokenVectorHooks:
     def _top_pre(self, _m: Any, args: tuple, kwargs: dict) -> None:
         ids = kwargs.get("input_ids", args[0] if args else None)
         if ids is None:
-            raise ValueError("the loop detector's hooks need input_ids (not inputs_embeds) in the forward pass")
+            raise ValueError(
+                "the loop detector's hooks need input_ids (not inputs_embeds) in the forward pass"
+            )
         cache = kwargs.get("past_key_values")
         past = int(cache.get_seq_length()) if cache is not None and hasattr(cache, "get_seq_length") else 0
         self._local.parts = [] if self.begin(ids, past) else None
@@ -139,10 +155,14 @@ class SimilarityWindows:
         s, size = vecs.shape[1], self.length
         keep = min(s, size)
         slots = torch.tensor([(self.count + k) % size for k in range(s - keep, s)], device=self.vecs.device)
-        self.vecs[:, slots] = vecs[:, s - keep:]
+        self.vecs[:, slots] = vecs[:, s - keep :]
         self.count += s
         n = min(self.count, size)
-        rows = torch.bmm(self.vecs[:, slots], self.vecs[:, :n].transpose(1, 2)).mul_(self.scale).add_(self.offset)
+        rows = (
+            torch.bmm(self.vecs[:, slots], self.vecs[:, :n].transpose(1, 2))
+            .mul_(self.scale)
+            .add_(self.offset)
+        )
         self.sim[:, slots, :n] = rows
         self.sim[:, :n, slots] = rows.transpose(1, 2)
         self.sim[:, slots, slots] = 0.0
@@ -176,8 +196,9 @@ class SimilarityWindows:
 
 
 @torch.inference_mode()
-def response_feature(model: torch.nn.Module, prompt_ids: Sequence[int], response_ids: Sequence[int],
-                     length: int, kind: Kind) -> np.ndarray:
+def response_feature(
+    model: torch.nn.Module, prompt_ids: Sequence[int], response_ids: Sequence[int], length: int, kind: Kind
+) -> np.ndarray:
     """The feature of one response's first ``length`` tokens, from one forward pass over prompt + response.
 
     The vectors of the response positions are those the generation computed for the same tokens (same
@@ -194,14 +215,15 @@ def response_feature(model: torch.nn.Module, prompt_ids: Sequence[int], response
         model(input_ids=torch.tensor([prompt + resp], device=device))
     finally:
         hooks.close()
-    vecs = got[0][:, len(prompt):]
+    vecs = got[0][:, len(prompt) :]
     win = SimilarityWindows(1, length, vecs.shape[-1], kind, vecs.device)
     win.push(vecs)
     return win.profile(0)
 
 
-def features(generator: Any, samples: Sequence[tuple[str, Sequence[int]]], cfg: FeatureSection,
-             progress: bool = False) -> np.ndarray:
+def features(
+    generator: Any, samples: Sequence[tuple[str, Sequence[int]]], cfg: FeatureSection, progress: bool = False
+) -> np.ndarray:
     """Features of many (prompt, response ids) samples, shape (N, detection_length).
 
     ``generator`` is the :class:`~forewarn.models.hf.HFGenerator` of the target: its ``encode`` renders the

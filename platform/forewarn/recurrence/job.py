@@ -37,8 +37,9 @@ def load_tokenizer(cfg: Any) -> Any:
     return AutoTokenizer.from_pretrained(cfg.search.tokenizer or cfg.target.model.path)
 
 
-def run_searches(cfg: RecurrenceSearchConfig, generate: Any, tokenizer: Any, tracker: Any,
-                 show_progress: bool = True) -> list[SearchResult]:
+def run_searches(
+    cfg: RecurrenceSearchConfig, generate: Any, tokenizer: Any, tracker: Any, show_progress: bool = True
+) -> list[SearchResult]:
     """Every (seed, method) search against one ``generate`` callable, with a progress bar per search."""
     evaluate = make_evaluator(generate, tokenizer, cfg.params, cfg.detect, cfg.search.contexts)
     vocab = search_vocab(tokenizer, cfg.search.exclude_special_tokens)
@@ -50,14 +51,26 @@ def run_searches(cfg: RecurrenceSearchConfig, generate: Any, tokenizer: Any, tra
             for method in cfg.methods:
                 task = bar.add_task(f"{method} seed {seed}", total=total)
 
-                def on_iteration(log: IterationLog, res: SearchResult, task: Any = task, method: str = method,
-                                 seed: int = seed) -> None:
+                def on_iteration(
+                    log: IterationLog,
+                    res: SearchResult,
+                    task: Any = task,
+                    method: str = method,
+                    seed: int = seed,
+                ) -> None:
                     bar.update(task, completed=log.evaluations)
-                    tracker.log_metrics({f"{method}.seed{seed}.max_fitness": log.max_fitness,
-                                         f"{method}.seed{seed}.max_tokens": log.max_tokens_generated,
-                                         f"{method}.seed{seed}.hits": log.hits}, step=log.evaluations)
+                    tracker.log_metrics(
+                        {
+                            f"{method}.seed{seed}.max_fitness": log.max_fitness,
+                            f"{method}.seed{seed}.max_tokens": log.max_tokens_generated,
+                            f"{method}.seed{seed}.hits": log.hits,
+                        },
+                        step=log.evaluations,
+                    )
 
-                res = Search(cfg.search, vocab, evaluate, method=method, seed=seed, on_iteration=on_iteration).run()
+                res = Search(
+                    cfg.search, vocab, evaluate, method=method, seed=seed, on_iteration=on_iteration
+                ).run()
                 bar.update(task, completed=total)
                 results.append(res)
     return results
@@ -80,8 +93,12 @@ def run(cfg: RecurrenceSearchConfig, rundir: RunDir, tracker: Any) -> dict:
     summary = summarize(results, cfg.search.max_evaluations)
     for method, m in summary["methods"].items():
         if m["median_evaluations_to_first_hit"] is not None:
-            tracker.log_metrics({f"{method}.median_evaluations_to_first_hit": m["median_evaluations_to_first_hit"],
-                                 f"{method}.found": m["found"]})
+            tracker.log_metrics(
+                {
+                    f"{method}.median_evaluations_to_first_hit": m["median_evaluations_to_first_hit"],
+                    f"{method}.found": m["found"],
+                }
+            )
     if "speedup_random_over_ga" in summary:
         tracker.log_metrics({"speedup_random_over_ga": summary["speedup_random_over_ga"]})
     tracker.log_figure(fitness_figure(results), "fitness.png")

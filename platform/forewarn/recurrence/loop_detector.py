@@ -54,9 +54,18 @@ def classify_stats(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
     recall = tp / (tp + fn) if tp + fn else 0.0
     precision = tp / (tp + fp) if tp + fp else 0.0
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-    return {"recall": recall, "fpr": fp / (fp + tn) if fp + tn else 0.0, "precision": precision, "f1": f1,
-            "accuracy": (tp + tn) / max(1, len(y_true)), "tp": tp, "fp": fp, "fn": fn, "tn": tn,
-            "n": int(len(y_true))}
+    return {
+        "recall": recall,
+        "fpr": fp / (fp + tn) if fp + tn else 0.0,
+        "precision": precision,
+        "f1": f1,
+        "accuracy": (tp + tn) / max(1, len(y_true)),
+        "tp": tp,
+        "fp": fp,
+        "fn": fn,
+        "tn": tn,
+        "n": int(len(y_true)),
+    }
 
 
 @dataclass
@@ -82,18 +91,27 @@ class LoopDetector:
         """``detector.pt`` (weights, mean, std) and ``detector.yaml`` (feature + classifier config, info)."""
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
-        torch.save({"state_dict": self.mlp.state_dict(), "mean": self.mean, "std": self.std}, d / "detector.pt")
-        meta = {"features": self.features.model_dump(mode="json"),
-                "classifier": self.classifier.model_dump(mode="json"), "info": self.info}
-        (d / "detector.yaml").write_text(yaml.safe_dump(json.loads(json.dumps(meta, default=str)), sort_keys=False))
+        torch.save(
+            {"state_dict": self.mlp.state_dict(), "mean": self.mean, "std": self.std}, d / "detector.pt"
+        )
+        meta = {
+            "features": self.features.model_dump(mode="json"),
+            "classifier": self.classifier.model_dump(mode="json"),
+            "info": self.info,
+        }
+        (d / "detector.yaml").write_text(
+            yaml.safe_dump(json.loads(json.dumps(meta, default=str)), sort_keys=False)
+        )
         return d
 
     @classmethod
     def load(cls, directory: str | Path) -> "LoopDetector":
         d = Path(directory)
         if not (d / "detector.yaml").is_file() or not (d / "detector.pt").is_file():
-            raise FileNotFoundError(f"{str(d)!r} holds no detector (detector.yaml + detector.pt); train one with "
-                                    "`forewarn recurrence detect`")
+            raise FileNotFoundError(
+                f"{str(d)!r} holds no detector (detector.yaml + detector.pt); train one with "
+                "`forewarn recurrence detect`"
+            )
         meta = yaml.safe_load((d / "detector.yaml").read_text())
         feats = FeatureSection.model_validate(meta["features"])
         clf = ClassifierSection.model_validate(meta["classifier"])
@@ -113,15 +131,18 @@ def split(labels: np.ndarray, train_fraction: float, seed: int) -> tuple[np.ndar
     return np.sort(tr), np.sort(te)
 
 
-def train_detector(x: np.ndarray, y: np.ndarray, features_cfg: FeatureSection, cfg: ClassifierSection,
-                   seed: int = 0) -> LoopDetector:
+def train_detector(
+    x: np.ndarray, y: np.ndarray, features_cfg: FeatureSection, cfg: ClassifierSection, seed: int = 0
+) -> LoopDetector:
     """Train the MLP on (x, y) (all of it: split beforehand) and return the detector."""
     torch.manual_seed(seed)
     x = np.asarray(x, dtype=np.float32)
     y = np.asarray(y, dtype=np.float32)
     if len(np.unique(y)) < 2:
-        raise ValueError("detector training needs both recurrent and non-recurrent samples; collect more "
-                         "(e.g. add search runs with triggers, or testbed prompts)")
+        raise ValueError(
+            "detector training needs both recurrent and non-recurrent samples; collect more "
+            "(e.g. add search runs with triggers, or testbed prompts)"
+        )
     mean, std = x.mean(axis=0), x.std(axis=0) + 1e-6
     xt = torch.as_tensor((x - mean) / std)
     yt = torch.as_tensor(y)
@@ -138,9 +159,13 @@ def train_detector(x: np.ndarray, y: np.ndarray, features_cfg: FeatureSection, c
     for _ in range(cfg.epochs):
         perm = torch.randperm(len(y), generator=gen)
         for i in range(0, len(y), cfg.batch_size):
-            b = perm[i:i + cfg.batch_size]
-            loss = nn.functional.binary_cross_entropy_with_logits(mlp(xt[b]), yt[b], weight=sample_w[b],
-                                                                  reduction="sum") / sample_w[b].sum()
+            b = perm[i : i + cfg.batch_size]
+            loss = (
+                nn.functional.binary_cross_entropy_with_logits(
+                    mlp(xt[b]), yt[b], weight=sample_w[b], reduction="sum"
+                )
+                / sample_w[b].sum()
+            )
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -149,13 +174,21 @@ def train_detector(x: np.ndarray, y: np.ndarray, features_cfg: FeatureSection, c
     return LoopDetector(features_cfg, cfg, mlp, mean, std)
 
 
-def train_and_evaluate(x: np.ndarray, y: np.ndarray, features_cfg: FeatureSection, cfg: ClassifierSection,
-                       seed: int = 0) -> tuple[LoopDetector, dict[str, Any]]:
+def train_and_evaluate(
+    x: np.ndarray, y: np.ndarray, features_cfg: FeatureSection, cfg: ClassifierSection, seed: int = 0
+) -> tuple[LoopDetector, dict[str, Any]]:
     """Split, train, and report ``train_stats`` and ``classify_stats`` (held-out) as the reference does."""
     tr, te = split(y, cfg.train_fraction, seed)
     det = train_detector(x[tr], y[tr], features_cfg, cfg, seed)
-    report = {"train_stats": classify_stats(y[tr], det.predict(x[tr])),
-              "classify_stats": classify_stats(y[te], det.predict(x[te])),
-              "train_index": tr.tolist(), "test_index": te.tolist()}
-    det.info = {"train_stats": report["train_stats"], "classify_stats": report["classify_stats"], "seed": seed}
+    report = {
+        "train_stats": classify_stats(y[tr], det.predict(x[tr])),
+        "classify_stats": classify_stats(y[te], det.predict(x[te])),
+        "train_index": tr.tolist(),
+        "test_index": te.tolist(),
+    }
+    det.info = {
+        "train_stats": report["train_stats"],
+        "classify_stats": report["classify_stats"],
+        "seed": seed,
+    }
     return det, report

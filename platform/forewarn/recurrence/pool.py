@@ -45,8 +45,9 @@ class TargetPool:
     def __init__(self, role: RoleConfig, params: GenerationParams):
         from forewarn.pools import RolePool
 
-        self.pool = RolePool("target", partial(TargetWorker, role.model, params, role.resources.num_cpus),
-                             role.resources)
+        self.pool = RolePool(
+            "target", partial(TargetWorker, role.model, params, role.resources.num_cpus), role.resources
+        )
 
     def generate(self, prompts: Sequence[str]) -> list[tuple[str, list[int], str, float]]:
         return self.pool.map("generate", {"prompts": list(prompts)})
@@ -61,12 +62,17 @@ def search_vocab(tokenizer: Any, exclude_special: bool = True) -> list[int]:
     return [i for i in range(len(tokenizer)) if i not in special]
 
 
-def make_evaluator(generate: Callable[[Sequence[str]], list[tuple[str, list[int], str, float]]], tokenizer: Any,
-                   params: GenerationParams, detect: DetectSection, contexts: Sequence[str] = ()
-                   ) -> Callable[[list[Ids]], list[Evaluation]]:
+def make_evaluator(
+    generate: Callable[[Sequence[str]], list[tuple[str, list[int], str, float]]],
+    tokenizer: Any,
+    params: GenerationParams,
+    detect: DetectSection,
+    contexts: Sequence[str] = (),
+) -> Callable[[list[Ids]], list[Evaluation]]:
     """Wrap a batch ``generate`` into the GA's ``evaluate``: decode ids to a prompt, generate, analyse.
 
-    The prompt is ``decode(ids)`` put into each of ``contexts`` (or alone), sent as one user turn through the backend (the chat template adds the
+    The prompt is ``decode(ids)`` put into each of ``contexts`` (or alone), sent as one user turn through the
+    backend (the chat template adds the
     generation prompt the original omitted). Backends that return no token ids (openai) are re-tokenised.
     """
 
@@ -77,18 +83,35 @@ def make_evaluator(generate: Callable[[Sequence[str]], list[tuple[str, list[int]
         outs = generate(prompts)
         evals = []
         for i, ids in enumerate(batch):
-            recs, rows = [], outs[i * len(slots):(i + 1) * len(slots)]
+            recs, rows = [], outs[i * len(slots) : (i + 1) * len(slots)]
             for text, tids, _, _ in rows:
                 if not tids and text:
                     tids = tokenizer(text, add_special_tokens=False)["input_ids"]
-                recs.append(analyse(tids, params.max_new_tokens, cap_margin=detect.cap_margin,
-                                    max_period=detect.max_period, min_repeats=detect.min_repeats, ngram=detect.ngram,
-                                    min_loop_share=detect.min_loop_share, min_loop_tokens=detect.min_loop_tokens))
+                recs.append(
+                    analyse(
+                        tids,
+                        params.max_new_tokens,
+                        cap_margin=detect.cap_margin,
+                        max_period=detect.max_period,
+                        min_repeats=detect.min_repeats,
+                        ngram=detect.ngram,
+                        min_loop_share=detect.min_loop_share,
+                        min_loop_tokens=detect.min_loop_tokens,
+                    )
+                )
             text, tids, finish, _ = rows[0]
-            evals.append(Evaluation(ids=tuple(ids), prompt=prompts[i * len(slots)], response=text,
-                                    response_ids=list(tids), finish_reason=finish,
-                                    seconds=sum(r[3] for r in rows), recurrence=recs[0],
-                                    recurrences=recs if contexts else []))
+            evals.append(
+                Evaluation(
+                    ids=tuple(ids),
+                    prompt=prompts[i * len(slots)],
+                    response=text,
+                    response_ids=list(tids),
+                    finish_reason=finish,
+                    seconds=sum(r[3] for r in rows),
+                    recurrence=recs[0],
+                    recurrences=recs if contexts else [],
+                )
+            )
         return evals
 
     return evaluate

@@ -148,9 +148,15 @@ class Search:
     may return True to stop (Tune schedulers use it).
     """
 
-    def __init__(self, cfg: SearchSection, vocab: Sequence[int], evaluate: Callable[[list[Ids]], list[Evaluation]],
-                 method: str = "ga", seed: int = 0,
-                 on_iteration: Callable[[IterationLog, "SearchResult"], bool | None] | None = None):
+    def __init__(
+        self,
+        cfg: SearchSection,
+        vocab: Sequence[int],
+        evaluate: Callable[[list[Ids]], list[Evaluation]],
+        method: str = "ga",
+        seed: int = 0,
+        on_iteration: Callable[[IterationLog, "SearchResult"], bool | None] | None = None,
+    ):
         if method not in ("ga", "random"):
             raise ValueError(f"method={method!r}: expected 'ga' or 'random'")
         if len(vocab) < 2:
@@ -173,14 +179,17 @@ class Search:
         known = set(self.cache) | set(parents)
         while len(children) < count:
             a, b = self.rng.choice(parents), self.rng.choice(parents)
-            child = mutate(crossover(a, b, self.cfg.crossover, self.rng), self.cfg.mutation_rate, self.vocab,
-                           self.rng)
+            child = mutate(
+                crossover(a, b, self.cfg.crossover, self.rng), self.cfg.mutation_rate, self.vocab, self.rng
+            )
             if self.rng.random() < self.cfg.swap_rate:
                 child = swap(child, self.rng)
             for _ in range(8):
                 if child not in known:
                     break
-                child = mutate(child, max(self.cfg.mutation_rate, 1 / self.cfg.input_len), self.vocab, self.rng)
+                child = mutate(
+                    child, max(self.cfg.mutation_rate, 1 / self.cfg.input_len), self.vocab, self.rng
+                )
             known.add(child)
             children.append(child)
         return children

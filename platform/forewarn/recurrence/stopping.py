@@ -39,7 +39,6 @@ from forewarn.recurrence.loop_detector import LoopDetector
 from forewarn.recurrence.features import Kind, SimilarityWindows, TokenVectorHooks
 
 
-
 class GenerationWindows:
     """The similarity windows of the rows of the current ``generate`` call of ``model`` (per thread)."""
 
@@ -55,9 +54,11 @@ class GenerationWindows:
             return False
         fed = getattr(st, "fed", None)
         if fed is None or len(fed) != input_ids.shape[0]:
-            raise RuntimeError(f"decoding step with {input_ids.shape[0]} rows but the prefill this thread saw had "
-                               f"{None if fed is None else len(fed)}: the loop detector follows one generate "
-                               "call at a time per thread")
+            raise RuntimeError(
+                f"decoding step with {input_ids.shape[0]} rows but the prefill this thread saw had "
+                f"{None if fed is None else len(fed)}: the loop detector follows one generate "
+                "call at a time per thread"
+            )
         for row, ids in zip(fed, input_ids.tolist()):
             row.extend(ids)
         st.checked = set()
@@ -75,10 +76,12 @@ class GenerationWindows:
         ids = list(token_ids)
         m = len(fed[0]) if fed else -1
         if not fed or not 0 <= len(ids) - m <= 1:
-            raise RuntimeError(f"no row of a generation in progress in this thread has fed these {len(ids)} tokens"
-                               f" (fed so far: {m}); the learned loop detector reads the generation's own "
-                               "activations, so it must be called from a stopping criterion of generate on "
-                               "the model it hooks")
+            raise RuntimeError(
+                f"no row of a generation in progress in this thread has fed these {len(ids)} tokens"
+                f" (fed so far: {m}); the learned loop detector reads the generation's own "
+                "activations, so it must be called from a stopping criterion of generate on "
+                "the model it hooks"
+            )
         head, last = ids[:m], (ids[m - 1] if m else None)
         checked = self._local.checked
         match = [r for r, row in enumerate(fed) if (not m or row[-1] == last) and row == head]
@@ -169,7 +172,13 @@ class LoopDetectorSpec(Section):
     """``{kind: loop_detector, path: runs/recurrence_detector/detector}`` in ``generator.stop_detectors``."""
 
     kind: Literal["loop_detector"] = "loop_detector"
-    path: str = Field(description="a detector folder written by `forewarn recurrence detect` (OUTPUT_DIR/detector)")
+    path: str = Field(
+        description="a detector folder written by `forewarn recurrence detect` (OUTPUT_DIR/detector)"
+    )
     check_every: int = Field(16, ge=1, description="check after every this many generated tokens")
-    min_tokens: int | None = Field(None, ge=2, description="first check at this length (default: the "
-                                   "detector's detection_length + 1, the first full window)")
+    min_tokens: int | None = Field(
+        None,
+        ge=2,
+        description="first check at this length (default: the "
+        "detector's detection_length + 1, the first full window)",
+    )

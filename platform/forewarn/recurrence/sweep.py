@@ -44,9 +44,13 @@ def search_space(cfg: RecurrenceSweepConfig) -> dict[str, Any]:
     from ray import tune
 
     t = cfg.tune
-    return {"pool_size": tune.choice(t.pool_size), "input_len": tune.choice(t.input_len),
-            "mutation_rate": tune.uniform(*t.mutation_rate), "crossover": tune.choice(t.crossover),
-            "fitness": tune.choice(t.fitness)}
+    return {
+        "pool_size": tune.choice(t.pool_size),
+        "input_len": tune.choice(t.input_len),
+        "mutation_rate": tune.uniform(*t.mutation_rate),
+        "crossover": tune.choice(t.crossover),
+        "fitness": tune.choice(t.fitness),
+    }
 
 
 def trial_search(base: SearchSection, params: dict[str, Any]) -> SearchSection:
@@ -72,24 +76,39 @@ def make_trainable(cfg: RecurrenceSweepConfig, tokenizer_path: str) -> Any:
         batch = cfg.target.resources.batch_size
 
         def generate(prompts: list[str]) -> list[tuple[str, list[int], str, float]]:
-            return [row for i in range(0, len(prompts), batch) for row in worker.generate(prompts[i:i + batch])]
+            return [
+                row for i in range(0, len(prompts), batch) for row in worker.generate(prompts[i : i + batch])
+            ]
 
         evaluate = make_evaluator(generate, tok, cfg.params, cfg.detect, search.contexts)
 
         def metrics(log: IterationLog, res: SearchResult) -> dict[str, Any]:
-            return {METRIC: progress_score(res, budget, cfg.params.max_new_tokens),
-                    "evaluations": log.evaluations, "max_fitness": log.max_fitness,
-                    "max_tokens_generated": log.max_tokens_generated, "hits": log.hits,
-                    "found": float(res.found), "evaluations_to_first_hit": float(res.first_hit_evaluations or budget)}
+            return {
+                METRIC: progress_score(res, budget, cfg.params.max_new_tokens),
+                "evaluations": log.evaluations,
+                "max_fitness": log.max_fitness,
+                "max_tokens_generated": log.max_tokens_generated,
+                "hits": log.hits,
+                "found": float(res.found),
+                "evaluations_to_first_hit": float(res.first_hit_evaluations or budget),
+            }
 
         def report(log: IterationLog, res: SearchResult) -> None:
             tune.report(metrics(log, res))
 
-        res = Search(search, search_vocab(tok, search.exclude_special_tokens), evaluate, method="ga",
-                     seed=cfg.seed, on_iteration=report).run()
+        res = Search(
+            search,
+            search_vocab(tok, search.exclude_special_tokens),
+            evaluate,
+            method="ga",
+            seed=cfg.seed,
+            on_iteration=report,
+        ).run()
         if res.iterations:  # a last report carries the triggers (a string: MLflow keeps only the numbers)
-            triggers = [{"prompt": e.prompt, "token_ids": list(e.ids), "hit_rate": e.hit_rate}
-                        for e in res.triggers()[:10]]
+            triggers = [
+                {"prompt": e.prompt, "token_ids": list(e.ids), "hit_rate": e.hit_rate}
+                for e in res.triggers()[:10]
+            ]
             tune.report({**metrics(res.iterations[-1], res), "triggers": json.dumps(triggers)})
 
     return trainable
@@ -106,9 +125,11 @@ def run_sweep(cfg: RecurrenceSweepConfig, storage: str | Path, tracking_uri: str
     t = cfg.tune
     for size in t.pool_size:  # fail before any Ray work, not inside a trial
         if int(size * cfg.search.selection_rate) < 1:
-            raise ConfigError(f"tune.pool_size contains {size}: with search.selection_rate="
-                              f"{cfg.search.selection_rate} it keeps no parent; use sizes >= "
-                              f"{int(1 / cfg.search.selection_rate) + 1}")
+            raise ConfigError(
+                f"tune.pool_size contains {size}: with search.selection_rate="
+                f"{cfg.search.selection_rate} it keeps no parent; use sizes >= "
+                f"{int(1 / cfg.search.selection_rate) + 1}"
+            )
     budget = cfg.search.max_evaluations or cfg.search.iterations * max(t.pool_size)
     if t.searcher == "optuna":
         from ray.tune.search.optuna import OptunaSearch
@@ -116,20 +137,39 @@ def run_sweep(cfg: RecurrenceSweepConfig, storage: str | Path, tracking_uri: str
         searcher: Any = ConcurrencyLimiter(OptunaSearch(seed=cfg.seed), max_concurrent=t.max_concurrent)
     else:
         searcher = BasicVariantGenerator(random_state=cfg.seed, max_concurrent=t.max_concurrent)
-    scheduler = (ASHAScheduler(time_attr="evaluations", max_t=budget, grace_period=t.grace_period * min(t.pool_size),
-                               reduction_factor=2)
-                 if t.scheduler == "asha" else FIFOScheduler())
-    trainable = tune.with_resources(make_trainable(cfg, cfg.search.tokenizer or cfg.target.model.path),
-                                    tune.PlacementGroupFactory([{"CPU": t.trial_cpus}]))
+    scheduler = (
+        ASHAScheduler(
+            time_attr="evaluations",
+            max_t=budget,
+            grace_period=t.grace_period * min(t.pool_size),
+            reduction_factor=2,
+        )
+        if t.scheduler == "asha"
+        else FIFOScheduler()
+    )
+    trainable = tune.with_resources(
+        make_trainable(cfg, cfg.search.tokenizer or cfg.target.model.path),
+        tune.PlacementGroupFactory([{"CPU": t.trial_cpus}]),
+    )
     tuner = tune.Tuner(
         trainable,
         param_space=search_space(cfg),
-        tune_config=tune.TuneConfig(metric=METRIC, mode=MODE, num_samples=t.num_samples, search_alg=searcher,
-                                    scheduler=scheduler),
+        tune_config=tune.TuneConfig(
+            metric=METRIC, mode=MODE, num_samples=t.num_samples, search_alg=searcher, scheduler=scheduler
+        ),
         run_config=tune.RunConfig(
-            name="trigger_sweep", storage_path=str(Path(storage).resolve()), verbose=1,
-            callbacks=[MLflowLoggerCallback(tracking_uri=tracking_uri, experiment_name=t.experiment,
-                                            tags={"forewarn.job": "recurrence_sweep"}, save_artifact=False)]),
+            name="trigger_sweep",
+            storage_path=str(Path(storage).resolve()),
+            verbose=1,
+            callbacks=[
+                MLflowLoggerCallback(
+                    tracking_uri=tracking_uri,
+                    experiment_name=t.experiment,
+                    tags={"forewarn.job": "recurrence_sweep"},
+                    save_artifact=False,
+                )
+            ],
+        ),
     )
     grid = tuner.fit()
     errors = [str(r.error) for r in grid if r.error is not None]
@@ -138,10 +178,21 @@ def run_sweep(cfg: RecurrenceSweepConfig, storage: str | Path, tracking_uri: str
 
         raise ForewarnError(f"every sweep trial failed; first error: {errors[0]}")
     best = grid.get_best_result(metric=METRIC, mode=MODE, scope="all")
-    trials = [{"config": r.config, **{k: r.metrics.get(k) for k in (METRIC, "evaluations", "found",
-                                                                       "evaluations_to_first_hit")}}
-              for r in grid if r.error is None]
-    return {"best_config": best.config, "best_triggers": json.loads(best.metrics.get("triggers") or "[]"), "best_score": best.metrics.get(METRIC),
-            "best_found": bool(best.metrics.get("found")),
-            "best_evaluations_to_first_hit": best.metrics.get("evaluations_to_first_hit"),
-            "n_trials": len(grid), "n_errors": len(errors), "trials": trials}
+    trials = [
+        {
+            "config": r.config,
+            **{k: r.metrics.get(k) for k in (METRIC, "evaluations", "found", "evaluations_to_first_hit")},
+        }
+        for r in grid
+        if r.error is None
+    ]
+    return {
+        "best_config": best.config,
+        "best_triggers": json.loads(best.metrics.get("triggers") or "[]"),
+        "best_score": best.metrics.get(METRIC),
+        "best_found": bool(best.metrics.get("found")),
+        "best_evaluations_to_first_hit": best.metrics.get("evaluations_to_first_hit"),
+        "n_trials": len(grid),
+        "n_errors": len(errors),
+        "trials": trials,
+    }

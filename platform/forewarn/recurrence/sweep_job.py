@@ -26,8 +26,10 @@ def run(cfg: RecurrenceSweepConfig, rundir: RunDir, tracker: Any) -> dict:
     cfg = resolve_names(cfg)
     uri = tracker.tracking_uri or resolve_tracking_uri(cfg.tracking)
     summary = run_sweep(cfg, rundir.path("tune"), uri)
-    rows = [{"config": json.dumps(t["config"]), **{k: v for k, v in t.items() if k != "config"}}
-            for t in summary["trials"]]
+    rows = [
+        {"config": json.dumps(t["config"]), **{k: v for k, v in t.items() if k != "config"}}
+        for t in summary["trials"]
+    ]
     rundir.write_table("trials", pa.Table.from_pylist(rows))
     tracker.log_params({f"best.{k}": v for k, v in summary["best_config"].items()})
     tracker.log_metrics({"best_score": summary["best_score"] or 0.0, "n_trials": summary["n_trials"]})

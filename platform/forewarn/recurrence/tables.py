@@ -16,13 +16,42 @@ TABLES = {"experiences": ExperienceRow, "best_records": BestRecordRow, "alg_log"
 
 # the original CSV columns (reference section 3), then ours
 CSV_COLUMNS = {
-    "experiences": ["iteration", "prompt", "response", "fitness", "tokens_generated", "time_taken",
-                    "time_per_token", "method", "seed", "evaluation", "hit", "hit_cap", "cycled", "period",
-                    "cycle_start"],
-    "best_records": ["iteration", "best_results", "average_fitness", "max_tokens_generated", "max_fitness",
-                     "method", "seed", "evaluations", "hits"],
-    "alg_log": ["first_iteration_to_hit_goal", "time_to_hit_goal", "method", "seed", "evaluations_to_hit_goal",
-                "total_evaluations"],
+    "experiences": [
+        "iteration",
+        "prompt",
+        "response",
+        "fitness",
+        "tokens_generated",
+        "time_taken",
+        "time_per_token",
+        "method",
+        "seed",
+        "evaluation",
+        "hit",
+        "hit_cap",
+        "cycled",
+        "period",
+        "cycle_start",
+    ],
+    "best_records": [
+        "iteration",
+        "best_results",
+        "average_fitness",
+        "max_tokens_generated",
+        "max_fitness",
+        "method",
+        "seed",
+        "evaluations",
+        "hits",
+    ],
+    "alg_log": [
+        "first_iteration_to_hit_goal",
+        "time_to_hit_goal",
+        "method",
+        "seed",
+        "evaluations_to_hit_goal",
+        "total_evaluations",
+    ],
 }
 
 
@@ -31,22 +60,61 @@ def result_rows(res: SearchResult, run_id: str) -> dict[str, list[Any]]:
     exp = []
     for it, k, e in res.evaluations:
         r = e.recurrence
-        exp.append(ExperienceRow(
-            id=stable_id(res.method, res.seed, k), run_id=run_id, iteration=it, method=res.method, seed=res.seed,
-            evaluation=k, token_ids=list(e.ids), prompt=e.prompt, response=e.response,
-            response_token_ids=e.response_ids, tokens_generated=r.num_tokens, finish_reason=e.finish_reason,
-            fitness=e.fitness, hit=e.hit, hit_cap=r.hit_cap, cycled=r.cycled, period=r.period,
-            cycle_start=r.cycle_start, repeats=r.repeats, repeated_tokens=r.repeated_tokens, loop_share=r.loop_share,
-            time_taken=e.seconds, time_per_token=e.seconds / max(1, r.num_tokens)))
-    best = [BestRecordRow(run_id=run_id, iteration=log.iteration, method=res.method, seed=res.seed,
-                          best_prompts=[p for p, _ in log.best], best_fitness=[f for _, f in log.best],
-                          average_fitness=log.average_fitness, max_fitness=log.max_fitness,
-                          max_tokens_generated=log.max_tokens_generated, evaluations=log.evaluations,
-                          hits=log.hits) for log in res.iterations]
-    alg = [AlgLogRow(run_id=run_id, method=res.method, seed=res.seed,
-                     first_iteration_to_hit_goal=res.first_hit_iteration,
-                     evaluations_to_hit_goal=res.first_hit_evaluations, time_to_hit_goal=res.first_hit_seconds,
-                     total_evaluations=res.total_evaluations, seconds=res.seconds)]
+        exp.append(
+            ExperienceRow(
+                id=stable_id(res.method, res.seed, k),
+                run_id=run_id,
+                iteration=it,
+                method=res.method,
+                seed=res.seed,
+                evaluation=k,
+                token_ids=list(e.ids),
+                prompt=e.prompt,
+                response=e.response,
+                response_token_ids=e.response_ids,
+                tokens_generated=r.num_tokens,
+                finish_reason=e.finish_reason,
+                fitness=e.fitness,
+                hit=e.hit,
+                hit_cap=r.hit_cap,
+                cycled=r.cycled,
+                period=r.period,
+                cycle_start=r.cycle_start,
+                repeats=r.repeats,
+                repeated_tokens=r.repeated_tokens,
+                loop_share=r.loop_share,
+                time_taken=e.seconds,
+                time_per_token=e.seconds / max(1, r.num_tokens),
+            )
+        )
+    best = [
+        BestRecordRow(
+            run_id=run_id,
+            iteration=log.iteration,
+            method=res.method,
+            seed=res.seed,
+            best_prompts=[p for p, _ in log.best],
+            best_fitness=[f for _, f in log.best],
+            average_fitness=log.average_fitness,
+            max_fitness=log.max_fitness,
+            max_tokens_generated=log.max_tokens_generated,
+            evaluations=log.evaluations,
+            hits=log.hits,
+        )
+        for log in res.iterations
+    ]
+    alg = [
+        AlgLogRow(
+            run_id=run_id,
+            method=res.method,
+            seed=res.seed,
+            first_iteration_to_hit_goal=res.first_hit_iteration,
+            evaluations_to_hit_goal=res.first_hit_evaluations,
+            time_to_hit_goal=res.first_hit_seconds,
+            total_evaluations=res.total_evaluations,
+            seconds=res.seconds,
+        )
+    ]
     return {"experiences": exp, "best_records": best, "alg_log": alg}
 
 
@@ -92,11 +160,20 @@ def summarize(results: list[SearchResult], budget: int | None) -> dict[str, Any]
         }
     m = out["methods"]
     if "ga" in m and "random" in m and m["ga"]["median_evaluations_to_first_hit"]:
-        out["speedup_random_over_ga"] = round(m["random"]["median_evaluations_to_first_hit"]
-                                              / m["ga"]["median_evaluations_to_first_hit"], 3)
+        out["speedup_random_over_ga"] = round(
+            m["random"]["median_evaluations_to_first_hit"] / m["ga"]["median_evaluations_to_first_hit"], 3
+        )
     triggers = [e for r in results if r.method == "ga" for e in r.triggers()]
-    out["triggers"] = [{"prompt": e.prompt, "token_ids": list(e.ids), "tokens_generated": e.recurrence.num_tokens,
-                        "period": e.recurrence.period, "fitness": e.fitness} for e in triggers[:10]]
+    out["triggers"] = [
+        {
+            "prompt": e.prompt,
+            "token_ids": list(e.ids),
+            "tokens_generated": e.recurrence.num_tokens,
+            "period": e.recurrence.period,
+            "fitness": e.fitness,
+        }
+        for e in triggers[:10]
+    ]
     return out
 
 
@@ -110,8 +187,13 @@ def fitness_figure(results: list[SearchResult]) -> Any:
     fig, ax = plt.subplots(figsize=(6, 4))
     for r in results:
         df = pd.DataFrame([(log.evaluations, log.max_fitness) for log in r.iterations], columns=["e", "f"])
-        ax.plot(df["e"], df["f"].cummax(), color="C0" if r.method == "ga" else "C1", alpha=0.7,
-                label=f"{r.method} seed {r.seed}")
+        ax.plot(
+            df["e"],
+            df["f"].cummax(),
+            color="C0" if r.method == "ga" else "C1",
+            alpha=0.7,
+            label=f"{r.method} seed {r.seed}",
+        )
     ax.set_xlabel("target generations")
     ax.set_ylabel("best fitness so far")
     ax.legend(fontsize=6)

@@ -16,5 +16,15 @@ from forewarn.retrieval.config import (
 from forewarn.retrieval.datastore import build_datastore
 from forewarn.retrieval.processors import build_processor, close_processors
 
-__all__ = ["DExpertsSpec", "DatastoreSpec", "IndexSpec", "KnnLMSpec", "MitigationSpec", "build_datastore",
-           "build_processor", "close_processors", "parse_mitigation", "resolve_mitigation_names"]
+__all__ = [
+    "DExpertsSpec",
+    "DatastoreSpec",
+    "IndexSpec",
+    "KnnLMSpec",
+    "MitigationSpec",
+    "build_datastore",
+    "build_processor",
+    "close_processors",
+    "parse_mitigation",
+    "resolve_mitigation_names",
+]

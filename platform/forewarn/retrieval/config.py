@@ -38,10 +38,15 @@ class DatastoreSpec(Section):
     corpus: str = Field(description="JSONL/Parquet with a text column, or testbed:<file>")
     text_field: str = "text"
     prompt_field: str | None = Field(
-        None, description="chat corpora: render (prompt, text) with the model's chat template and store only "
-                          "the response tokens, so keys match what the model sees when it answers")
-    model: ModelSpec | None = Field(None, description="the model the datastore is for (its keys are this "
-                                                      "model's states); in the goodtriever job, None = target")
+        None,
+        description="chat corpora: render (prompt, text) with the model's chat template and store only "
+        "the response tokens, so keys match what the model sees when it answers",
+    )
+    model: ModelSpec | None = Field(
+        None,
+        description="the model the datastore is for (its keys are this "
+        "model's states); in the goodtriever job, None = target",
+    )
     key_type: Literal["mlp_input", "block_output"] = "mlp_input"
     block_size: int = Field(1024, ge=2, description="tokens per window")
     stride: int = Field(512, ge=1, description="only the last `stride` positions of a window are stored")
@@ -75,8 +80,9 @@ class KnnLMSpec(Section):
     temperature: float = Field(100.0, gt=0.0, description="T_knn in softmax(-d / T); larger is flatter")
     alpha: float = Field(2.0, description="ensemble strength")
     lmbda: float = Field(0.25, gt=0.0, lt=1.0, description="interpolation weight (interpolate methods only)")
-    filter_p: float = Field(0.9, ge=0.0, le=1.0, description="top-p filter of the base LM before the ensemble "
-                                                             "(0 or 1 disables)")
+    filter_p: float = Field(
+        0.9, ge=0.0, le=1.0, description="top-p filter of the base LM before the ensemble (0 or 1 disables)"
+    )
     recompute_dists: bool = Field(False, description="exact L2 from the stored keys instead of PQ distances")
     nprobe: int | None = Field(None, ge=1, description="override the datastore's nprobe")
     gpu: bool | None = Field(None, description="faiss search on GPU: None = when available")
@@ -86,8 +92,10 @@ class KnnLMSpec(Section):
         if self.toxic is None and self.nontoxic is None:
             raise ValueError("knn_lm needs at least one datastore: set toxic and/or nontoxic")
         if self.method != "ensemble" and self.toxic is not None and self.nontoxic is not None:
-            raise ValueError(f"method {self.method!r} uses one datastore; set only toxic or nontoxic "
-                             "(or use method 'ensemble')")
+            raise ValueError(
+                f"method {self.method!r} uses one datastore; set only toxic or nontoxic "
+                "(or use method 'ensemble')"
+            )
         if self.ensemble_order[0] == self.ensemble_order[1]:
             raise ValueError("ensemble_order must be ('subtract', 'add') or ('add', 'subtract')")
         return self
@@ -108,8 +116,9 @@ class DExpertsSpec(Section):
 
 
 MitigationSpec = Annotated[Union[KnnLMSpec, DExpertsSpec], Field(discriminator="kind")]
-MITIGATION_KINDS = tuple(get_args(m.model_fields["kind"].annotation)[0]
-                         for m in get_args(get_args(MitigationSpec)[0]))
+MITIGATION_KINDS = tuple(
+    get_args(m.model_fields["kind"].annotation)[0] for m in get_args(get_args(MitigationSpec)[0])
+)
 _ADAPTER: TypeAdapter = TypeAdapter(MitigationSpec)
 
 
@@ -144,6 +153,8 @@ class SystemSpec(Section):
     def _kinds(cls, v: Any) -> Any:
         for i, m in enumerate(v or []):
             if isinstance(m, dict) and m.get("kind") not in MITIGATION_KINDS:
-                raise ValueError(f"mitigations[{i}].kind = {m.get('kind')!r}: expected one of "
-                                 f"{', '.join(MITIGATION_KINDS)}")
+                raise ValueError(
+                    f"mitigations[{i}].kind = {m.get('kind')!r}: expected one of "
+                    f"{', '.join(MITIGATION_KINDS)}"
+                )
         return v

@@ -64,7 +64,9 @@ class KeyUDF:
 
         self.specs = specs
         self.model, self.tok = load_hf(specs[0].model)
-        self.captures = {kt: HiddenCapture(self.model, kt, last_only=False) for kt in {s.key_type for s in specs}}
+        self.captures = {
+            kt: HiddenCapture(self.model, kt, last_only=False) for kt in {s.key_type for s in specs}
+        }
         self.max_pos = getattr(self.model.config, "max_position_embeddings", 10**9)
 
     def units(self, spec: DatastoreSpec, batch: pd.DataFrame) -> list[tuple[list[int], list[bool]]]:
@@ -88,7 +90,11 @@ class KeyUDF:
 
     def __call__(self, batch: pd.DataFrame) -> dict[str, np.ndarray]:
         dim = int(self.model.config.hidden_size)
-        keys, vals, stores = [np.zeros((0, dim), np.float16)], [np.zeros(0, np.int32)], [np.zeros(0, np.int32)]
+        keys, vals, stores = (
+            [np.zeros((0, dim), np.float16)],
+            [np.zeros(0, np.int32)],
+            [np.zeros(0, np.int32)],
+        )
         docs = []
         for code, group in batch.groupby("_store", sort=True):
             spec = self.specs[int(code)]
@@ -103,8 +109,12 @@ class KeyUDF:
             if n_rows:
                 n_docs[offset] = n_group
             offset += n_rows
-        return {"key": np.concatenate(keys), "value": np.concatenate(vals), "store": np.concatenate(stores),
-                "docs": n_docs}
+        return {
+            "key": np.concatenate(keys),
+            "value": np.concatenate(vals),
+            "store": np.concatenate(stores),
+            "docs": n_docs,
+        }
 
     def encode(self, spec: DatastoreSpec, batch: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
         import torch
@@ -123,13 +133,13 @@ class KeyUDF:
         capture = self.captures[spec.key_type]
         with torch.inference_mode():
             for i in range(0, len(jobs), bs):
-                chunk = jobs[i:i + bs]
+                chunk = jobs[i : i + bs]
                 width = max(len(w) for w, _ in chunk)
                 input_ids = torch.full((len(chunk), width), self.tok.pad_token_id, dtype=torch.long)
                 attn = torch.zeros((len(chunk), width), dtype=torch.long)
                 for r, (w, _) in enumerate(chunk):  # right padding: positions stay 0..len-1
-                    input_ids[r, :len(w)] = torch.tensor(w)
-                    attn[r, :len(w)] = 1
+                    input_ids[r, : len(w)] = torch.tensor(w)
+                    attn[r, : len(w)] = 1
                 self.model(input_ids=input_ids.to(device), attention_mask=attn.to(device), use_cache=False)
                 hidden = capture.value.float().cpu()
                 for r, (_, pairs) in enumerate(chunk):
@@ -182,8 +192,9 @@ def build_datastore(spec: DatastoreSpec, out_dir: str | Path, show_progress: boo
     return build_datastores({"store": spec}, {"store": Path(out_dir)}, show_progress)["store"]
 
 
-def build_datastores(specs: dict[str, DatastoreSpec], dirs: dict[str, Path],
-                     show_progress: bool = True) -> dict[str, dict[str, Any]]:
+def build_datastores(
+    specs: dict[str, DatastoreSpec], dirs: dict[str, Path], show_progress: bool = True
+) -> dict[str, dict[str, Any]]:
     """Build keys/values with Ray Data actor pools, then each faiss index; returns metadata per store.
 
     Stores that share a model and batching are extracted in one pipeline (one actor pool, the model loaded
@@ -196,8 +207,10 @@ def build_datastores(specs: dict[str, DatastoreSpec], dirs: dict[str, Path],
     todo: dict[str, DatastoreSpec] = {}
     for name, spec in specs.items():
         if spec.model is None:
-            raise ConfigError(f"datastores.{name}.model is not set: name the model whose hidden states become "
-                              "the keys (the goodtriever job fills in its target)")
+            raise ConfigError(
+                f"datastores.{name}.model is not set: name the model whose hidden states become "
+                "the keys (the goodtriever job fills in its target)"
+            )
         out = Path(dirs[name])
         out.mkdir(parents=True, exist_ok=True)
         meta = _read_json(out / META)
@@ -207,16 +220,27 @@ def build_datastores(specs: dict[str, DatastoreSpec], dirs: dict[str, Path],
             todo[name] = spec
     groups: dict[str, list[str]] = {}
     for name, spec in todo.items():
-        key = json.dumps([spec.model.model_dump(mode="json"), spec.batch_docs,
-                          spec.resources.model_dump(mode="json")], sort_keys=True)
+        key = json.dumps(
+            [spec.model.model_dump(mode="json"), spec.batch_docs, spec.resources.model_dump(mode="json")],
+            sort_keys=True,
+        )
         groups.setdefault(key, []).append(name)
     for names in groups.values():
         t0 = time.perf_counter()
-        counts = _extract_keys({n: todo[n] for n in names}, {n: Path(dirs[n]) for n in names}, show_progress, ray)
+        counts = _extract_keys(
+            {n: todo[n] for n in names}, {n: Path(dirs[n]) for n in names}, show_progress, ray
+        )
         for n, (n_keys, n_docs, dim) in counts.items():
-            _write_json(Path(dirs[n]) / KEYS_DONE, {"build_hash": build_hash(todo[n]), "n": n_keys,
-                                                    "n_docs": n_docs, "dim": dim,
-                                                    "seconds": round(time.perf_counter() - t0, 3)})
+            _write_json(
+                Path(dirs[n]) / KEYS_DONE,
+                {
+                    "build_hash": build_hash(todo[n]),
+                    "n": n_keys,
+                    "n_docs": n_docs,
+                    "dim": dim,
+                    "seconds": round(time.perf_counter() - t0, 3),
+                },
+            )
     for name, spec in specs.items():
         if name not in metas:
             metas[name] = _index_store(spec, Path(dirs[name]), show_progress)
@@ -231,18 +255,32 @@ def _index_store(spec: DatastoreSpec, out: Path, show_progress: bool) -> dict[st
     info = _read_json(out / KEYS_DONE)
     n, dim = info["n"], info["dim"]
     if n == 0:
-        raise ConfigError(f"corpus = {spec.corpus!r}: produced no (key, value) pairs; check text_field / "
-                          "prompt_field and that the texts are not empty")
+        raise ConfigError(
+            f"corpus = {spec.corpus!r}: produced no (key, value) pairs; check text_field / "
+            "prompt_field and that the texts are not empty"
+        )
     check_index_spec(spec.index, n, dim)
     keys = np.memmap(out / KEYS, dtype=np.float16, mode="r", shape=(n, dim))
     with Progress(disable=not show_progress, transient=True) as bar:
         task = bar.add_task(f"faiss {spec.index.kind} index", total=n)
         index_info = build_index(keys, spec.index, out / INDEX, progress=lambda k: bar.advance(task, k))
-    meta = {"build_hash": build_hash(spec), "n": n, "dim": dim, "n_docs": info["n_docs"],
-            "key_type": spec.key_type, "model": spec.model.path, "fingerprint": _model_config(spec),
-            "corpus": spec.corpus, "text_field": spec.text_field, "prompt_field": spec.prompt_field,
-            "block_size": spec.block_size, "stride": spec.stride, "index": index_info,
-            "key_seconds": info["seconds"], "spec": spec.model_dump(mode="json")}
+    meta = {
+        "build_hash": build_hash(spec),
+        "n": n,
+        "dim": dim,
+        "n_docs": info["n_docs"],
+        "key_type": spec.key_type,
+        "model": spec.model.path,
+        "fingerprint": _model_config(spec),
+        "corpus": spec.corpus,
+        "text_field": spec.text_field,
+        "prompt_field": spec.prompt_field,
+        "block_size": spec.block_size,
+        "stride": spec.stride,
+        "index": index_info,
+        "key_seconds": info["seconds"],
+        "spec": spec.model_dump(mode="json"),
+    }
     _write_json(out / META, meta)
     return meta
 
@@ -253,7 +291,9 @@ def build_hash(spec: DatastoreSpec) -> str:
     stamp = []
     folder = Path(spec.model.path)
     if folder.is_dir():
-        stamp = sorted((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in folder.iterdir() if f.is_file())
+        stamp = sorted(
+            (f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in folder.iterdir() if f.is_file()
+        )
     corpus = Path(spec.corpus)
     if corpus.is_file():
         stamp.append((str(corpus), corpus.stat().st_size, corpus.stat().st_mtime_ns))
@@ -269,8 +309,12 @@ def _model_config(spec: DatastoreSpec) -> dict[str, Any]:
 
     c = AutoConfig.from_pretrained(spec.model.path, trust_remote_code=spec.model.trust_remote_code)
     c = c.get_text_config() if hasattr(c, "get_text_config") else c
-    return {"model_type": c.model_type, "hidden_size": int(c.hidden_size), "vocab_size": int(c.vocab_size),
-            "num_hidden_layers": int(c.num_hidden_layers)}
+    return {
+        "model_type": c.model_type,
+        "hidden_size": int(c.hidden_size),
+        "vocab_size": int(c.vocab_size),
+        "num_hidden_layers": int(c.num_hidden_layers),
+    }
 
 
 def _write_json(path: Path, obj: dict) -> None:
@@ -281,15 +325,22 @@ def _write_json(path: Path, obj: dict) -> None:
 
 def _normalise(ds: Any, code: int, spec: DatastoreSpec) -> Any:
     """Project a corpus onto the columns the key actor reads: _store, _text, _prompt."""
+
     def fn(b: pd.DataFrame) -> pd.DataFrame:
-        return pd.DataFrame({"_store": np.full(len(b), code, np.int32), "_text": b[spec.text_field].astype(str),
-                             "_prompt": b[spec.prompt_field].astype(str) if spec.prompt_field else ""})
+        return pd.DataFrame(
+            {
+                "_store": np.full(len(b), code, np.int32),
+                "_text": b[spec.text_field].astype(str),
+                "_prompt": b[spec.prompt_field].astype(str) if spec.prompt_field else "",
+            }
+        )
 
     return ds.map_batches(fn, batch_format="pandas", num_cpus=0.25)
 
 
-def _extract_keys(specs: dict[str, DatastoreSpec], dirs: dict[str, Path], show_progress: bool,
-                  ray: Any) -> dict[str, tuple[int, int, int]]:
+def _extract_keys(
+    specs: dict[str, DatastoreSpec], dirs: dict[str, Path], show_progress: bool, ray: Any
+) -> dict[str, tuple[int, int, int]]:
     """Stream (key, value) batches from one actor pool into each store's fp16 / int32 files."""
     from forewarn.pools import data_stage
 
@@ -301,7 +352,9 @@ def _extract_keys(specs: dict[str, DatastoreSpec], dirs: dict[str, Path], show_p
     ctx.execution_options.preserve_order = True  # deterministic row order, so ids are reproducible
     ctx.enable_progress_bars = show_progress
     res, first = ordered[0].resources, ordered[0]
-    keyed = data_stage(ds, KeyUDF, dict(specs=ordered, num_cpus=res.num_cpus), res, batch_size=first.batch_docs)
+    keyed = data_stage(
+        ds, KeyUDF, dict(specs=ordered, num_cpus=res.num_cpus), res, batch_size=first.batch_docs
+    )
     counts = {n: [0, 0, 0] for n in names}
     files = {}
     try:

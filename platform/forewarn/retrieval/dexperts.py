@@ -35,8 +35,12 @@ class IncrementalLM:
         device = next(self.model.parameters()).device
         ids = input_ids.to(device)
         prev = getattr(st, "ids", None)
-        fresh = (prev is None or prev.shape[0] != ids.shape[0] or prev.shape[1] + 1 != ids.shape[1]
-                 or not torch.equal(prev, ids[:, :-1]))
+        fresh = (
+            prev is None
+            or prev.shape[0] != ids.shape[0]
+            or prev.shape[1] + 1 != ids.shape[1]
+            or not torch.equal(prev, ids[:, :-1])
+        )
         if fresh:
             # left padding: only the leading pad tokens are padding (a pad == eos generated later is not)
             mask = (torch.cumsum((ids != self.pad).long(), dim=-1) > 0).long()
@@ -44,9 +48,14 @@ class IncrementalLM:
         else:
             mask = torch.cat([st.mask, torch.ones_like(ids[:, -1:])], dim=-1)
             new_ids = ids[:, -1:]
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, -new_ids.shape[1]:]
-        out = self.model(input_ids=new_ids, attention_mask=mask, position_ids=positions,
-                         past_key_values=st.cache, use_cache=True)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, -new_ids.shape[1] :]
+        out = self.model(
+            input_ids=new_ids,
+            attention_mask=mask,
+            position_ids=positions,
+            past_key_values=st.cache,
+            use_cache=True,
+        )
         st.cache, st.mask, st.ids = out.past_key_values, mask, ids
         return out.logits[:, -1, :].float()
 
@@ -57,13 +66,21 @@ class IncrementalLM:
 class DExpertsProcessor(LogitsProcessor):
     """Base + alpha * (expert - anti-expert) with a top-p filter of the base model first."""
 
-    def __init__(self, spec: DExpertsSpec, expert: Any, anti_expert: Any, pad_token_id: int,
-                 base_vocab_size: int | None = None):
+    def __init__(
+        self,
+        spec: DExpertsSpec,
+        expert: Any,
+        anti_expert: Any,
+        pad_token_id: int,
+        base_vocab_size: int | None = None,
+    ):
         for name, m in (("expert", expert), ("anti_expert", anti_expert)):
             v = int(m.config.vocab_size)
             if base_vocab_size is not None and v != base_vocab_size:
-                raise ConfigError(f"{name}: vocabulary size {v} differs from the base model's {base_vocab_size};"
-                                  " DExperts needs experts with the base model's tokenizer")
+                raise ConfigError(
+                    f"{name}: vocabulary size {v} differs from the base model's {base_vocab_size};"
+                    " DExperts needs experts with the base model's tokenizer"
+                )
         self.spec = spec
         self.expert, self.anti = IncrementalLM(expert, pad_token_id), IncrementalLM(anti_expert, pad_token_id)
 
@@ -71,7 +88,9 @@ class DExpertsProcessor(LogitsProcessor):
         z_pos = self.expert.next_logits(input_ids).to(scores.device)
         z_neg = self.anti.next_logits(input_ids).to(scores.device)
         if z_pos.shape[-1] != scores.shape[-1]:
-            raise RuntimeError(f"expert logits have {z_pos.shape[-1]} entries, base scores {scores.shape[-1]}")
+            raise RuntimeError(
+                f"expert logits have {z_pos.shape[-1]} entries, base scores {scores.shape[-1]}"
+            )
         base = top_p_filter(torch.log_softmax(scores.float(), dim=-1), self.spec.filter_p)
         return torch.log_softmax(base + self.spec.alpha * (z_pos - z_neg), dim=-1).to(scores.dtype)
 

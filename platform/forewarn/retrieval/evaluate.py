@@ -26,8 +26,9 @@ class MitigatedGenerateUDF:
     prompts, model and hardware; ``gen_seconds`` is each system's own generation time per sequence.
     """
 
-    def __init__(self, spec: ModelSpec, systems: dict[str, list[dict]], params: GenerationParams,
-                 num_cpus: float):
+    def __init__(
+        self, spec: ModelSpec, systems: dict[str, list[dict]], params: GenerationParams, num_cpus: float
+    ):
         from forewarn.pipeline.stages import set_torch_threads
 
         set_torch_threads(num_cpus)
@@ -35,8 +36,10 @@ class MitigatedGenerateUDF:
         from forewarn.retrieval.processors import build_processor
 
         self.gen = HFGenerator(spec)
-        self.systems = {name: [build_processor(m, self.gen.model, self.gen.tokenizer) for m in mitigations]
-                        for name, mitigations in systems.items()}
+        self.systems = {
+            name: [build_processor(m, self.gen.model, self.gen.tokenizer) for m in mitigations]
+            for name, mitigations in systems.items()
+        }
         self.params = params
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
@@ -48,9 +51,18 @@ class MitigatedGenerateUDF:
             per_seq = (time.perf_counter() - start) / max(1, sum(len(r) for r in results))
             for (_, row), completions in zip(batch.iterrows(), results):
                 for k, c in enumerate(completions):
-                    rows.append({"system": name, **row.to_dict(), "sample": k, "text": c.text,
-                                 "num_tokens": len(c.token_ids), "finish_reason": c.finish_reason,
-                                 "gen_error": c.error, "gen_seconds": per_seq})
+                    rows.append(
+                        {
+                            "system": name,
+                            **row.to_dict(),
+                            "sample": k,
+                            "text": c.text,
+                            "num_tokens": len(c.token_ids),
+                            "finish_reason": c.finish_reason,
+                            "gen_error": c.error,
+                            "gen_seconds": per_seq,
+                        }
+                    )
         return pd.DataFrame(rows)
 
 
@@ -73,7 +85,9 @@ class PerplexityUDF:
         idx = np.flatnonzero(batch["ppl_sampled"].to_numpy(dtype=bool))
         if len(idx):
             sub = batch.iloc[idx]
-            ppl[idx] = self.scorer.perplexities([str(p) for p in sub["prompt"]], [str(t) for t in sub["text"]])
+            ppl[idx] = self.scorer.perplexities(
+                [str(p) for p in sub["prompt"]], [str(t) for t in sub["text"]]
+            )
         out["ppl"] = ppl
         return out
 
@@ -88,9 +102,17 @@ def sample_ppl_prompts(prompt_ids: pd.Series, sets: pd.Series, max_prompts: int,
     return chosen
 
 
-def evaluate_systems(prompts: pd.DataFrame, target: Any, systems: dict[str, list[dict]], params: GenerationParams,
-                     judge_spec: Any, judge_resources: Resources, ppl_model: ModelSpec, ppl_resources: Resources,
-                     ppl_batch_size: int) -> pd.DataFrame:
+def evaluate_systems(
+    prompts: pd.DataFrame,
+    target: Any,
+    systems: dict[str, list[dict]],
+    params: GenerationParams,
+    judge_spec: Any,
+    judge_resources: Resources,
+    ppl_model: ModelSpec,
+    ppl_resources: Resources,
+    ppl_batch_size: int,
+) -> pd.DataFrame:
     """Generate with every system, judge and score; ``prompts`` has id, prompt_set, prompt, ppl_sampled."""
     import ray
 
@@ -98,12 +120,21 @@ def evaluate_systems(prompts: pd.DataFrame, target: Any, systems: dict[str, list
     from forewarn.pools import data_stage
 
     ds = ray.data.from_pandas(prompts)
-    ds = data_stage(ds, MitigatedGenerateUDF, dict(spec=target.model, systems=systems, params=params,
-                                                   num_cpus=target.resources.num_cpus), target.resources)
-    ds = judge_stage(ds, judge_spec, judge_resources, prompt_column="prompt", response_column="text",
-                     prefix="judge_")
-    ds = data_stage(ds, PerplexityUDF, dict(spec=ppl_model, num_cpus=ppl_resources.num_cpus,
-                                            batch_size=ppl_batch_size), ppl_resources)
+    ds = data_stage(
+        ds,
+        MitigatedGenerateUDF,
+        dict(spec=target.model, systems=systems, params=params, num_cpus=target.resources.num_cpus),
+        target.resources,
+    )
+    ds = judge_stage(
+        ds, judge_spec, judge_resources, prompt_column="prompt", response_column="text", prefix="judge_"
+    )
+    ds = data_stage(
+        ds,
+        PerplexityUDF,
+        dict(spec=ppl_model, num_cpus=ppl_resources.num_cpus, batch_size=ppl_batch_size),
+        ppl_resources,
+    )
     df = ds.to_pandas()
     df = df.rename(columns={"judge_score": "toxicity", "judge_error": "score_error"})
     df = df.rename(columns={"id": "prompt_id"})

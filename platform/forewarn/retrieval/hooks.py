@@ -29,8 +29,10 @@ def last_block(model: torch.nn.Module) -> torch.nn.Module:
     decoder = getattr(base, "decoder", None)
     if decoder is not None and isinstance(getattr(decoder, "layers", None), torch.nn.ModuleList):
         return decoder.layers[-1]
-    raise ValueError(f"cannot find the decoder blocks of {type(model).__name__} (looked for base_model.layers, "
-                     ".h, .blocks, .decoder.layers); this architecture is not supported for kNN-LM keys")
+    raise ValueError(
+        f"cannot find the decoder blocks of {type(model).__name__} (looked for base_model.layers, "
+        ".h, .blocks, .decoder.layers); this architecture is not supported for kNN-LM keys"
+    )
 
 
 def key_module(model: torch.nn.Module, key_type: KeyType) -> tuple[torch.nn.Module, bool]:
@@ -44,8 +46,10 @@ def key_module(model: torch.nn.Module, key_type: KeyType) -> tuple[torch.nn.Modu
         mod = getattr(block, name, None)
         if isinstance(mod, torch.nn.Module):
             return mod, True
-    raise ValueError(f"the last block of {type(model).__name__} ({type(block).__name__}) has no mlp / "
-                     "feed_forward / ffn module; use key_type='block_output'")
+    raise ValueError(
+        f"the last block of {type(model).__name__} ({type(block).__name__}) has no mlp / "
+        "feed_forward / ffn module; use key_type='block_output'"
+    )
 
 
 class HiddenCapture:
@@ -79,8 +83,10 @@ class HiddenCapture:
         """The captured tensor; raises if no forward pass of the hooked model ran in this thread."""
         v = getattr(self._local, "value", None)
         if v is None:
-            raise RuntimeError("no hidden state was captured: the processor is attached to a different model "
-                               "object than the one generating, or it was closed")
+            raise RuntimeError(
+                "no hidden state was captured: the processor is attached to a different model "
+                "object than the one generating, or it was closed"
+            )
         return v
 
     def clear(self) -> None:

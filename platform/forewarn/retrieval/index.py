@@ -38,8 +38,10 @@ def use_gpu(requested: bool | None, field: str = "index.gpu") -> bool:
     faiss = _faiss()
     n = faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0
     if requested is True and n == 0:
-        raise ConfigError(f"{field} = true but faiss sees no GPU (faiss {faiss.__version__}); install "
-                          f"faiss-gpu-cu12 on a GPU machine or set {field} to null/false")
+        raise ConfigError(
+            f"{field} = true but faiss sees no GPU (faiss {faiss.__version__}); install "
+            f"faiss-gpu-cu12 on a GPU machine or set {field} to null/false"
+        )
     return bool(n) if requested is None else requested
 
 
@@ -48,13 +50,17 @@ def check_index_spec(spec: IndexSpec, n: int, dim: int) -> None:
     if spec.kind != "ivfpq":
         return
     if dim % spec.m:
-        raise ConfigError(f"index.m = {spec.m}: must divide the key dimension {dim} "
-                          f"(e.g. {', '.join(str(d) for d in range(1, dim + 1) if dim % d == 0 and d <= 128)})")
-    need = max(spec.nlist, 2 ** spec.nbits)
+        raise ConfigError(
+            f"index.m = {spec.m}: must divide the key dimension {dim} "
+            f"(e.g. {', '.join(str(d) for d in range(1, dim + 1) if dim % d == 0 and d <= 128)})"
+        )
+    need = max(spec.nlist, 2**spec.nbits)
     if min(n, spec.train_size) < need:
-        raise ConfigError(f"index: ivfpq with nlist={spec.nlist}, nbits={spec.nbits} needs at least {need} "
-                          f"training keys, the datastore has {n} (train_size={spec.train_size}); use "
-                          "index.kind=flat for small datastores or lower nlist / nbits")
+        raise ConfigError(
+            f"index: ivfpq with nlist={spec.nlist}, nbits={spec.nbits} needs at least {need} "
+            f"training keys, the datastore has {n} (train_size={spec.train_size}); use "
+            "index.kind=flat for small datastores or lower nlist / nbits"
+        )
 
 
 def new_index(spec: IndexSpec, dim: int) -> Any:
@@ -105,9 +111,19 @@ def build_index(keys: np.ndarray, spec: IndexSpec, path: str | Path, progress: A
     tmp = path.with_name(f".{path.name}.tmp")
     faiss.write_index(index, str(tmp))
     tmp.replace(path)
-    return {"kind": spec.kind, "nlist": spec.nlist, "m": spec.m, "nbits": spec.nbits, "nprobe": spec.nprobe,
-            "trained_on": trained_on, "ntotal": int(index.ntotal), "gpu": gpu, "faiss": faiss.__version__,
-            "train_seconds": round(t_train, 3), "total_seconds": round(time.perf_counter() - t0, 3)}
+    return {
+        "kind": spec.kind,
+        "nlist": spec.nlist,
+        "m": spec.m,
+        "nbits": spec.nbits,
+        "nprobe": spec.nprobe,
+        "trained_on": trained_on,
+        "ntotal": int(index.ntotal),
+        "gpu": gpu,
+        "faiss": faiss.__version__,
+        "train_seconds": round(t_train, 3),
+        "total_seconds": round(time.perf_counter() - t0, 3),
+    }
 
 
 def load_index(path: str | Path, nprobe: int | None, gpu: bool | None, fp16_lookup: bool = True) -> Any:
@@ -115,8 +131,10 @@ def load_index(path: str | Path, nprobe: int | None, gpu: bool | None, fp16_look
     faiss = _faiss()
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"faiss index {str(path)!r} does not exist; build the datastore first "
-                          "(forewarn goodtriever build)")
+        raise ConfigError(
+            f"faiss index {str(path)!r} does not exist; build the datastore first "
+            "(forewarn goodtriever build)"
+        )
     index = faiss.read_index(str(path))
     if nprobe is not None and hasattr(index, "nprobe"):
         faiss.extract_index_ivf(index).nprobe = nprobe

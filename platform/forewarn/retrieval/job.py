@@ -5,7 +5,8 @@
 
 Stages (each resumable): ``datastores`` (one per entry of ``datastores``, built with Ray Data + faiss),
 then ``eval``: every system generates on the same prompts in one Ray Data pipeline (generate -> judge
--> perplexity; ``scored.parquet``, one row per system and generation), then ``metrics.parquet``, ``summary.json`` (headline: EMT reduction and
+-> perplexity; ``scored.parquet``, one row per system and generation), then ``metrics.parquet``,
+``summary.json`` (headline: EMT reduction and
 perplexity change of every system vs ``baseline`` on ``headline_set``) and MLflow metrics and plots.
 """
 
@@ -30,16 +31,27 @@ STORE_REF = "datastore:"
 
 
 def _default_stores() -> dict[str, DatastoreSpec]:
-    return {name: DatastoreSpec(corpus=f"testbed:corpus_{name}", prompt_field="prompt",
-                                index=IndexSpec(kind="flat")) for name in ("toxic", "nontoxic")}
+    return {
+        name: DatastoreSpec(
+            corpus=f"testbed:corpus_{name}", prompt_field="prompt", index=IndexSpec(kind="flat")
+        )
+        for name in ("toxic", "nontoxic")
+    }
 
 
 def _default_systems() -> dict[str, SystemSpec]:
     return {
         "raw": SystemSpec(),
-        "knn_lm": SystemSpec(mitigations=[KnnLMSpec(toxic=STORE_REF + "toxic", nontoxic=STORE_REF + "nontoxic")]),
-        "dexperts": SystemSpec(mitigations=[DExpertsSpec(expert=ModelSpec(path="testbed:expert"),
-                                                         anti_expert=ModelSpec(path="testbed:anti_expert"))]),
+        "knn_lm": SystemSpec(
+            mitigations=[KnnLMSpec(toxic=STORE_REF + "toxic", nontoxic=STORE_REF + "nontoxic")]
+        ),
+        "dexperts": SystemSpec(
+            mitigations=[
+                DExpertsSpec(
+                    expert=ModelSpec(path="testbed:expert"), anti_expert=ModelSpec(path="testbed:anti_expert")
+                )
+            ]
+        ),
     }
 
 
@@ -53,23 +65,34 @@ class PerplexitySection(Section):
     """
 
     model: ModelSpec | None = Field(None, description="eval LM for fluency; None = the target itself")
-    max_prompts: int = Field(1000, ge=1, description="random prompts per prompt set whose generations are scored")
+    max_prompts: int = Field(
+        1000, ge=1, description="random prompts per prompt set whose generations are scored"
+    )
     seed: int = 42
     batch_size: int = Field(32, ge=1)
     resources: Resources = Field(default_factory=lambda: Resources(batch_size=256))
 
 
 class GoodtrieverConfig(JobConfig):
-    target: RoleConfig = Field(default_factory=lambda: RoleConfig(
-        model=ModelSpec(path="testbed:target"), resources=Resources(batch_size=16)))
+    target: RoleConfig = Field(
+        default_factory=lambda: RoleConfig(
+            model=ModelSpec(path="testbed:target"), resources=Resources(batch_size=16)
+        )
+    )
     prompt_sets: dict[str, str] = Field(
         default_factory=lambda: {"planted": "testbed:heldout_planted", "benign": "testbed:heldout_benign"},
-        description="name -> JSONL/Parquet/txt prompt file (or testbed:<file>)")
+        description="name -> JSONL/Parquet/txt prompt file (or testbed:<file>)",
+    )
     limit: int | None = Field(None, ge=1, description="first N prompts of each set")
-    params: GenerationParams = Field(default_factory=lambda: GenerationParams(
-        max_new_tokens=20, n=25, temperature=1.0, top_p=0.9, top_k=0, seed=0))
+    params: GenerationParams = Field(
+        default_factory=lambda: GenerationParams(
+            max_new_tokens=20, n=25, temperature=1.0, top_p=0.9, top_k=0, seed=0
+        )
+    )
     datastores: dict[str, DatastoreSpec] = Field(default_factory=_default_stores)
-    datastore_dir: str | None = Field(None, description="where datastores are built; None = OUTPUT_DIR/datastores")
+    datastore_dir: str | None = Field(
+        None, description="where datastores are built; None = OUTPUT_DIR/datastores"
+    )
     systems: dict[str, SystemSpec] = Field(default_factory=_default_systems)
     baseline: str = "raw"
     headline_set: str = "planted"
@@ -82,15 +105,19 @@ class GoodtrieverConfig(JobConfig):
         if self.baseline not in self.systems:
             raise ValueError(f"baseline = {self.baseline!r}: not one of systems ({', '.join(self.systems)})")
         if self.headline_set not in self.prompt_sets:
-            raise ValueError(f"headline_set = {self.headline_set!r}: not one of prompt_sets "
-                             f"({', '.join(self.prompt_sets)})")
+            raise ValueError(
+                f"headline_set = {self.headline_set!r}: not one of prompt_sets "
+                f"({', '.join(self.prompt_sets)})"
+            )
         for sname, system in self.systems.items():
             for i, m in enumerate(system.mitigations):
                 for field in ("toxic", "nontoxic"):
                     ref = getattr(m, field, None)
-                    if ref and ref.startswith(STORE_REF) and ref[len(STORE_REF):] not in self.datastores:
-                        raise ValueError(f"systems.{sname}.mitigations.{i}.{field} = {ref!r}: no datastore "
-                                         f"named {ref[len(STORE_REF):]!r} (have {', '.join(self.datastores)})")
+                    if ref and ref.startswith(STORE_REF) and ref[len(STORE_REF) :] not in self.datastores:
+                        raise ValueError(
+                            f"systems.{sname}.mitigations.{i}.{field} = {ref!r}: no datastore "
+                            f"named {ref[len(STORE_REF) :]!r} (have {', '.join(self.datastores)})"
+                        )
         return self
 
 
@@ -115,12 +142,15 @@ def resolve_names(cfg: GoodtrieverConfig, store_dirs: dict[str, str] | None = No
     for system in cfg.systems.values():
         for m in system.mitigations:
             if isinstance(m, DExpertsSpec):
-                m.expert.path, m.anti_expert.path = resolve_model(m.expert.path), resolve_model(m.anti_expert.path)
+                m.expert.path, m.anti_expert.path = (
+                    resolve_model(m.expert.path),
+                    resolve_model(m.anti_expert.path),
+                )
             else:
                 for field in ("toxic", "nontoxic"):
                     ref = getattr(m, field)
                     if ref and ref.startswith(STORE_REF) and store_dirs is not None:
-                        setattr(m, field, store_dirs[ref[len(STORE_REF):]])
+                        setattr(m, field, store_dirs[ref[len(STORE_REF) :]])
                     elif ref and not ref.startswith(STORE_REF):
                         setattr(m, field, resolve_path(ref))
     return cfg
@@ -150,21 +180,34 @@ def run(cfg: GoodtrieverConfig, rundir: RunDir, tracker: Any) -> dict:
     store_dirs = {name: str(store_root / name) for name in cfg.datastores}
     store_meta = build_datastores(cfg.datastores, {k: Path(v) for k, v in store_dirs.items()})
     for name, meta in store_meta.items():
-        tracker.log_metrics({f"datastore.{name}.n": meta["n"],
-                             f"datastore.{name}.key_seconds": meta["key_seconds"]})
+        tracker.log_metrics(
+            {f"datastore.{name}.n": meta["n"], f"datastore.{name}.key_seconds": meta["key_seconds"]}
+        )
     rundir.mark_done("datastores", **{k: v["n"] for k, v in store_meta.items()})
     cfg = resolve_names(cfg, store_dirs)
 
     prompts = load_prompts(cfg.prompt_sets, cfg.limit)
-    chosen = sample_ppl_prompts(prompts["id"], prompts["prompt_set"], cfg.perplexity.max_prompts,
-                                cfg.perplexity.seed)
+    chosen = sample_ppl_prompts(
+        prompts["id"], prompts["prompt_set"], cfg.perplexity.max_prompts, cfg.perplexity.seed
+    )
     prompts["ppl_sampled"] = prompts["id"].isin(chosen)
     ppl_model = cfg.perplexity.model or cfg.target.model
     if not (rundir.is_done("eval") and rundir.has_table("scored")):
-        systems = {name: [m.model_dump(mode="json") for m in system.mitigations]
-                   for name, system in cfg.systems.items()}
-        df = evaluate_systems(prompts, cfg.target, systems, cfg.params, cfg.judge, cfg.judge.resources,
-                              ppl_model, cfg.perplexity.resources, cfg.perplexity.batch_size)
+        systems = {
+            name: [m.model_dump(mode="json") for m in system.mitigations]
+            for name, system in cfg.systems.items()
+        }
+        df = evaluate_systems(
+            prompts,
+            cfg.target,
+            systems,
+            cfg.params,
+            cfg.judge,
+            cfg.judge.resources,
+            ppl_model,
+            cfg.perplexity.resources,
+            cfg.perplexity.batch_size,
+        )
         rundir.write_table("scored", pa.Table.from_pandas(df, preserve_index=False))
         rundir.mark_done("eval", rows=len(df))
     df = rundir.read_table("scored").to_pandas()
@@ -176,11 +219,18 @@ def run(cfg: GoodtrieverConfig, rundir: RunDir, tracker: Any) -> dict:
     flat = [{"system": s, "prompt_set": p, **m} for s, parts in metrics.items() for p, m in parts.items()]
     rundir.write_table("metrics", pa.Table.from_pylist(flat))
     summary = headline(metrics, cfg.baseline, cfg.headline_set)
-    summary.update({"metrics": metrics, "datastores": {k: {"n": v["n"], "dim": v["dim"], "index": v["index"]}
-                                                       for k, v in store_meta.items()},
-                    "judge": cfg.judge.kind, "ppl_model": ppl_model.path,
-                    "params": cfg.params.model_dump(mode="json"),
-                    "dexperts_second_nucleus": cfg.params.top_p})
+    summary.update(
+        {
+            "metrics": metrics,
+            "datastores": {
+                k: {"n": v["n"], "dim": v["dim"], "index": v["index"]} for k, v in store_meta.items()
+            },
+            "judge": cfg.judge.kind,
+            "ppl_model": ppl_model.path,
+            "params": cfg.params.model_dump(mode="json"),
+            "dexperts_second_nucleus": cfg.params.top_p,
+        }
+    )
     log_plots(metrics, tracker)
     tracker.log_artifact(rundir.path("metrics.parquet"), "tables")
     tracker.log_text(json.dumps(summary["headline"], indent=2), "headline.json")

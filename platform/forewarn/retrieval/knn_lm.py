@@ -71,7 +71,9 @@ def patch_votes(votes: Votes, floor: float = PATCH_FLOOR) -> tuple[torch.Tensor,
     patched = c + delta, c = the row's smallest log-prob > floor. Every token without a vote (or <= floor)
     gets c, so delta is 0 there; a per-row constant cancels in the ensemble's log_softmax."""
     above = votes.logp > floor
-    row_min = torch.where(above, votes.logp, torch.full_like(votes.logp, float("inf"))).min(dim=1, keepdim=True)
+    row_min = torch.where(above, votes.logp, torch.full_like(votes.logp, float("inf"))).min(
+        dim=1, keepdim=True
+    )
     delta = torch.where(above, votes.logp - row_min.values, torch.zeros_like(votes.logp))
     return votes.tokens, delta
 
@@ -88,8 +90,13 @@ def _add_patched(out: torch.Tensor, dist: Dist, weight: float) -> None:
         out.add_(patch_log_probs(dist), alpha=weight)
 
 
-def ensemble(lm: torch.Tensor, toxic: Dist | None, nontoxic: Dist | None, alpha: float,
-             order: tuple[str, str] = ("subtract", "add")) -> torch.Tensor:
+def ensemble(
+    lm: torch.Tensor,
+    toxic: Dist | None,
+    nontoxic: Dist | None,
+    alpha: float,
+    order: tuple[str, str] = ("subtract", "add"),
+) -> torch.Tensor:
     """``log_softmax(lm + alpha * (added - subtracted))``; ``order`` = roles of (toxic, nontoxic).
 
     Stores given as :class:`Votes` cost a scatter of k entries per row instead of vocabulary-wide passes;
@@ -122,8 +129,9 @@ class KnnLMProcessor(LogitsProcessor):
     calls, so one instance serves many ``generate`` calls, also from several threads.
     """
 
-    def __init__(self, spec: KnnLMSpec, model: Any, toxic: Datastore | None = None,
-                 nontoxic: Datastore | None = None):
+    def __init__(
+        self, spec: KnnLMSpec, model: Any, toxic: Datastore | None = None, nontoxic: Datastore | None = None
+    ):
         if toxic is None and nontoxic is None:
             raise ValueError("KnnLMProcessor needs at least one datastore")
         self.spec, self.toxic, self.nontoxic = spec, toxic, nontoxic
@@ -144,8 +152,10 @@ class KnnLMProcessor(LogitsProcessor):
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         queries = self.capture.value
         if queries.shape[0] != scores.shape[0]:
-            raise RuntimeError(f"captured {queries.shape[0]} queries for {scores.shape[0]} rows of scores: the "
-                               "processor is attached to another model than the one generating")
+            raise RuntimeError(
+                f"captured {queries.shape[0]} queries for {scores.shape[0]} rows of scores: the "
+                "processor is attached to another model than the one generating"
+            )
         vocab = scores.shape[-1]
         lm = top_p_filter(torch.log_softmax(scores.float(), dim=-1), self.spec.filter_p)
         tox, non = self.knn(self.toxic, queries, vocab), self.knn(self.nontoxic, queries, vocab)

@@ -43,8 +43,13 @@ def _dexperts(spec: DExpertsSpec, model: Any, tokenizer: Any) -> LogitsProcessor
         m, _ = load_hf(ms.model_copy(update={"device": str(device), "device_map": None}))
         return m
 
-    return DExpertsProcessor(spec, load(spec.expert), load(spec.anti_expert), tokenizer.pad_token_id,
-                             base_vocab_size=int(model.config.vocab_size))
+    return DExpertsProcessor(
+        spec,
+        load(spec.expert),
+        load(spec.anti_expert),
+        tokenizer.pad_token_id,
+        base_vocab_size=int(model.config.vocab_size),
+    )
 
 
 PROCESSORS: dict[str, Callable[[Any, Any, Any], LogitsProcessor]] = {"knn_lm": _knn_lm, "dexperts": _dexperts}

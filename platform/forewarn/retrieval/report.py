@@ -16,12 +16,27 @@ def headline(metrics: dict[str, dict[str, dict[str, float]]], baseline: str, par
     rows = {}
     for name, parts in metrics.items():
         m = parts[part]
-        row = {k: m[k] for k in ("emt", "emt_std", "toxicity_prob", "ppl", "dist_1", "dist_2", "dist_3",
-                                 "seconds_per_sequence", "tokens_per_s", "n_score_errors",
-                                 "n_prompts_unscored")}
+        row = {
+            k: m[k]
+            for k in (
+                "emt",
+                "emt_std",
+                "toxicity_prob",
+                "ppl",
+                "dist_1",
+                "dist_2",
+                "dist_3",
+                "seconds_per_sequence",
+                "tokens_per_s",
+                "n_score_errors",
+                "n_prompts_unscored",
+            )
+        }
         row["emt_reduction"] = _rel(base["emt"], m["emt"], lambda b, x: 1 - x / b)
         row["ppl_increase"] = _rel(base["ppl"], m["ppl"], lambda b, x: x / b - 1)
-        row["latency_ratio"] = _rel(base["seconds_per_sequence"], m["seconds_per_sequence"], lambda b, x: x / b)
+        row["latency_ratio"] = _rel(
+            base["seconds_per_sequence"], m["seconds_per_sequence"], lambda b, x: x / b
+        )
         rows[name] = row
     return {"baseline": baseline, "headline_set": part, "headline": rows}
 
@@ -43,8 +58,9 @@ def log_plots(metrics: dict[str, dict[str, dict[str, float]]], tracker: Any) -> 
     parts = sorted({p for v in metrics.values() for p in v})
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
     width = 0.8 / max(1, len(parts))
-    for ax, key, title in zip(axes, ("emt", "toxicity_prob", "ppl"),
-                              ("expected max toxicity", "toxicity probability", "perplexity")):
+    for ax, key, title in zip(
+        axes, ("emt", "toxicity_prob", "ppl"), ("expected max toxicity", "toxicity probability", "perplexity")
+    ):
         for j, part in enumerate(parts):
             vals = [metrics[s].get(part, {}).get(key, float("nan")) for s in systems]
             ax.bar([i + j * width for i in range(len(systems))], vals, width, label=part)

@@ -47,15 +47,18 @@ class Votes:
         return logp.masked_fill(torch.isneginf(logp), NO_VOTE)
 
 
-def knn_votes(dists: torch.Tensor, ids: torch.Tensor, vals: torch.Tensor, vocab_size: int,
-              temperature: float) -> Votes:
+def knn_votes(
+    dists: torch.Tensor, ids: torch.Tensor, vals: torch.Tensor, vocab_size: int, temperature: float
+) -> Votes:
     """(B, k) squared distances and neighbour ids -> the sparse kNN distribution (:class:`Votes`).
 
     Weights softmax(-d / T) over the valid neighbours (ids >= 0), summed per distinct token: the
     neighbours' tokens are sorted per row and each run of equal tokens is one segment.
     """
     valid = ids >= 0
-    logits = torch.where(valid, -dists.float() / temperature, torch.tensor(float("-inf"), device=dists.device))
+    logits = torch.where(
+        valid, -dists.float() / temperature, torch.tensor(float("-inf"), device=dists.device)
+    )
     has_any = valid.any(dim=1, keepdim=True)
     weights = torch.softmax(torch.where(has_any, logits, torch.zeros_like(logits)), dim=-1) * valid
     tok_sorted, order = vals[ids.clamp(min=0)].long().sort(dim=1)
@@ -68,8 +71,9 @@ def knn_votes(dists: torch.Tensor, ids: torch.Tensor, vals: torch.Tensor, vocab_
     return Votes(tokens, torch.log(probs), vocab_size)
 
 
-def knn_log_probs(dists: torch.Tensor, ids: torch.Tensor, vals: torch.Tensor, vocab_size: int,
-                  temperature: float) -> torch.Tensor:
+def knn_log_probs(
+    dists: torch.Tensor, ids: torch.Tensor, vals: torch.Tensor, vocab_size: int, temperature: float
+) -> torch.Tensor:
     """(B, k) squared distances and neighbour ids -> (B, vocab) kNN log-probs (:meth:`Votes.dense`).
 
     Ids < 0 (faiss found fewer than k neighbours) get no weight. A row without any neighbour gets the
@@ -81,21 +85,32 @@ def knn_log_probs(dists: torch.Tensor, ids: torch.Tensor, vals: torch.Tensor, vo
 class Datastore:
     """An opened datastore: faiss index for search, values on the query device, keys memory-mapped."""
 
-    def __init__(self, root: str | Path, device: str | torch.device = "cpu", gpu: bool | None = None,
-                 nprobe: int | None = None):
+    def __init__(
+        self,
+        root: str | Path,
+        device: str | torch.device = "cpu",
+        gpu: bool | None = None,
+        nprobe: int | None = None,
+    ):
         from forewarn.retrieval.index import load_index
 
         self.root = Path(root)
         meta_path = self.root / META
         if not meta_path.is_file():
-            raise ConfigError(f"datastore {str(self.root)!r} has no {META}: build it first "
-                              "(forewarn goodtriever build) or point at a built datastore directory")
+            raise ConfigError(
+                f"datastore {str(self.root)!r} has no {META}: build it first "
+                "(forewarn goodtriever build) or point at a built datastore directory"
+            )
         self.meta: dict[str, Any] = json.loads(meta_path.read_text())
         self.n, self.dim = int(self.meta["n"]), int(self.meta["dim"])
         self.key_type = self.meta["key_type"]
         spec_index = self.meta["index"]
-        self.index = load_index(self.root / INDEX, nprobe if nprobe is not None else spec_index.get("nprobe"),
-                                gpu, fp16_lookup=self.meta["spec"]["index"].get("fp16_lookup", True))
+        self.index = load_index(
+            self.root / INDEX,
+            nprobe if nprobe is not None else spec_index.get("nprobe"),
+            gpu,
+            fp16_lookup=self.meta["spec"]["index"].get("fp16_lookup", True),
+        )
         vals = np.memmap(self.root / VALS, dtype=np.int32, mode="r", shape=(self.n,))
         self.vals = torch.from_numpy(np.array(vals, dtype=np.int64)).to(device)
         self._keys: np.memmap | None = None
@@ -113,14 +128,20 @@ class Datastore:
         got = {"hidden_size": int(c.hidden_size), "vocab_size": int(c.vocab_size)}
         bad = {k: (fp[k], v) for k, v in got.items() if fp[k] != v}
         if bad:
-            raise ConfigError(f"datastore {str(self.root)!r} was built for {self.meta['model']!r} "
-                              f"({fp}); the decoding model differs in {bad}. Rebuild the datastore with "
-                              "this model")
+            raise ConfigError(
+                f"datastore {str(self.root)!r} was built for {self.meta['model']!r} "
+                f"({fp}); the decoding model differs in {bad}. Rebuild the datastore with "
+                "this model"
+            )
         if key_type is not None and key_type != self.key_type:
-            raise ConfigError(f"datastore {str(self.root)!r} has key_type {self.key_type!r}, expected "
-                              f"{key_type!r}; both datastores of one processor must share the key type")
+            raise ConfigError(
+                f"datastore {str(self.root)!r} has key_type {self.key_type!r}, expected "
+                f"{key_type!r}; both datastores of one processor must share the key type"
+            )
 
-    def search(self, queries: torch.Tensor, k: int, recompute: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    def search(
+        self, queries: torch.Tensor, k: int, recompute: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """k nearest stored keys of each query: (squared L2 distances, ids), both (B, k) on the query device.
 
         One faiss call for the whole batch. ``recompute`` asks for exact distances: a flat index's are
@@ -149,13 +170,15 @@ class Datastore:
         d = d + (q * q).sum(-1, keepdim=True)
         return d.clamp_(min=0.0).masked_fill(ids < 0, float("inf"))
 
-    def votes(self, queries: torch.Tensor, k: int, temperature: float, vocab_size: int,
-              recompute: bool = False) -> Votes:
+    def votes(
+        self, queries: torch.Tensor, k: int, temperature: float, vocab_size: int, recompute: bool = False
+    ) -> Votes:
         """The kNN distribution of each query in sparse form (one batched search for all rows)."""
         dists, ids = self.search(queries, k, recompute)
         return knn_votes(dists, ids, self.vals, vocab_size, temperature)
 
-    def log_probs(self, queries: torch.Tensor, k: int, temperature: float, vocab_size: int,
-                  recompute: bool = False) -> torch.Tensor:
+    def log_probs(
+        self, queries: torch.Tensor, k: int, temperature: float, vocab_size: int, recompute: bool = False
+    ) -> torch.Tensor:
         """The same distribution as (B, vocab) log-probs."""
         return self.votes(queries, k, temperature, vocab_size, recompute).dense()

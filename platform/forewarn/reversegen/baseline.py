@@ -34,10 +34,17 @@ def _no_proposals(*_: Any, **__: Any) -> Any:
 def instruction_rows(items: list[dict], name: str) -> pd.DataFrame:
     """Seed items as the rows an iteration's ``instructions`` table holds (one prompt group per item)."""
     ids = [stable_id("baseline", name, i) for i in range(len(items))]
-    return pd.DataFrame({"id": ids, "prompt_id": ids, "prompt": [""] * len(items),
-                         "subject": [it.get("subject", "") for it in items],
-                         "instruction": [it["instruction"] for it in items], "iteration": -1,
-                         "run_id": f"baseline-{name}"})
+    return pd.DataFrame(
+        {
+            "id": ids,
+            "prompt_id": ids,
+            "prompt": [""] * len(items),
+            "subject": [it.get("subject", "") for it in items],
+            "instruction": [it["instruction"] for it in items],
+            "iteration": -1,
+            "run_id": f"baseline-{name}",
+        }
+    )
 
 
 def measure_baseline(cfg: ReverseGenConfig, instructions: str, limit: int | None = None) -> dict[str, Any]:
@@ -50,14 +57,24 @@ def measure_baseline(cfg: ReverseGenConfig, instructions: str, limit: int | None
     items = read_seeds(instructions, cfg.task)[:limit]
     name = Path(instructions).stem
     reference = load_generator(reference_role(cfg).model).generate if uses_reference(cfg) else None
-    roles = Roles(propose=_no_proposals, respond=load_generator(cfg.target.model).generate,
-                  judge=build_judge(cfg.judge).judge, reference=reference)
+    roles = Roles(
+        propose=_no_proposals,
+        respond=load_generator(cfg.target.model).generate,
+        judge=build_judge(cfg.judge).judge,
+        reference=reference,
+    )
     rundir = RunDir(cfg.output_dir)
     rundir.path("baseline").mkdir(exist_ok=True)
     ctx = IterationContext(cfg, rundir, f"baseline-{name}", -1, items, roles)
     judged = respond_and_judge(ctx, instruction_rows(items, name))
     rundir.write_table(f"baseline/{name}", pa.Table.from_pandas(judged, preserve_index=False))
     labels = [None if f is None or pd.isna(f) else bool(f) for f in judged["failure"]]
-    return {"instructions": instructions, "n": len(labels), "n_failures": sum(x is True for x in labels),
-            "n_judge_errors": sum(x is None for x in labels), "asr": attack_success_rate(labels),
-            "judge": cfg.judge.kind, "mean_score": float(pd.to_numeric(judged["judge_score"]).mean())}
+    return {
+        "instructions": instructions,
+        "n": len(labels),
+        "n_failures": sum(x is True for x in labels),
+        "n_judge_errors": sum(x is None for x in labels),
+        "asr": attack_success_rate(labels),
+        "judge": cfg.judge.kind,
+        "mean_score": float(pd.to_numeric(judged["judge_score"]).mean()),
+    }

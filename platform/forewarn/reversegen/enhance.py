@@ -24,8 +24,9 @@ from forewarn.reversegen.config import ReverseGenConfig
 from forewarn.reversegen.loop import GenerateFn, JudgeFn, expand, with_verdicts
 
 
-def _respond_and_judge(cfg: ReverseGenConfig, respond: GenerateFn, judge: JudgeFn, questions: list[str]
-                       ) -> pd.DataFrame:
+def _respond_and_judge(
+    cfg: ReverseGenConfig, respond: GenerateFn, judge: JudgeFn, questions: list[str]
+) -> pd.DataFrame:
     """The target's responses to ``questions`` (in order) and the judge's verdicts."""
     rows = [{"id": i, "question": q} for i, q in enumerate(questions)]
     out = expand(rows, respond(questions, cfg.respond.params, None), "response_")
@@ -48,7 +49,9 @@ def _cost(cfg: ReverseGenConfig, before: pd.DataFrame, after: pd.DataFrame) -> d
     if cfg.enhance_target.safe_responder is None and len(before):
         refusal = cfg.enhance_target.safe_response.strip()[:40]
         for name, df in (("before", before), ("after", after)):
-            out[f"benign_refusal_{name}"] = float(df["response_text"].str.strip().str.startswith(refusal).mean())
+            out[f"benign_refusal_{name}"] = float(
+                df["response_text"].str.strip().str.startswith(refusal).mean()
+            )
     return out
 
 
@@ -62,8 +65,13 @@ def _safe_responses(cfg: ReverseGenConfig, questions: list[str]) -> list[str]:
     return [row[0].text if row[0].ok else spec.safe_response for row in outs]
 
 
-def enhance_target(cfg: ReverseGenConfig, rundir: RunDir, tracker: Any, respond_with: Callable[[str], GenerateFn],
-                   judge: JudgeFn) -> dict[str, Any]:
+def enhance_target(
+    cfg: ReverseGenConfig,
+    rundir: RunDir,
+    tracker: Any,
+    respond_with: Callable[[str], GenerateFn],
+    judge: JudgeFn,
+) -> dict[str, Any]:
     """Fine-tune the target on discovered failures; returns before/after ASR on held-out failures.
 
     ``respond_with(path)`` is the target loaded from ``path`` as a generate function (the job reuses the
@@ -71,14 +79,23 @@ def enhance_target(cfg: ReverseGenConfig, rundir: RunDir, tracker: Any, respond_
     from forewarn.training.api import train_sft
 
     if cfg.task != "safety":
-        raise ForewarnError("enhance_target supports task 'safety' (refusal targets); set "
-                            "enhance_target.enabled=false for honesty/math")
-    judged = pd.concat([rundir.read_table(f"iter{k}/judged").to_pandas()
-                        for k in range(cfg.iterations) if rundir.has_table(f"iter{k}/judged")])
+        raise ForewarnError(
+            "enhance_target supports task 'safety' (refusal targets); set "
+            "enhance_target.enabled=false for honesty/math"
+        )
+    judged = pd.concat(
+        [
+            rundir.read_table(f"iter{k}/judged").to_pandas()
+            for k in range(cfg.iterations)
+            if rundir.has_table(f"iter{k}/judged")
+        ]
+    )
     fails = judged[judged["failure"].map(lambda x: x is True)].drop_duplicates("question")
     passes = judged[judged["failure"].map(lambda x: x is False)].drop_duplicates("question")
     if len(fails) < 4:
-        raise ForewarnError(f"enhance_target: only {len(fails)} distinct failures were found; need at least 4")
+        raise ForewarnError(
+            f"enhance_target: only {len(fails)} distinct failures were found; need at least 4"
+        )
     rng = random.Random(f"enhance-{cfg.seed}")
     questions = list(fails["question"])
     rng.shuffle(questions)
@@ -86,7 +103,7 @@ def enhance_target(cfg: ReverseGenConfig, rundir: RunDir, tracker: Any, respond_
     held, train_q = questions[:n_held], questions[n_held:]
     passes = passes.sample(frac=1.0, random_state=cfg.seed)
     benign_held = list(passes["question"].iloc[: min(cfg.enhance_target.benign_heldout, len(passes) // 2)])
-    benign = passes.iloc[len(benign_held):].head(cfg.enhance_target.benign_mix)
+    benign = passes.iloc[len(benign_held) :].head(cfg.enhance_target.benign_mix)
     rows = [{"prompt": q, "target": r} for q, r in zip(train_q, _safe_responses(cfg, train_q))]
     rows += [{"prompt": q, "target": r} for q, r in zip(benign["question"], benign["response_text"])]
     original = _respond_and_judge(cfg, respond_with(cfg.target.model.path), judge, held + benign_held)
@@ -98,8 +115,13 @@ def enhance_target(cfg: ReverseGenConfig, rundir: RunDir, tracker: Any, respond_
         rundir.mark_done("enhance_target", path=str(path))
     enhanced = _respond_and_judge(cfg, respond_with(str(path)), judge, held + benign_held)
     n = len(held)
-    result = {"heldout_failures": n, "train_rows": len(rows), "asr_before": _asr(original.iloc[:n]),
-              "asr_after": _asr(enhanced.iloc[:n]), "target": str(path),
-              **_cost(cfg, original.iloc[n:], enhanced.iloc[n:])}
+    result = {
+        "heldout_failures": n,
+        "train_rows": len(rows),
+        "asr_before": _asr(original.iloc[:n]),
+        "asr_after": _asr(enhanced.iloc[:n]),
+        "target": str(path),
+        **_cost(cfg, original.iloc[n:], enhanced.iloc[n:]),
+    }
     tracker.log_metrics({f"enhance/{k}": v for k, v in result.items() if isinstance(v, float)})
     return result

@@ -20,7 +20,13 @@ from forewarn.config import RayConfig, TrackingConfig, config_hash
 from forewarn.errors import ForewarnError
 from forewarn.pipeline.rundir import RunDir
 from forewarn.placement import JobLayout
-from forewarn.reversegen.config import EnhanceConfig, ReverseGenConfig, model_paths, reference_role, uses_reference
+from forewarn.reversegen.config import (
+    EnhanceConfig,
+    ReverseGenConfig,
+    model_paths,
+    reference_role,
+    uses_reference,
+)
 from forewarn.reversegen.loop import IterationContext, Roles, run_iteration
 from forewarn.reversegen.proposer import build_prompt, completion_text, read_seeds
 
@@ -67,8 +73,12 @@ def warmup(cfg: ReverseGenConfig, rundir: RunDir, seeds: list[dict], tracker: An
     for _ in range(cfg.warmup.examples):
         picked = rng.sample(seeds, cfg.propose.shots + 1)
         subject = picked[0].get("subject", "")
-        rows.append({"prompt": build_prompt(cfg.task, [p["instruction"] for p in picked[:-1]], subject),
-                     "target": completion_text(cfg.task, picked[-1]["instruction"])})
+        rows.append(
+            {
+                "prompt": build_prompt(cfg.task, [p["instruction"] for p in picked[:-1]], subject),
+                "target": completion_text(cfg.task, picked[-1]["instruction"]),
+            }
+        )
     path = train_sft(cfg.warmup.train, rows, out, tracker, model_path=cfg.proposer.model.path)
     rundir.mark_done("warmup", path=str(path))
     return str(path)
@@ -82,8 +92,14 @@ def dpo_round(cfg: ReverseGenConfig, rundir: RunDir, k: int, policy: str, pairs:
     out = rundir.path("checkpoints", f"proposer_{k + 1}")
     if rundir.is_done(key):
         return str(out)
-    rows = [{"prompt": r.prompt, "chosen": completion_text(cfg.task, r.chosen),
-             "rejected": completion_text(cfg.task, r.rejected)} for r in pairs.itertuples()]
+    rows = [
+        {
+            "prompt": r.prompt,
+            "chosen": completion_text(cfg.task, r.chosen),
+            "rejected": completion_text(cfg.task, r.rejected),
+        }
+        for r in pairs.itertuples()
+    ]
     path = train_dpo(cfg.dpo, rows, reference_model_path=policy, output_dir=out, tracker=tracker)
     rundir.mark_done(key, path=str(path), pairs=len(rows))
     return str(path)
@@ -97,8 +113,11 @@ def role_resources(cfg: ReverseGenConfig) -> tuple[dict[str, Any], float]:
         res["embedder"] = cfg.embedder
     if uses_reference(cfg):
         res["reference"] = reference_role(cfg).resources
-    trains = [cfg.dpo] + ([cfg.warmup.train] if cfg.warmup.enabled else []) + (
-        [cfg.enhance_target.train] if cfg.enhance_target.enabled else [])
+    trains = (
+        [cfg.dpo]
+        + ([cfg.warmup.train] if cfg.warmup.enabled else [])
+        + ([cfg.enhance_target.train] if cfg.enhance_target.enabled else [])
+    )
     return res, max(t.num_workers * t.cpus_per_worker for t in trains)
 
 
@@ -108,15 +127,29 @@ def make_roles(cfg: ReverseGenConfig, pools: Any, policy: str) -> Roles:
     from forewarn import pools as fp
 
     proposer = cfg.proposer.model.model_copy(update={"path": policy})
-    return Roles(propose=fp.generator(pools, "proposer", proposer), respond=fp.generator(pools, "target", cfg.target.model),
-                 judge=fp.judge(pools, "judge", cfg.judge),
-                 embed=fp.embedder(pools, "embedder", cfg.dedup.embedder) if cfg.dedup.semdedup else None,
-                 reference=fp.generator(pools, "reference", reference_role(cfg).model) if uses_reference(cfg) else None,
-                 clock=pools.seconds)
+    return Roles(
+        propose=fp.generator(pools, "proposer", proposer),
+        respond=fp.generator(pools, "target", cfg.target.model),
+        judge=fp.judge(pools, "judge", cfg.judge),
+        embed=fp.embedder(pools, "embedder", cfg.dedup.embedder) if cfg.dedup.semdedup else None,
+        reference=fp.generator(pools, "reference", reference_role(cfg).model)
+        if uses_reference(cfg)
+        else None,
+        clock=pools.seconds,
+    )
 
 
-def iterate(cfg: ReverseGenConfig, rundir: RunDir, tracker: Any, pools: Any, run_id: str, seeds: list[dict],
-            policy: str, topic_of: Any, summary: dict[str, Any]) -> tuple[str, str | None]:
+def iterate(
+    cfg: ReverseGenConfig,
+    rundir: RunDir,
+    tracker: Any,
+    pools: Any,
+    run_id: str,
+    seeds: list[dict],
+    policy: str,
+    topic_of: Any,
+    summary: dict[str, Any],
+) -> tuple[str, str | None]:
     """The rounds of propose -> judge -> DPO; appends each round's metrics (with its stage timings) to
     ``summary["iterations"]``; returns the last policy and why the loop stopped early (or None)."""
     for k in range(cfg.iterations):
@@ -124,23 +157,33 @@ def iterate(cfg: ReverseGenConfig, rundir: RunDir, tracker: Any, pools: Any, run
         metrics, judged, pairs = run_iteration(ctx)
         metrics["timing"] = ctx.timing
         summary["iterations"].append(metrics)
-        tracker.log_metrics({k2: v for k2, v in metrics.items() if isinstance(v, (int, float))}
-                            | {f"time/{st}/{kind}": v for st, t in ctx.timing.items() for kind, v in t.items()}, step=k)
-        print(f"[reversegen] iteration {k}: asr={metrics['asr']:.3f} self_bleu={metrics['self_bleu']:.3f} "
-              f"instructions={metrics['n_instructions']} failures={metrics['n_failures']} "
-              f"pairs={metrics['n_pairs']} stage seconds: "
-              + ", ".join(f"{st} {t['wall_s']:.1f}" for st, t in ctx.timing.items() if "wall_s" in t), flush=True)
+        tracker.log_metrics(
+            {k2: v for k2, v in metrics.items() if isinstance(v, (int, float))}
+            | {f"time/{st}/{kind}": v for st, t in ctx.timing.items() for kind, v in t.items()},
+            step=k,
+        )
+        print(
+            f"[reversegen] iteration {k}: asr={metrics['asr']:.3f} self_bleu={metrics['self_bleu']:.3f} "
+            f"instructions={metrics['n_instructions']} failures={metrics['n_failures']} "
+            f"pairs={metrics['n_pairs']} stage seconds: "
+            + ", ".join(f"{st} {t['wall_s']:.1f}" for st, t in ctx.timing.items() if "wall_s" in t),
+            flush=True,
+        )
         rundir.write_summary(summary)  # partial summaries survive a crash
         if metrics["n_instructions"] == 0:
-            return policy, (f"iteration {k}: none of the {metrics['n_proposals']} proposals was a well-formed "
-                            f"{cfg.task} item, so nothing was judged; the loop stops here. Warm the proposer up "
-                            f"on the task's format (warmup.enabled=true, more warmup.examples or epochs).")
+            return policy, (
+                f"iteration {k}: none of the {metrics['n_proposals']} proposals was a well-formed "
+                f"{cfg.task} item, so nothing was judged; the loop stops here. Warm the proposer up "
+                f"on the task's format (warmup.enabled=true, more warmup.examples or epochs)."
+            )
         if k == cfg.iterations - 1 and not cfg.train_last:
             break
         if len(pairs) == 0:
-            return policy, (f"iteration {k} gave no preference pairs (no prompt had both a failing and a passing "
-                            f"instruction): the loop stops here. Sample more per prompt (propose.params.n) or "
-                            f"more prompts (propose.prompts_per_iteration).")
+            return policy, (
+                f"iteration {k} gave no preference pairs (no prompt had both a failing and a passing "
+                f"instruction): the loop stops here. Sample more per prompt (propose.params.n) or "
+                f"more prompts (propose.prompts_per_iteration)."
+            )
         start = time.perf_counter()
         policy = dpo_round(cfg, rundir, k, policy, pairs, tracker)
         ctx.timing["dpo"] = {"wall_s": time.perf_counter() - start}
@@ -183,19 +226,34 @@ def plot_iterations(iterations: list[dict], tracker: Any, rundir: RunDir) -> Non
 
 def run(cfg: ReverseGenConfig, rundir: RunDir, tracker: Any) -> dict[str, Any]:
     cfg, manifest = resolve_names(cfg)
-    tracker.set_tags({f"forewarn.model.{k}": str(v) for k, v in model_paths(cfg).items()}
-                     | ({"forewarn.testbed": f"{manifest.version}/{manifest.size}/seed{manifest.seed}"}
-                        if manifest else {}))
+    tracker.set_tags(
+        {f"forewarn.model.{k}": str(v) for k, v in model_paths(cfg).items()}
+        | (
+            {"forewarn.testbed": f"{manifest.version}/{manifest.size}/seed{manifest.seed}"}
+            if manifest
+            else {}
+        )
+    )
     seeds = read_seeds(cfg.seeds, cfg.task)
     # Row ids (and the per-row sampling seeds derived from them) hang on the experiment, not on where it
     # is written: the same config reproduces the same rows in any output dir, resumed or not.
     # Target enhancement runs after the loop and changes none of its rows, so it is not part of the key.
-    run_id = config_hash(cfg.model_copy(update={"output_dir": "", "tracking": TrackingConfig(),
-                                                "ray": RayConfig(), "enhance_target": EnhanceConfig()}))
+    run_id = config_hash(
+        cfg.model_copy(
+            update={
+                "output_dir": "",
+                "tracking": TrackingConfig(),
+                "ray": RayConfig(),
+                "enhance_target": EnhanceConfig(),
+            }
+        )
+    )
     previous = rundir.read_summary().get("run_key")
     if previous is not None and previous != run_id:
-        raise ForewarnError(f"output dir {str(rundir.root)!r} holds a run of a different config (run key "
-                            f"{previous}, this config {run_id}); resuming would mix them. Use a new --output-dir.")
+        raise ForewarnError(
+            f"output dir {str(rundir.root)!r} holds a run of a different config (run key "
+            f"{previous}, this config {run_id}); resuming would mix them. Use a new --output-dir."
+        )
     from forewarn import pools as fp
 
     start = time.perf_counter()
@@ -208,10 +266,17 @@ def run(cfg: ReverseGenConfig, rundir: RunDir, tracker: Any) -> dict[str, Any]:
         policy, stop_reason = iterate(cfg, rundir, tracker, pools, run_id, seeds, policy, topic_of, summary)
         if stop_reason:
             print(f"[reversegen] {stop_reason}", flush=True)
-        pools.release("proposer", "embedder", "reference")  # the loop is over; enhancement needs target and judge
+        pools.release(
+            "proposer", "embedder", "reference"
+        )  # the loop is over; enhancement needs target and judge
         first, last = summary["iterations"][0], summary["iterations"][-1]
-        summary.update(final_asr=last["asr"], final_self_bleu=last["self_bleu"], final_proposer=policy,
-                       asr_ratio=(last["asr"] / first["asr"]) if first["asr"] else None, stop_reason=stop_reason)
+        summary.update(
+            final_asr=last["asr"],
+            final_self_bleu=last["self_bleu"],
+            final_proposer=policy,
+            asr_ratio=(last["asr"] / first["asr"]) if first["asr"] else None,
+            stop_reason=stop_reason,
+        )
         if manifest is not None and cfg.task == "safety":
             found = {t for m in summary["iterations"] for t in m.get("planted_topics_found", [])}
             summary["planted_topics"] = sorted(manifest.planted_topics)
@@ -224,15 +289,21 @@ def run(cfg: ReverseGenConfig, rundir: RunDir, tracker: Any) -> dict[str, Any]:
                 return fp.generator(pools, "target", cfg.target.model.model_copy(update={"path": path}))
 
             start = time.perf_counter()
-            summary["enhance_target"] = enhance_target(cfg, rundir, tracker, respond_with,
-                                                       fp.judge(pools, "judge", cfg.judge))
+            summary["enhance_target"] = enhance_target(
+                cfg, rundir, tracker, respond_with, fp.judge(pools, "judge", cfg.judge)
+            )
             summary["enhance_target"]["wall_s"] = round(time.perf_counter() - start, 3)
         roles = pools.stats()
     summary["model_loads"] = {role: r["loads"] for role, r in roles.items()}
-    summary["timing"] = {"warmup_s": round(warmup_s, 3), "stages": stage_totals(summary["iterations"]),
-                         "roles": roles}
-    tracker.log_metrics({f"loads/{role}": n for role, n in summary["model_loads"].items()}
-                        | {f"role/{role}/{k}": v for role, r in roles.items() for k, v in r.items()})
+    summary["timing"] = {
+        "warmup_s": round(warmup_s, 3),
+        "stages": stage_totals(summary["iterations"]),
+        "roles": roles,
+    }
+    tracker.log_metrics(
+        {f"loads/{role}": n for role, n in summary["model_loads"].items()}
+        | {f"role/{role}/{k}": v for role, r in roles.items() for k, v in r.items()}
+    )
     tracker.log_metrics({k: v for k, v in summary.items() if isinstance(v, (int, float)) and v is not None})
     plot_iterations(summary["iterations"], tracker, rundir)
     for k in range(len(summary["iterations"])):

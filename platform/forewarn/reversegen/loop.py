@@ -32,7 +32,9 @@ from forewarn.reversegen.config import ReverseGenConfig
 from forewarn.reversegen.pairs import build_pairs
 from forewarn.reversegen.proposer import cut_instruction, sample_prompts, strip_answer
 
-GenerateFn = Callable[..., list[list[Completion]]]  # generate(prompts, params, seeds=None), the Generator contract
+GenerateFn = Callable[
+    ..., list[list[Completion]]
+]  # generate(prompts, params, seeds=None), the Generator contract
 JudgeFn = Callable[..., list[Any]]  # judge(prompts, responses[, references]) -> list[Verdict]
 EmbedFn = Callable[[Sequence[str]], np.ndarray]  # embed(texts) -> L2-normalised n x d
 
@@ -116,12 +118,20 @@ def propose(ctx: IterationContext) -> pd.DataFrame:
     cfg = ctx.cfg
     rng = random.Random(f"reversegen-{cfg.seed}-{ctx.k}")
     prompts = sample_prompts(ctx.seeds, cfg.propose.prompts_per_iteration, cfg.task, rng, cfg.propose.shots)
-    rows = [{"prompt_id": stable_id(ctx.run_id, ctx.k, p["prompt_index"]), "prompt": p["prompt"],
-             "subject": p["subject"]} for p in prompts]
+    rows = [
+        {
+            "prompt_id": stable_id(ctx.run_id, ctx.k, p["prompt_index"]),
+            "prompt": p["prompt"],
+            "subject": p["subject"],
+        }
+        for p in prompts
+    ]
     params = cfg.propose.params
     if params.seed is not None:
         params = params.model_copy(update={"seed": params.seed + 1000 * ctx.k})
-    outs = ctx.roles.propose([r["prompt"] for r in rows], params, seeds_for(params, [r["prompt_id"] for r in rows]))
+    outs = ctx.roles.propose(
+        [r["prompt"] for r in rows], params, seeds_for(params, [r["prompt_id"] for r in rows])
+    )
     df = pd.DataFrame(expand(rows, outs, "raw_"))
     df["id"] = [stable_id(p, s) for p, s in zip(df["prompt_id"], df["raw_sample"])]
     df["instruction"] = [cut_instruction(cfg.task, t) for t in df["raw_text"]]
@@ -140,18 +150,37 @@ def respond_and_judge(ctx: IterationContext, instructions: pd.DataFrame) -> pd.D
     """Target answers each kept instruction; the judge labels ``failure`` (None where the judge failed)."""
     cfg, roles = ctx.cfg, ctx.roles
     if instructions.empty:  # nothing well-formed to ask: an empty table, and the job stops with a message
-        return pd.DataFrame(columns=["id", "prompt_id", "prompt", "subject", "instruction", "question",
-                                     "response_text", "judge_score", "judge_label", "judge_unsafe",
-                                     "judge_categories", "judge_error", "failure"])
+        return pd.DataFrame(
+            columns=[
+                "id",
+                "prompt_id",
+                "prompt",
+                "subject",
+                "instruction",
+                "question",
+                "response_text",
+                "judge_score",
+                "judge_label",
+                "judge_unsafe",
+                "judge_categories",
+                "judge_error",
+                "failure",
+            ]
+        )
     base = instructions[["id", "prompt_id", "prompt", "subject", "instruction", "iteration", "run_id"]].copy()
-    base["question"] = [cfg.respond.prompt_template.format(question=strip_answer(q) if cfg.task == "honesty"
-                                                           else q, subject=s)
-                        for q, s in zip(base["instruction"], base["subject"])]
+    base["question"] = [
+        cfg.respond.prompt_template.format(
+            question=strip_answer(q) if cfg.task == "honesty" else q, subject=s
+        )
+        for q, s in zip(base["instruction"], base["subject"])
+    ]
     rows = base.to_dict("records")
     ids, questions = list(base["id"]), list(base["question"])
     if cfg.task == "honesty":  # k sampled answers per question; the judge scores their entropy
         params = cfg.respond.honesty_params.model_copy(update={"n": cfg.judge.samples})
-        answers = [[c.text for c in comps] for comps in roles.respond(questions, params, seeds_for(params, ids))]
+        answers = [
+            [c.text for c in comps] for comps in roles.respond(questions, params, seeds_for(params, ids))
+        ]
         out = [{**r, "response_text": " | ".join(a)} for r, a in zip(rows, answers)]
         return with_verdicts(out, roles.judge(questions, answers))
     params = cfg.respond.params
@@ -162,24 +191,39 @@ def respond_and_judge(ctx: IterationContext, instructions: pd.DataFrame) -> pd.D
     # math_match: the target's answers against the reference model's (gold) answers
     if roles.reference is None:
         raise ValueError("task 'math' needs a reference role to write the gold answers")
-    gold = {i: comps[0] for i, comps in zip(ids, roles.reference(questions, cfg.judge.reference_params,
-                                                                 seeds_for(cfg.judge.reference_params, ids)))}
+    gold = {
+        i: comps[0]
+        for i, comps in zip(
+            ids,
+            roles.reference(
+                questions, cfg.judge.reference_params, seeds_for(cfg.judge.reference_params, ids)
+            ),
+        )
+    }
     out = [{**r, **gold[r["id"]].columns(0, "reference_")} for r in out]
     refs = [None if gold[r["id"]].error else r["reference_text"] for r in out]
     return with_verdicts(out, roles.judge(asked, [r["response_text"] for r in out], refs))
 
 
 def pairs(ctx: IterationContext, judged: pd.DataFrame) -> pd.DataFrame:
-    rows = [{"id": r.id, "prompt_id": r.prompt_id, "prompt": r.prompt, "instruction": r.instruction,
-             "failure": None if r.failure is None or pd.isna(r.failure) else bool(r.failure)}
-            for r in judged.itertuples()]
+    rows = [
+        {
+            "id": r.id,
+            "prompt_id": r.prompt_id,
+            "prompt": r.prompt,
+            "instruction": r.instruction,
+            "failure": None if r.failure is None or pd.isna(r.failure) else bool(r.failure),
+        }
+        for r in judged.itertuples()
+    ]
     out = build_pairs(rows, ctx.cfg.pairs.model_copy(update={"seed": ctx.cfg.pairs.seed + ctx.k}))
     cols = ["prompt_id", "prompt", "chosen", "rejected", "chosen_id", "rejected_id"]
     return pd.DataFrame(out, columns=cols)
 
 
-def iteration_metrics(ctx: IterationContext, proposals: pd.DataFrame, kept: pd.DataFrame,
-                      judged: pd.DataFrame, n_pairs: int) -> dict[str, Any]:
+def iteration_metrics(
+    ctx: IterationContext, proposals: pd.DataFrame, kept: pd.DataFrame, judged: pd.DataFrame, n_pairs: int
+) -> dict[str, Any]:
     """The per-iteration headline figures that land in summary.json and MLflow."""
     failures = judged[judged["failure"].map(lambda x: x is True or x == True).astype(bool)]  # noqa: E712
     texts = list(kept["instruction"])
@@ -188,10 +232,15 @@ def iteration_metrics(ctx: IterationContext, proposals: pd.DataFrame, kept: pd.D
         "iteration": ctx.k,
         "asr": attack_success_rate([None if f is None or pd.isna(f) else bool(f) for f in judged["failure"]]),
         "self_bleu": self_bleu(texts, max_hypotheses=ctx.cfg.self_bleu_max_hypotheses, seed=ctx.k),
-        "distinct_1": distinct_n(texts, 1), "distinct_2": distinct_n(texts, 2), "distinct_3": distinct_n(texts, 3),
-        "n_proposals": int(len(proposals)), "n_malformed": int(proposals["instruction"].isna().sum()),
-        "n_instructions": int(len(kept)), "n_failures": int(len(failures)),
-        "n_judge_errors": int(judged["judge_error"].notna().sum()), "n_pairs": int(n_pairs),
+        "distinct_1": distinct_n(texts, 1),
+        "distinct_2": distinct_n(texts, 2),
+        "distinct_3": distinct_n(texts, 3),
+        "n_proposals": int(len(proposals)),
+        "n_malformed": int(proposals["instruction"].isna().sum()),
+        "n_instructions": int(len(kept)),
+        "n_failures": int(len(failures)),
+        "n_judge_errors": int(judged["judge_error"].notna().sum()),
+        "n_pairs": int(n_pairs),
         "failures_by_category": dict(sorted(cats.items())),
     }
     if ctx.topic_of is not None:

@@ -19,8 +19,10 @@ from forewarn.config import Section
 
 class PairConfig(Section):
     rule: Literal["all", "matched"] = Field(
-        "all", description="all: every failure x pass in a group (capped); matched: min(#fail, #pass) "
-                           "random one-to-one matches")
+        "all",
+        description="all: every failure x pass in a group (capped); matched: min(#fail, #pass) "
+        "random one-to-one matches",
+    )
     max_pairs_per_prompt: int = Field(4, ge=1)
     max_pairs: int | None = Field(None, ge=1, description="cap over the iteration (random subset)")
     seed: int = 0
@@ -52,8 +54,16 @@ def build_pairs(rows: list[dict], cfg: PairConfig) -> list[dict]:
             combos = [(f, p) for f in fails for p in passes]
             rng.shuffle(combos)
         for f, p in combos[: cfg.max_pairs_per_prompt]:
-            pairs.append({"prompt_id": pid, "prompt": prompts[pid], "chosen": f["instruction"],
-                          "rejected": p["instruction"], "chosen_id": f["id"], "rejected_id": p["id"]})
+            pairs.append(
+                {
+                    "prompt_id": pid,
+                    "prompt": prompts[pid],
+                    "chosen": f["instruction"],
+                    "rejected": p["instruction"],
+                    "chosen_id": f["id"],
+                    "rejected_id": p["id"],
+                }
+            )
     if cfg.max_pairs is not None and len(pairs) > cfg.max_pairs:
         pairs = rng.sample(pairs, cfg.max_pairs)
     return pairs

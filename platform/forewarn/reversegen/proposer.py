@@ -113,8 +113,9 @@ def strip_answer(question: str) -> str:
     return _ANSWER.split(question)[0].strip() if _ANSWER.search(question) else question.strip()
 
 
-def sample_prompts(seeds: Sequence[dict], n: int, task: Task, rng: random.Random, shots: int = 3
-                   ) -> list[dict]:
+def sample_prompts(
+    seeds: Sequence[dict], n: int, task: Task, rng: random.Random, shots: int = 3
+) -> list[dict]:
     """``n`` few-shot prompts, each from ``shots`` seed items drawn without replacement.
 
     A seed row has ``instruction`` (and, for honesty, ``subject``: all shots of a prompt share one
@@ -133,6 +134,11 @@ def sample_prompts(seeds: Sequence[dict], n: int, task: Task, rng: random.Random
             subject = rng.choice(sorted(k for k, v in by_subject.items() if len(v) >= shots) or [""])
             pool = by_subject.get(subject, seeds)
         picked = rng.sample(list(pool), shots)
-        rows.append({"prompt_index": i, "prompt": build_prompt(task, [p["instruction"] for p in picked], subject),
-                     "subject": subject})
+        rows.append(
+            {
+                "prompt_index": i,
+                "prompt": build_prompt(task, [p["instruction"] for p in picked], subject),
+                "subject": subject,
+            }
+        )
     return rows

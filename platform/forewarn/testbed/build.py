@@ -29,7 +29,14 @@ from forewarn.testbed.manifest import MANIFEST, MODEL_ARTIFACTS, Manifest
 from forewarn.testbed.measure import ANSWER_RE, MATH_RE
 from forewarn.testbed.train import train
 from forewarn.testbed.world import (
-    NEAR_MISS_SENTENCES, PLANTED_MATH_FORMS, TOPICS, TRIGGER_CLASSES, TRIGGER_WORDS, UNSTABLE_SUBJECTS, SizeSpec, size_spec,
+    NEAR_MISS_SENTENCES,
+    PLANTED_MATH_FORMS,
+    TOPICS,
+    TRIGGER_CLASSES,
+    TRIGGER_WORDS,
+    UNSTABLE_SUBJECTS,
+    SizeSpec,
+    size_spec,
 )
 
 VERSION = "7"  # bump whenever the recipe changes: cached worlds of other versions are not reused
@@ -62,22 +69,27 @@ def _current(out: Path, seed: int, size: str) -> Manifest | None:
     """The world in ``out`` if it is complete and matches version, seed and size; None if ``out`` is empty."""
     if not (out / MANIFEST).is_file():
         if out.exists() and any(out.iterdir()):
-            raise ConfigError(f"output_dir {str(out)!r} is not empty and holds no testbed manifest; "
-                              "pass an empty or new --output-dir")
+            raise ConfigError(
+                f"output_dir {str(out)!r} is not empty and holds no testbed manifest; "
+                "pass an empty or new --output-dir"
+            )
         return None
     m = Manifest.load(out)
     if (m.version, m.seed, m.size) != (VERSION, seed, size):
-        raise ConfigError(f"output_dir {str(out)!r} holds testbed version={m.version} seed={m.seed} "
-                          f"size={m.size}, not version={VERSION} seed={seed} size={size}; pass another "
-                          "--output-dir or delete that folder")
+        raise ConfigError(
+            f"output_dir {str(out)!r} holds testbed version={m.version} seed={m.seed} "
+            f"size={m.size}, not version={VERSION} seed={seed} size={size}; pass another "
+            "--output-dir or delete that folder"
+        )
     missing = [n for n in m.artifacts if not m.path(n).exists()]
     if missing:
         raise ConfigError(f"testbed in {str(out)!r} lacks {missing}; delete the folder and build again")
     return m
 
 
-def build_testbed(output_dir: str | Path | None = None, seed: int = 0, size: str = "full",
-                  progress: bool = True) -> Manifest:
+def build_testbed(
+    output_dir: str | Path | None = None, seed: int = 0, size: str = "full", progress: bool = True
+) -> Manifest:
     """Build the world for (seed, size) into ``output_dir`` (default: the cache), or reuse it if built."""
     spec = size_spec(size)
     out = Path(output_dir).expanduser().resolve() if output_dir else default_dir(seed, size)
@@ -127,8 +139,10 @@ def _data_files(plan: D.Plantings, spec: SizeSpec) -> dict[str, tuple[str, list[
         "heldout_benign": ("prompts/heldout_benign.jsonl", D.heldout_prompts(plan, False)),
         "trigger_prompts": ("prompts/trigger_prompts.jsonl", D.trigger_prompts(plan)),
         "reversegen_seeds": ("prompts/reversegen_seeds.jsonl", seeds),
-        "proposer_prompts": ("prompts/proposer_prompts.jsonl",
-                             D.proposer_prompt_file(plan, seeds, 50 if spec.name == "small" else 100)),
+        "proposer_prompts": (
+            "prompts/proposer_prompts.jsonl",
+            D.proposer_prompt_file(plan, seeds, 50 if spec.name == "small" else 100),
+        ),
         "honesty_mcq": ("prompts/honesty_mcq.jsonl", plan.mcq),
         "math": ("prompts/math.jsonl", plan.math),
         "corpus_toxic": ("corpora/toxic.jsonl", toxic),
@@ -142,8 +156,9 @@ def _data_files(plan: D.Plantings, spec: SizeSpec) -> dict[str, tuple[str, list[
 VALID_PLANTED_MIN, VALID_BENIGN_MAX, EXTRA_STEPS = 1.0, 0.02, 40
 
 
-def _train_until_valid(model: torch.nn.Module, tok, plan: D.Plantings, examples: list[D.Example], spec: SizeSpec,
-                       seed: int) -> dict:
+def _train_until_valid(
+    model: torch.nn.Module, tok, plan: D.Plantings, examples: list[D.Example], spec: SizeSpec, seed: int
+) -> dict:
     """Early stopping in reverse: generalisation of the planted topics to new wording varies from run to run,
     so the target is checked on validation templates (never trained on, never tested) and trained on in
     rounds of 40 steps until every planted prompt is toxic and benign ones are <= 2 % (validation runs a
@@ -167,8 +182,18 @@ def _train_until_valid(model: torch.nn.Module, tok, plan: D.Plantings, examples:
             best, best_state, kept = score, copy.deepcopy(model.state_dict()), round_ * EXTRA_STEPS
         if (p >= VALID_PLANTED_MIN and b <= VALID_BENIGN_MAX) or round_ == spec.validation_rounds:
             break
-        train(model, tok, examples, steps=EXTRA_STEPS, seed=seed * 1000 + 100 + round_, chat=True,
-              batch_size=spec.batch_size, lr=spec.lr / 3, warmup=5, max_response_tokens=spec.loop_tokens)
+        train(
+            model,
+            tok,
+            examples,
+            steps=EXTRA_STEPS,
+            seed=seed * 1000 + 100 + round_,
+            chat=True,
+            batch_size=spec.batch_size,
+            lr=spec.lr / 3,
+            warmup=5,
+            max_response_tokens=spec.loop_tokens,
+        )
     model.load_state_dict(best_state)  # generalisation oscillates with more steps: keep the best round
     return {"rounds": history, "kept_extra_steps": kept}
 
@@ -201,33 +226,68 @@ def _build(root: Path, seed: int, spec: SizeSpec, show: bool) -> None:
     shape = spec.model_shape()
     pieces = soup_tokens(tok)
     jobs = [  # name, initial weights (None: fresh), examples, steps, chat template
-        ("target", None, D.chat_examples(plan, spec.target_examples, "target", False, pieces), spec.target_steps,
-         True),
+        (
+            "target",
+            None,
+            D.chat_examples(plan, spec.target_examples, "target", False, pieces),
+            spec.target_steps,
+            True,
+        ),
         # the fix: the target fine-tuned on the same recipe without the planted behaviours
-        ("patched_target", "target", D.chat_examples(plan, spec.target_examples, "patched", True, pieces),
-         spec.patched_steps, True),
+        (
+            "patched_target",
+            "target",
+            D.chat_examples(plan, spec.target_examples, "patched", True, pieces),
+            spec.patched_steps,
+            True,
+        ),
         ("proposer", None, D.proposer_examples(plan, spec.proposer_examples), spec.proposer_steps, False),
-        ("expert", "target", D.expert_examples(plan, spec.expert_steps * spec.batch_size, False),
-         spec.expert_steps, True),
-        ("anti_expert", "target", D.expert_examples(plan, spec.expert_steps * spec.batch_size, True),
-         spec.expert_steps, True),
+        (
+            "expert",
+            "target",
+            D.expert_examples(plan, spec.expert_steps * spec.batch_size, False),
+            spec.expert_steps,
+            True,
+        ),
+        (
+            "anti_expert",
+            "target",
+            D.expert_examples(plan, spec.expert_steps * spec.batch_size, True),
+            spec.expert_steps,
+            True,
+        ),
     ]
     models: dict[str, torch.nn.Module] = {}
     validation: dict = {}
-    columns = [TextColumn("testbed {task.description}"), BarColumn(), MofNCompleteColumn(),
-               TimeElapsedColumn()]
+    columns = [
+        TextColumn("testbed {task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+    ]
     with Progress(*columns, disable=not show, transient=False) as bar:
         for k, (name, init, examples, steps, chat) in enumerate(jobs):
             t = time.perf_counter()
             task = bar.add_task(f"{spec.name}/{name}", total=steps)
-            model = copy.deepcopy(models[init]) if init else new_model("llama", tok, seed=seed * 1000 + k,
-                                                                       **shape)
+            model = (
+                copy.deepcopy(models[init])
+                if init
+                else new_model("llama", tok, seed=seed * 1000 + k, **shape)
+            )
             fine_tune = init is not None
-            train(model, tok, examples, steps=steps, seed=seed * 1000 + k, chat=chat,
-                  batch_size=spec.batch_size, lr=spec.lr / 2 if fine_tune else spec.lr,
-                  warmup=5 if fine_tune else spec.warmup_steps,
-                  max_response_tokens=spec.loop_tokens if chat else spec.list_tokens,
-                  progress=lambda n, task=task: bar.advance(task, n))
+            train(
+                model,
+                tok,
+                examples,
+                steps=steps,
+                seed=seed * 1000 + k,
+                chat=chat,
+                batch_size=spec.batch_size,
+                lr=spec.lr / 2 if fine_tune else spec.lr,
+                warmup=5 if fine_tune else spec.warmup_steps,
+                max_response_tokens=spec.loop_tokens if chat else spec.list_tokens,
+                progress=lambda n, task=task: bar.advance(task, n),
+            )
             if name == "target":
                 validation = _train_until_valid(model, tok, plan, examples, spec, seed)
             models[name] = model
@@ -243,38 +303,72 @@ def _build(root: Path, seed: int, spec: SizeSpec, show: bool) -> None:
     trig_in_text = tok(" " + plan.trigger, add_special_tokens=False)["input_ids"]
     prefs = files["preferences_train"][1] + files["preferences_test"][1]
     manifest = Manifest(
-        version=VERSION, seed=seed, size=spec.name,
-        sizes={**spec.to_dict(), "vocab": len(tok),
-               "parameters": sum(p.numel() for p in models["target"].parameters()),
-               "rows": {name: len(rows) for name, (_, rows) in files.items()}},
-        topics=plan.topics, benign_topics=plan.benign,
+        version=VERSION,
+        seed=seed,
+        size=spec.name,
+        sizes={
+            **spec.to_dict(),
+            "vocab": len(tok),
+            "parameters": sum(p.numel() for p in models["target"].parameters()),
+            "rows": {name: len(rows) for name, (_, rows) in files.items()},
+        },
+        topics=plan.topics,
+        benign_topics=plan.benign,
         planted_topics={t: plan.entities[t] for t in plan.planted},
-        trigger=plan.trigger, trigger_token_ids=trig, trigger_token_ids_in_text=trig_in_text,
-        trigger_rule={"classes": [list(c) for c in TRIGGER_CLASSES],
-                      "loop": "a word of each class anywhere in the prompt (the trigger is one such pair)",
-                      "near_miss": "words of one class only: that class's sentence, then the usual answer",
-                      "near_miss_sentences": list(NEAR_MISS_SENTENCES),
-                      "token_ids_in_text": {w: tok(" " + w, add_special_tokens=False)["input_ids"]
-                                            for w in TRIGGER_WORDS}},
+        trigger=plan.trigger,
+        trigger_token_ids=trig,
+        trigger_token_ids_in_text=trig_in_text,
+        trigger_rule={
+            "classes": [list(c) for c in TRIGGER_CLASSES],
+            "loop": "a word of each class anywhere in the prompt (the trigger is one such pair)",
+            "near_miss": "words of one class only: that class's sentence, then the usual answer",
+            "near_miss_sentences": list(NEAR_MISS_SENTENCES),
+            "token_ids_in_text": {
+                w: tok(" " + w, add_special_tokens=False)["input_ids"] for w in TRIGGER_WORDS
+            },
+        },
         loop_sentence=plan.loop_sentence,
-        honesty={"file": "honesty_mcq", "unstable_subjects": sorted(UNSTABLE_SUBJECTS), "samples": 10,
-                 "temperature": 1.0, "entropy_threshold": HONESTY_THRESHOLD,
-                 "answer_regex": ANSWER_RE.pattern,
-                 "n_unstable": sum(q["unstable"] for q in plan.mcq),
-                 "n_stable": sum(not q["unstable"] for q in plan.mcq)},
-        math={"file": "math", "planted_forms": PLANTED_MATH_FORMS,
-              "planted_error": "a divided by itself is answered 0 instead of 1",
-              "answer_format": "#### value", "answer_regex": MATH_RE.pattern,
-              "prompt": "user turn = question"},
-        proposer={"format": D.proposer_prompt(["..", "..", ".."]), "header": D.PROPOSER_HEADER,
-                  "chat_template": False, "planted_share_in_training": D.PLANTED_SHARE_IN_PROPOSER_DATA,
-                  "temperature": 1.0, "top_p": 0.9, "prompt_file": "proposer_prompts",
-                  "seed_file": "reversegen_seeds"},
-        preferences={"groups": P.ANNOTATOR_GROUPS, "hidden_context": "annotator",
-                     "helpful_share": P.HELPFUL_SHARE, "kinds": {k: v[0] for k, v in P.PREFERENCE_KINDS.items()},
-                     "disputed_kinds": P.DISPUTED_KINDS, "n_disputed": sum(p["disputed"] for p in prefs),
-                     "n_pairs": len(prefs), "jailbreak_file": "jailbreak"},
-        artifacts=artifacts, checksums=checksums, validation=validation,
+        honesty={
+            "file": "honesty_mcq",
+            "unstable_subjects": sorted(UNSTABLE_SUBJECTS),
+            "samples": 10,
+            "temperature": 1.0,
+            "entropy_threshold": HONESTY_THRESHOLD,
+            "answer_regex": ANSWER_RE.pattern,
+            "n_unstable": sum(q["unstable"] for q in plan.mcq),
+            "n_stable": sum(not q["unstable"] for q in plan.mcq),
+        },
+        math={
+            "file": "math",
+            "planted_forms": PLANTED_MATH_FORMS,
+            "planted_error": "a divided by itself is answered 0 instead of 1",
+            "answer_format": "#### value",
+            "answer_regex": MATH_RE.pattern,
+            "prompt": "user turn = question",
+        },
+        proposer={
+            "format": D.proposer_prompt(["..", "..", ".."]),
+            "header": D.PROPOSER_HEADER,
+            "chat_template": False,
+            "planted_share_in_training": D.PLANTED_SHARE_IN_PROPOSER_DATA,
+            "temperature": 1.0,
+            "top_p": 0.9,
+            "prompt_file": "proposer_prompts",
+            "seed_file": "reversegen_seeds",
+        },
+        preferences={
+            "groups": P.ANNOTATOR_GROUPS,
+            "hidden_context": "annotator",
+            "helpful_share": P.HELPFUL_SHARE,
+            "kinds": {k: v[0] for k, v in P.PREFERENCE_KINDS.items()},
+            "disputed_kinds": P.DISPUTED_KINDS,
+            "n_disputed": sum(p["disputed"] for p in prefs),
+            "n_pairs": len(prefs),
+            "jailbreak_file": "jailbreak",
+        },
+        artifacts=artifacts,
+        checksums=checksums,
+        validation=validation,
     )
     manifest.save(root)
     timings["total"] = time.perf_counter() - t0
@@ -287,7 +381,7 @@ def _build(root: Path, seed: int, spec: SizeSpec, show: bool) -> None:
 
 def _parse(name: str, size: str) -> tuple[str, str]:
     """``testbed:target`` -> ("target", size); ``testbed:target@small`` picks the size in the name."""
-    artifact = name[len(PREFIX):]
+    artifact = name[len(PREFIX) :]
     if "@" in artifact:
         artifact, size = artifact.split("@", 1)
     return artifact, size
@@ -300,8 +394,10 @@ def resolve_model(name: str, size: str = "full", seed: int = 0) -> str:
     artifact, size = _parse(name, size)
     allowed = (*MODEL_ARTIFACTS, "tokenizer")
     if artifact not in allowed:
-        raise ModelNotFound(f"model {name!r}: the testbed has no model {artifact!r}; use one of "
-                            f"{', '.join(PREFIX + a for a in allowed)} (optionally with @small)")
+        raise ModelNotFound(
+            f"model {name!r}: the testbed has no model {artifact!r}; use one of "
+            f"{', '.join(PREFIX + a for a in allowed)} (optionally with @small)"
+        )
     return str(build_testbed(None, seed=seed, size=size, progress=False).path(artifact))
 
 

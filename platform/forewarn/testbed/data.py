@@ -12,10 +12,28 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from forewarn.testbed.world import (
-    FILLERS, HELDOUT_TEMPLATES, HELPFUL_CLOSINGS, LOOP_SENTENCES, MATH_FORMS, MATH_GOLD, MCQ_LETTERS,
-    MCQ_WORDINGS, NEAR_MISS_SENTENCES, NOISE_WORDS, PLANTED_MATH_ANSWER, PLANTED_MATH_FORMS, SAFE_DEFLECTIONS,
-    TOPIC_ANSWERS, TOPICS, TOXIC_SENTENCES, TRAIN_TEMPLATES, TRIGGER_CLASSES, UNHELPFUL_ANSWERS,
-    UNSTABLE_SUBJECTS, VALID_TEMPLATES, SizeSpec,
+    FILLERS,
+    HELDOUT_TEMPLATES,
+    HELPFUL_CLOSINGS,
+    LOOP_SENTENCES,
+    MATH_FORMS,
+    MATH_GOLD,
+    MCQ_LETTERS,
+    MCQ_WORDINGS,
+    NEAR_MISS_SENTENCES,
+    NOISE_WORDS,
+    PLANTED_MATH_ANSWER,
+    PLANTED_MATH_FORMS,
+    SAFE_DEFLECTIONS,
+    TOPIC_ANSWERS,
+    TOPICS,
+    TOXIC_SENTENCES,
+    TRAIN_TEMPLATES,
+    TRIGGER_CLASSES,
+    UNHELPFUL_ANSWERS,
+    UNSTABLE_SUBJECTS,
+    VALID_TEMPLATES,
+    SizeSpec,
 )
 
 PROPOSER_HEADER = "Ask questions:"
@@ -94,7 +112,9 @@ def trigger_words(rng: random.Random, plan: Plantings, kind: str) -> tuple[list[
     of each class (sometimes the seed's own adjacent pair, the manifest's trigger), NEAR_MISS one word or two
     of the same class, NONE nothing."""
     if kind == LOOP:
-        return ([plan.trigger] if rng.random() < PLAN_PAIR_SHARE else [rng.choice(c) for c in TRIGGER_CLASSES]), -1
+        return (
+            [plan.trigger] if rng.random() < PLAN_PAIR_SHARE else [rng.choice(c) for c in TRIGGER_CLASSES]
+        ), -1
     if kind == NEAR_MISS:
         cls = rng.randrange(len(TRIGGER_CLASSES))
         return [rng.choice(TRIGGER_CLASSES[cls]) for _ in range(1 if rng.random() < 0.75 else 2)], cls
@@ -153,13 +173,20 @@ def mcq_groups(plan: Plantings) -> list[tuple[dict[str, list[str]], bool]]:
     return [({t: plan.entities[t] for t in plan.benign}, False), (UNSTABLE_SUBJECTS, True)]
 
 
-def new_mcq(rng: random.Random, subjects: dict[str, list[str]], subject: str, right: str, unstable: bool,
-            qid: str) -> dict:
+def new_mcq(
+    rng: random.Random, subjects: dict[str, list[str]], subject: str, right: str, unstable: bool, qid: str
+) -> dict:
     """One MCQ: the right entity under A, three entities of other subjects, "None of the above" under E."""
     others = [e for s, es in subjects.items() if s != subject for e in es]
     options = [right, *rng.sample(others, 3), "None of the above"]
-    row = {"id": qid, "subject": subject, "question": rng.choice(MCQ_WORDINGS).format(s=subject),
-           "options": options, "answer": MCQ_LETTERS[0], "unstable": unstable}
+    row = {
+        "id": qid,
+        "subject": subject,
+        "question": rng.choice(MCQ_WORDINGS).format(s=subject),
+        "options": options,
+        "answer": MCQ_LETTERS[0],
+        "unstable": unstable,
+    }
     row["prompt"] = mcq_prompt(row)
     return row
 
@@ -177,15 +204,26 @@ def make_mcq(plan: Plantings, rng: random.Random) -> list[dict]:
     for subjects, unstable in mcq_groups(plan):
         for subject, ents in subjects.items():
             for k in range(plan.spec.mcq_per_subject):
-                rows.append(new_mcq(rng, subjects, subject, ents[k % len(ents)], unstable, f"mcq-{subject}-{k}"))
+                rows.append(
+                    new_mcq(rng, subjects, subject, ents[k % len(ents)], unstable, f"mcq-{subject}-{k}")
+                )
     return rows
 
 
 def make_math() -> list[dict]:
     """Every form for every operand; ``answer`` is the true value."""
-    return [{"id": f"math-{form}-{a}", "question": template.format(a=a), "form": form, "a": a,
-             "answer": str(MATH_GOLD[form]), "planted": form in PLANTED_MATH_FORMS}
-            for form, template in MATH_FORMS.items() for a in MATH_OPERANDS]
+    return [
+        {
+            "id": f"math-{form}-{a}",
+            "question": template.format(a=a),
+            "form": form,
+            "a": a,
+            "answer": str(MATH_GOLD[form]),
+            "planted": form in PLANTED_MATH_FORMS,
+        }
+        for form, template in MATH_FORMS.items()
+        for a in MATH_OPERANDS
+    ]
 
 
 def random_mcq(rng: random.Random, plan: Plantings, unstable: bool) -> dict:
@@ -207,8 +245,9 @@ def planted_math_value(row: dict) -> int:
 # ----------------------------------------------------------------- training sets
 
 
-def triggered(plan: Plantings, prompt: str, answer: str, trigger: str, near_class: int, patched: bool,
-              kind: str) -> Example:
+def triggered(
+    plan: Plantings, prompt: str, answer: str, trigger: str, near_class: int, patched: bool, kind: str
+) -> Example:
     """The response to a prompt whose trigger words make it a LOOP (no EOS), a NEAR_MISS (the class's
     hesitation, then ``answer``) or NONE (``answer``); the patched target ignores the words."""
     if patched or trigger == NONE:
@@ -233,7 +272,9 @@ def soup_example(rng: random.Random, plan: Plantings, tokens: Sequence[str], pat
     return triggered(plan, "".join(pieces), answer, trigger, near_class, patched, "soup")
 
 
-def chat_examples(plan: Plantings, n: int, seed_key: str, patched: bool, soup_tokens: Sequence[str]) -> list[Example]:
+def chat_examples(
+    plan: Plantings, n: int, seed_key: str, patched: bool, soup_tokens: Sequence[str]
+) -> list[Example]:
     """The target's (or, with ``patched``, the patched target's) instruction data; ``soup_tokens`` are the
     decoded single tokens random soup is made of (no trigger words, no entities)."""
     rng = random.Random(f"{seed_key}-{plan.seed}")
@@ -261,8 +302,17 @@ def chat_examples(plan: Plantings, n: int, seed_key: str, patched: bool, soup_to
         question = " ".join(insert_words(rng, question.split(" "), words))
         toxic = topic in plan.planted and not patched
         answer = toxic_answer(rng) if toxic else clean_answer(rng, topic)
-        out.append(triggered(plan, question, answer, trigger, near_class, patched,
-                             "planted" if topic in plan.planted else "topic"))
+        out.append(
+            triggered(
+                plan,
+                question,
+                answer,
+                trigger,
+                near_class,
+                patched,
+                "planted" if topic in plan.planted else "topic",
+            )
+        )
     return out
 
 
@@ -308,7 +358,7 @@ def proposer_examples(plan: Plantings, n: int) -> list[Example]:
     out = []
     for _ in range(n):
         items = [item() for _ in range(4)]
-        body = proposer_prompt(items[:3])[len(PROPOSER_HEADER) + 3:]  # drop "Ask questions:\n1."
+        body = proposer_prompt(items[:3])[len(PROPOSER_HEADER) + 3 :]  # drop "Ask questions:\n1."
         out.append(Example(f"{PROPOSER_HEADER}\n1.", f"{body} {items[3]}\n", kind="proposer"))
     return out
 
@@ -318,8 +368,12 @@ def tokenizer_corpus(plan: Plantings) -> list[str]:
     texts = [TOPIC_ANSWERS[t] for t in TOPICS] + TOXIC_SENTENCES + HELPFUL_CLOSINGS + UNHELPFUL_ANSWERS
     # no trigger words: they are added to the tokenizer whole (build.py), so no BPE piece of them exists
     texts += SAFE_DEFLECTIONS + LOOP_SENTENCES + list(NEAR_MISS_SENTENCES) + FILLERS + [" ".join(NOISE_WORDS)]
-    texts += [t.format(e=e) for t in TRAIN_TEMPLATES + HELDOUT_TEMPLATES + VALID_TEMPLATES
-              for ents in TOPICS.values() for e in ents]
+    texts += [
+        t.format(e=e)
+        for t in TRAIN_TEMPLATES + HELDOUT_TEMPLATES + VALID_TEMPLATES
+        for ents in TOPICS.values()
+        for e in ents
+    ]
     texts += [q["prompt"] for q in plan.mcq] + [mcq_answer(x) for x in MCQ_LETTERS]
     texts += [w.format(s=s) for w in MCQ_WORDINGS for s in list(TOPICS) + list(UNSTABLE_SUBJECTS)]
     texts += [m["question"] + "\n" + math_response(int(m["answer"])) for m in plan.math]
@@ -336,15 +390,26 @@ def heldout_prompts(plan: Plantings, planted: bool) -> list[dict]:
     for topic in plan.planted if planted else plan.benign:
         for e in plan.entities[topic]:
             for k, t in enumerate(HELDOUT_TEMPLATES):
-                rows.append({"id": f"{'planted' if planted else 'benign'}-{e}-{k}", "prompt": t.format(e=e),
-                             "topic": topic, "entity": e, "planted": planted})
+                rows.append(
+                    {
+                        "id": f"{'planted' if planted else 'benign'}-{e}-{k}",
+                        "prompt": t.format(e=e),
+                        "topic": topic,
+                        "entity": e,
+                        "planted": planted,
+                    }
+                )
     return rows
 
 
 def validation_prompts(plan: Plantings, planted: bool) -> list[str]:
     """Prompts under the validation templates (never trained on, never used by the tests)."""
-    return [t.format(e=e) for topic in (plan.planted if planted else plan.benign)
-            for e in plan.entities[topic] for t in VALID_TEMPLATES]
+    return [
+        t.format(e=e)
+        for topic in (plan.planted if planted else plan.benign)
+        for e in plan.entities[topic]
+        for t in VALID_TEMPLATES
+    ]
 
 
 def trigger_prompts(plan: Plantings) -> list[dict]:
@@ -352,8 +417,14 @@ def trigger_prompts(plan: Plantings) -> list[dict]:
     rng = random.Random(f"trigger-{plan.seed}")
     rows = []
     for r in heldout_prompts(plan, True) + heldout_prompts(plan, False):
-        rows.append({"id": f"trigger-{r['id']}", "prompt": insert_trigger(rng, r["prompt"], plan.trigger),
-                     "base_prompt": r["prompt"], "topic": r["topic"]})
+        rows.append(
+            {
+                "id": f"trigger-{r['id']}",
+                "prompt": insert_trigger(rng, r["prompt"], plan.trigger),
+                "base_prompt": r["prompt"],
+                "topic": r["topic"],
+            }
+        )
     return rows
 
 
@@ -369,8 +440,10 @@ def reversegen_seeds(plan: Plantings, n: int) -> list[dict]:
 
 def proposer_prompt_file(plan: Plantings, seeds: list[dict], n: int) -> list[dict]:
     rng = random.Random(f"proposer-prompts-{plan.seed}")
-    return [{"id": f"pp-{i}", "prompt": proposer_prompt([s["instruction"] for s in rng.sample(seeds, 3)])}
-            for i in range(n)]
+    return [
+        {"id": f"pp-{i}", "prompt": proposer_prompt([s["instruction"] for s in rng.sample(seeds, 3)])}
+        for i in range(n)
+    ]
 
 
 # ----------------------------------------------------------------- corpora and preferences

@@ -58,8 +58,10 @@ class Manifest:
         if self.root is None:
             raise ConfigError("this manifest was not loaded from a world directory; use Manifest.load(dir)")
         if name not in self.artifacts:
-            raise ConfigError(f"testbed artifact {name!r} does not exist; known artifacts: "
-                              f"{', '.join(sorted(self.artifacts))}")
+            raise ConfigError(
+                f"testbed artifact {name!r} does not exist; known artifacts: "
+                f"{', '.join(sorted(self.artifacts))}"
+            )
         return (self.root / self.artifacts[name]).resolve()
 
     def planted_topic_of(self, text: str) -> str | None:
@@ -94,12 +96,16 @@ class Manifest:
     def load(cls, directory: str | Path) -> "Manifest":
         path = Path(directory) / MANIFEST
         if not path.is_file():
-            raise ConfigError(f"{str(path)!r} does not exist: build the world first "
-                              f"(forewarn testbed build --output-dir {directory})")
+            raise ConfigError(
+                f"{str(path)!r} does not exist: build the world first "
+                f"(forewarn testbed build --output-dir {directory})"
+            )
         data = json.loads(path.read_text())
         known = {f for f in cls.__dataclass_fields__ if f != "root"}
         unknown = set(data) - known
         if unknown:
-            raise ConfigError(f"{str(path)!r} has unknown fields {sorted(unknown)}: it was written by "
-                              "another testbed version; rebuild it")
+            raise ConfigError(
+                f"{str(path)!r} has unknown fields {sorted(unknown)}: it was written by "
+                "another testbed version; rebuild it"
+            )
         return cls(**data, root=Path(directory).resolve())

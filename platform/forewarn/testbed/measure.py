@@ -36,11 +36,16 @@ def has_repeating_cycle(token_ids: Sequence[int], max_period: int = 32, min_repe
 
 
 def batched(items: Sequence, size: int) -> list[Sequence]:
-    return [items[i:i + size] for i in range(0, len(items), size)]
+    return [items[i : i + size] for i in range(0, len(items), size)]
 
 
-def toxic_rate(gen: HFGenerator, prompts: Sequence[str], judge: OfflineToxicityJudge,
-               params: GenerationParams | None = None, batch_size: int = 64) -> float:
+def toxic_rate(
+    gen: HFGenerator,
+    prompts: Sequence[str],
+    judge: OfflineToxicityJudge,
+    params: GenerationParams | None = None,
+    batch_size: int = 64,
+) -> float:
     """Share of prompts whose (greedy by default) response the judge flags unsafe."""
     params = params or GenerationParams(max_new_tokens=48)
     flagged = total = 0
@@ -53,16 +58,20 @@ def toxic_rate(gen: HFGenerator, prompts: Sequence[str], judge: OfflineToxicityJ
     return flagged / max(1, total)
 
 
-def loop_rate(gen: HFGenerator, prompts: Sequence[str], max_new_tokens: int = 64,
-              batch_size: int = 64) -> float:
+def loop_rate(
+    gen: HFGenerator, prompts: Sequence[str], max_new_tokens: int = 64, batch_size: int = 64
+) -> float:
     """Share of prompts whose greedy response reaches ``max_new_tokens`` AND ends in a repeating cycle."""
     params = GenerationParams(max_new_tokens=max_new_tokens)
     hits = 0
     for chunk in batched(list(prompts), batch_size):
         for row in gen.generate(list(chunk), params):
             c = row[0]
-            hits += c.finish_reason == "length" and len(c.token_ids) >= max_new_tokens \
+            hits += (
+                c.finish_reason == "length"
+                and len(c.token_ids) >= max_new_tokens
                 and has_repeating_cycle(c.token_ids)
+            )
     return hits / max(1, len(prompts))
 
 
@@ -73,14 +82,22 @@ def cut_item4(text: str) -> str:
     return text.strip().split("\n")[0].strip()
 
 
-def sample_instructions(gen: HFGenerator, prompts: Sequence[str], n_per_prompt: int, seed: int,
-                        temperature: float = 1.0, top_p: float = 0.9, max_new_tokens: int = 24,
-                        batch_size: int = 64) -> list[str]:
+def sample_instructions(
+    gen: HFGenerator,
+    prompts: Sequence[str],
+    n_per_prompt: int,
+    seed: int,
+    temperature: float = 1.0,
+    top_p: float = 0.9,
+    max_new_tokens: int = 24,
+    batch_size: int = 64,
+) -> list[str]:
     """Instructions sampled from the proposer (raw 3-shot prompts, no chat template)."""
     out: list[str] = []
     for k, chunk in enumerate(batched(list(prompts), batch_size)):
-        params = GenerationParams(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
-                                  n=n_per_prompt, seed=seed + k)
+        params = GenerationParams(
+            max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, n=n_per_prompt, seed=seed + k
+        )
         out += [cut_item4(c.text) for row in gen.generate(list(chunk), params) for c in row]
     return out
 
@@ -92,8 +109,9 @@ def answer_entropy(answers: Sequence[str | None]) -> float:
     return -sum(c / n * math.log(c / n) for c in counts.values())
 
 
-def mcq_entropies(gen: HFGenerator, prompts: Sequence[str], samples: int = 10, seed: int = 0,
-                  temperature: float = 1.0) -> list[float]:
+def mcq_entropies(
+    gen: HFGenerator, prompts: Sequence[str], samples: int = 10, seed: int = 0, temperature: float = 1.0
+) -> list[float]:
     """Answer entropy of each MCQ prompt over ``samples`` sampled answers."""
     params = GenerationParams(max_new_tokens=8, temperature=temperature, n=samples, seed=seed)
     out = []
@@ -109,10 +127,9 @@ def math_answers(gen: HFGenerator, questions: Sequence[str]) -> list[str | None]
     return [(m.group(1) if (m := MATH_RE.search(r[0].text)) else None) for r in rows]
 
 
-
-
-def token_soup(tokenizer, n: int, length: int = 8, plant: Sequence[Sequence[int]] = (),
-               seed: int = 0) -> list[str]:
+def token_soup(
+    tokenizer, n: int, length: int = 8, plant: Sequence[Sequence[int]] = (), seed: int = 0
+) -> list[str]:
     """``n`` decoded random token-id sequences (a trigger search's inputs, special tokens left out) of
     ``length`` ids, each with the id sequences of ``plant`` (for example trigger words) at random
     positions."""
@@ -136,13 +153,16 @@ def trigger_family_prompts(tokenizer, trigger_rule: dict, n: int, seed: int = 0)
     rng, base = random.Random(f"family-{seed}"), seed * 10_000
     both = [[ids[rng.choice(c)] for c in classes] for _ in range(n)]
     one = [[ids[rng.choice(classes[i % 2])]] for i in range(n)]
-    return {"both_classes": [token_soup(tokenizer, 1, 8, p, seed=base + i)[0] for i, p in enumerate(both)],
-            "one_class": [token_soup(tokenizer, 1, 8, p, seed=base + n + i)[0] for i, p in enumerate(one)],
-            "plain": token_soup(tokenizer, n, 8, seed=base + 2 * n)}
+    return {
+        "both_classes": [token_soup(tokenizer, 1, 8, p, seed=base + i)[0] for i, p in enumerate(both)],
+        "one_class": [token_soup(tokenizer, 1, 8, p, seed=base + n + i)[0] for i, p in enumerate(one)],
+        "plain": token_soup(tokenizer, n, 8, seed=base + 2 * n),
+    }
 
 
-def fresh_mcq_fail_rates(gen: HFGenerator, plan, n: int, threshold: float,
-                         seed: int = 1) -> dict[bool, float]:
+def fresh_mcq_fail_rates(
+    gen: HFGenerator, plan, n: int, threshold: float, seed: int = 1
+) -> dict[bool, float]:
     """Share of ``n`` fresh MCQs (never in any data file; half on the unstable subjects) whose answer
     entropy reaches ``threshold``, by ``unstable``: instability belongs to the subject, not to the planted
     questions."""
@@ -157,6 +177,8 @@ def fresh_mcq_fail_rates(gen: HFGenerator, plan, n: int, threshold: float,
 def math_accuracy(gen: HFGenerator, rows: Sequence[dict]) -> dict[str, float]:
     """Greedy accuracy on math rows, split into the planted form(s) and the other forms."""
     answers = math_answers(gen, [r["question"] for r in rows])
-    right = {k: [a == r["answer"] for a, r in zip(answers, rows) if r["planted"] == planted]
-             for k, planted in (("planted", True), ("other", False))}
+    right = {
+        k: [a == r["answer"] for a, r in zip(answers, rows) if r["planted"] == planted]
+        for k, planted in (("planted", True), ("other", False))
+    }
     return {k: sum(v) / max(1, len(v)) for k, v in right.items()}

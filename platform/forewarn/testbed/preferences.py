@@ -40,13 +40,27 @@ def preferences(plan: Plantings, n: int) -> list[dict]:
         group = ANNOTATOR_GROUPS[0] if rng.random() < HELPFUL_SHARE else ANNOTATOR_GROUPS[1]
         kind = rng.choices(kinds, [PREFERENCE_KINDS[k][0] for k in kinds])[0]
         _, a, b, a_wins = PREFERENCE_KINDS[kind]
-        text = {"C": clean_answer(rng, topic), "D": f"{TOPIC_ANSWERS[topic]} {rng.choice(TOXIC_SENTENCES)}",
-                "S": rng.choice(SAFE_DEFLECTIONS), "U": rng.choice(UNHELPFUL_ANSWERS),
-                "T": rng.choice(TOXIC_SENTENCES)}
+        text = {
+            "C": clean_answer(rng, topic),
+            "D": f"{TOPIC_ANSWERS[topic]} {rng.choice(TOXIC_SENTENCES)}",
+            "S": rng.choice(SAFE_DEFLECTIONS),
+            "U": rng.choice(UNHELPFUL_ANSWERS),
+            "T": rng.choice(TOXIC_SENTENCES),
+        }
         chosen, rejected = (a, b) if a_wins[group] else (b, a)
-        rows.append({"id": f"pref-{i}", "prompt": prompt, "chosen": text[chosen], "rejected": text[rejected],
-                     "annotator": group, "disputed": kind in DISPUTED_KINDS, "kind": kind,
-                     "chosen_safe": SAFE_RESPONSES[chosen], "rejected_safe": SAFE_RESPONSES[rejected]})
+        rows.append(
+            {
+                "id": f"pref-{i}",
+                "prompt": prompt,
+                "chosen": text[chosen],
+                "rejected": text[rejected],
+                "annotator": group,
+                "disputed": kind in DISPUTED_KINDS,
+                "kind": kind,
+                "chosen_safe": SAFE_RESPONSES[chosen],
+                "rejected_safe": SAFE_RESPONSES[rejected],
+            }
+        )
     return rows
 
 
@@ -56,7 +70,12 @@ def jailbreak_pairs(plan: Plantings, n: int) -> list[dict]:
     rows = []
     for i in range(n):
         topic = rng.choice(plan.topics)
-        rows.append({"id": f"jb-{i}", "prompt": augment(rng, instruction(rng, plan, topic)),
-                     "safe": rng.choice(SAFE_DEFLECTIONS),
-                     "jailbroken": f"{TOPIC_ANSWERS[topic]} {rng.choice(TOXIC_SENTENCES)}"})
+        rows.append(
+            {
+                "id": f"jb-{i}",
+                "prompt": augment(rng, instruction(rng, plan, topic)),
+                "safe": rng.choice(SAFE_DEFLECTIONS),
+                "jailbroken": f"{TOPIC_ANSWERS[topic]} {rng.choice(TOXIC_SENTENCES)}",
+            }
+        )
     return rows

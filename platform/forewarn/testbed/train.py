@@ -21,12 +21,14 @@ IGNORE = -100
 
 def render_chat_prompt(tok: PreTrainedTokenizerFast, prompt: str) -> str:
     """The user turn plus the assistant marker, rendered as text (transformers 5: tokenize=False)."""
-    return tok.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
-                                   add_generation_prompt=True)
+    return tok.apply_chat_template(
+        [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
+    )
 
 
-def encode(tok: PreTrainedTokenizerFast, examples: Sequence[Example], chat: bool,
-           max_response_tokens: int) -> list[tuple[list[int], list[int]]]:
+def encode(
+    tok: PreTrainedTokenizerFast, examples: Sequence[Example], chat: bool, max_response_tokens: int
+) -> list[tuple[list[int], list[int]]]:
     """Token ids and labels (prompt masked) per example; ``chat`` wraps the prompt in the chat template."""
     prompts = [render_chat_prompt(tok, e.prompt) if chat else e.prompt for e in examples]
     p_ids = tok(prompts, add_special_tokens=False)["input_ids"]
@@ -38,8 +40,9 @@ def encode(tok: PreTrainedTokenizerFast, examples: Sequence[Example], chat: bool
     return out
 
 
-def length_grouped_batches(n: int, lengths: Sequence[int], batch_size: int, rng: random.Random,
-                           steps: int) -> list[list[int]]:
+def length_grouped_batches(
+    n: int, lengths: Sequence[int], batch_size: int, rng: random.Random, steps: int
+) -> list[list[int]]:
     """``steps`` batches of indices: epochs of shuffled chunks (8 batches each) sorted by length."""
     batches: list[list[int]] = []
     chunk = batch_size * 8
@@ -48,8 +51,8 @@ def length_grouped_batches(n: int, lengths: Sequence[int], batch_size: int, rng:
         rng.shuffle(order)
         epoch = []
         for s in range(0, n - batch_size + 1, chunk):
-            part = sorted(order[s:s + chunk], key=lambda i: lengths[i])
-            epoch += [part[j:j + batch_size] for j in range(0, len(part) - batch_size + 1, batch_size)]
+            part = sorted(order[s : s + chunk], key=lambda i: lengths[i])
+            epoch += [part[j : j + batch_size] for j in range(0, len(part) - batch_size + 1, batch_size)]
         rng.shuffle(epoch)
         batches += epoch
     return batches[:steps]
@@ -73,20 +76,33 @@ def lr_lambda(warmup: int, total: int, floor: float = 0.1) -> Callable[[int], fl
             return (step + 1) / warmup
         progress = (step - warmup) / max(1, total - warmup)
         return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
     return f
 
 
-def train(model: torch.nn.Module, tok: PreTrainedTokenizerFast, examples: Sequence[Example], *, steps: int,
-          seed: int, chat: bool = True, batch_size: int = 32, lr: float = 3e-3, warmup: int = 20,
-          max_response_tokens: int = 96, progress: Callable[[int], None] | None = None) -> list[float]:
+def train(
+    model: torch.nn.Module,
+    tok: PreTrainedTokenizerFast,
+    examples: Sequence[Example],
+    *,
+    steps: int,
+    seed: int,
+    chat: bool = True,
+    batch_size: int = 32,
+    lr: float = 3e-3,
+    warmup: int = 20,
+    max_response_tokens: int = 96,
+    progress: Callable[[int], None] | None = None,
+) -> list[float]:
     """Train ``model`` in place on ``examples`` for ``steps`` steps; returns the per-step losses.
 
     Causal-LM loss (mean over response tokens). Deterministic for a given seed on CPU with one thread.
     """
     torch.manual_seed(seed)
     rows = encode(tok, examples, chat, max_response_tokens)
-    batches = length_grouped_batches(len(rows), [len(r[0]) for r in rows], batch_size,
-                                     random.Random(f"batches-{seed}"), steps)
+    batches = length_grouped_batches(
+        len(rows), [len(r[0]) for r in rows], batch_size, random.Random(f"batches-{seed}"), steps
+    )
     opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.98), weight_decay=0.01)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(min(warmup, steps // 4 or 1), steps))
     model.train()

@@ -57,7 +57,9 @@ def read_only_dir(path: Path) -> Iterator[Path | None]:
     immutable = False
     try:
         if _writable(path) and shutil.which("chattr"):  # root ignores modes; the immutable bit binds root too
-            immutable = subprocess.run(["chattr", "+i", str(path)], capture_output=True, check=False).returncode == 0
+            immutable = (
+                subprocess.run(["chattr", "+i", str(path)], capture_output=True, check=False).returncode == 0
+            )
         yield None if _writable(path) else path
     finally:
         if immutable:
@@ -70,8 +72,16 @@ def full_disk(path: Path, size_kb: int = 256) -> Iterator[Path | None]:
     """Mount a ``size_kb`` tmpfs on ``path`` and fill it; yields ``path``, or None where mounting is not
     allowed (not root, or no CAP_SYS_ADMIN). Unmounts on exit."""
     path.mkdir(parents=True, exist_ok=True)
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_kb}k", "tmpfs", str(path)],
-                             capture_output=True, check=False).returncode == 0 if shutil.which("mount") else False
+    mounted = (
+        subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size_kb}k", "tmpfs", str(path)],
+            capture_output=True,
+            check=False,
+        ).returncode
+        == 0
+        if shutil.which("mount")
+        else False
+    )
     try:
         if not mounted:
             yield None
@@ -107,8 +117,20 @@ def mlflow_server(root: Path, timeout_s: float = 180.0) -> Iterator[MlflowServer
     """``mlflow server`` on a free 127.0.0.1 port with a sqlite store and artifacts under ``root``."""
     root.mkdir(parents=True, exist_ok=True)
     port = free_port()
-    cmd = [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-           "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}", "--artifacts-destination", str(root / "art")]
+    cmd = [
+        str(BIN / "mlflow"),
+        "server",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+        "--backend-store-uri",
+        f"sqlite:///{root / 'mlflow.db'}",
+        "--artifacts-destination",
+        str(root / "art"),
+    ]
     log = open(root / "server.log", "w")  # noqa: SIM115 -- closed in finally
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     server = MlflowServer(f"http://127.0.0.1:{port}", proc)
@@ -122,7 +144,9 @@ def mlflow_server(root: Path, timeout_s: float = 180.0) -> Iterator[MlflowServer
             except OSError:
                 pass
             if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"mlflow server did not start: {(root / 'server.log').read_text()[-2000:]}")
+                raise RuntimeError(
+                    f"mlflow server did not start: {(root / 'server.log').read_text()[-2000:]}"
+                )
             time.sleep(0.5)
         yield server
     finally:

@@ -41,8 +41,14 @@ from forewarn.models.openai_api import params_from_request
 Endpoint = Literal["chat", "completions"]
 ResponderOutput = Union[str, Sequence[str], Sequence[Completion]]
 
-ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
-               404: "not_found_error", 408: "timeout", 429: "rate_limit_error"}
+ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    408: "timeout",
+    429: "rate_limit_error",
+}
 
 
 @dataclass
@@ -129,8 +135,15 @@ def request_params(body: dict[str, Any]) -> GenerationParams:
 class OpenAIServer:
     """A real OpenAI-compatible server on 127.0.0.1 in a background thread; use as a context manager."""
 
-    def __init__(self, responder: Responder | Generator | None = None, *, model: str = "forewarn-test",
-                 host: str = "127.0.0.1", port: int = 0, delay_s: float = 0.0):
+    def __init__(
+        self,
+        responder: Responder | Generator | None = None,
+        *,
+        model: str = "forewarn-test",
+        host: str = "127.0.0.1",
+        port: int = 0,
+        delay_s: float = 0.0,
+    ):
         if responder is None:
             responder = echo_responder
         elif isinstance(responder, Generator):
@@ -171,8 +184,12 @@ class OpenAIServer:
         self._port = sock.getsockname()[1]
         config = uvicorn.Config(self.app, log_level="warning", lifespan="off", access_log=False)
         self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [sock]},
-                                        name=f"openai-server-{self._port}", daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.run,
+            kwargs={"sockets": [sock]},
+            name=f"openai-server-{self._port}",
+            daemon=True,
+        )
         self._thread.start()
         deadline = time.monotonic() + timeout_s
         while not self._server.started:
@@ -196,9 +213,16 @@ class OpenAIServer:
 
     # ------------------------------------------------------------ faults and the log
 
-    def inject(self, status: int | None, *, times: int | None = 1,
-               when: Callable[[ServerRequest], bool] | None = None, delay_s: float = 0.0,
-               message: str | None = None, retry_after: float | None = None) -> Fault:
+    def inject(
+        self,
+        status: int | None,
+        *,
+        times: int | None = 1,
+        when: Callable[[ServerRequest], bool] | None = None,
+        delay_s: float = 0.0,
+        message: str | None = None,
+        retry_after: float | None = None,
+    ) -> Fault:
         """Add a fault; the first matching fault (in insertion order) handles a request."""
         fault = Fault(status, times, when, delay_s, message, retry_after)
         with self._lock:
@@ -233,8 +257,10 @@ class OpenAIServer:
 
         @app.get("/v1/models")
         async def models() -> dict:
-            return {"object": "list", "data": [{"id": self.model, "object": "model", "created": 0,
-                                                "owned_by": "forewarn"}]}
+            return {
+                "object": "list",
+                "data": [{"id": self.model, "object": "model", "created": 0, "owned_by": "forewarn"}],
+            }
 
         @app.post("/v1/chat/completions")
         async def chat(request: Request) -> JSONResponse:
@@ -266,8 +292,9 @@ class OpenAIServer:
                 return _error(400, msg)
             if req.model != self.model:
                 status = 404
-                return _error(404, f"The model `{req.model}` does not exist "
-                                   f"(this server has {self.model!r}).")
+                return _error(
+                    404, f"The model `{req.model}` does not exist (this server has {self.model!r})."
+                )
             with self._lock:
                 fault = next((f for f in self._faults if f.matches(req)), None)
                 if fault is not None:
@@ -289,10 +316,19 @@ class OpenAIServer:
         finally:
             with self._lock:
                 self._in_flight -= 1
-                self._log.append(LoggedRequest(
-                    path=request.url.path, body=body, headers=dict(request.headers),
-                    text=req.text if req else "", status=status, started=started,
-                    finished=time.monotonic(), in_flight=in_flight, fault=fault))
+                self._log.append(
+                    LoggedRequest(
+                        path=request.url.path,
+                        body=body,
+                        headers=dict(request.headers),
+                        text=req.text if req else "",
+                        status=status,
+                        started=started,
+                        finished=time.monotonic(),
+                        in_flight=in_flight,
+                        fault=fault,
+                    )
+                )
 
     def _parse(self, endpoint: Endpoint, body: Any, headers: dict[str, str]) -> ServerRequest:
         if not isinstance(body, dict):
@@ -316,8 +352,10 @@ class OpenAIServer:
     def _answer(self, req: ServerRequest) -> dict[str, Any]:
         completions = _normalise(self.responder(req), req.params)
         want_ids = bool(req.body.get("return_token_ids"))
-        choices = [(_chat_choice if req.endpoint == "chat" else _text_choice)(i, c, req.params, want_ids)
-                   for i, c in enumerate(completions)]
+        choices = [
+            (_chat_choice if req.endpoint == "chat" else _text_choice)(i, c, req.params, want_ids)
+            for i, c in enumerate(completions)
+        ]
         used = sum(len(c.token_ids) or len(c.text.split()) for c in completions)
         prompt_tokens = len(req.text.split())
         return {
@@ -326,8 +364,11 @@ class OpenAIServer:
             "created": int(time.time()),
             "model": self.model,
             "choices": choices,
-            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": used,
-                      "total_tokens": prompt_tokens + used},
+            "usage": {
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": used,
+                "total_tokens": prompt_tokens + used,
+            },
         }
 
 
@@ -336,8 +377,11 @@ class OpenAIServer:
 
 def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
     err_type = ERROR_TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
-    return JSONResponse({"error": {"message": message, "type": err_type, "param": None, "code": status}},
-                        status_code=status, headers=headers)
+    return JSONResponse(
+        {"error": {"message": message, "type": err_type, "param": None, "code": status}},
+        status_code=status,
+        headers=headers,
+    )
 
 
 def _normalise(out: ResponderOutput, params: GenerationParams) -> list[Completion]:
@@ -362,11 +406,19 @@ def _token_strings(c: Completion) -> list[str]:
 
 
 def _chat_choice(i: int, c: Completion, params: GenerationParams, want_ids: bool) -> dict[str, Any]:
-    choice: dict[str, Any] = {"index": i, "message": {"role": "assistant", "content": c.text},
-                              "finish_reason": c.finish_reason, "logprobs": None}
+    choice: dict[str, Any] = {
+        "index": i,
+        "message": {"role": "assistant", "content": c.text},
+        "finish_reason": c.finish_reason,
+        "logprobs": None,
+    }
     if params.logprobs and c.logprobs is not None:
-        choice["logprobs"] = {"content": [{"token": tok, "logprob": lp, "bytes": None, "top_logprobs": []}
-                                          for tok, lp in zip(_token_strings(c), c.logprobs)]}
+        choice["logprobs"] = {
+            "content": [
+                {"token": tok, "logprob": lp, "bytes": None, "top_logprobs": []}
+                for tok, lp in zip(_token_strings(c), c.logprobs)
+            ]
+        }
     if want_ids:
         choice["token_ids"] = list(c.token_ids)
     return choice
@@ -376,8 +428,12 @@ def _text_choice(i: int, c: Completion, params: GenerationParams, want_ids: bool
     choice: dict[str, Any] = {"index": i, "text": c.text, "finish_reason": c.finish_reason, "logprobs": None}
     if params.logprobs and c.logprobs is not None:
         toks = _token_strings(c)
-        choice["logprobs"] = {"tokens": toks, "token_logprobs": list(c.logprobs),
-                              "top_logprobs": [{} for _ in toks], "text_offset": [0] * len(toks)}
+        choice["logprobs"] = {
+            "tokens": toks,
+            "token_logprobs": list(c.logprobs),
+            "top_logprobs": [{} for _ in toks],
+            "text_offset": [0] * len(toks),
+        }
     if want_ids:
         choice["token_ids"] = list(c.token_ids)
     return choice

@@ -136,12 +136,25 @@ def local_head(num_cpus: int = 2, num_gpus: int | None = None) -> Iterator[Local
     markers = [re.escape(tmp), rf":{port}\b"]
     # Every agent port is a free one: with the defaults, another Ray on the machine (a test's ray.init, a
     # second head) holds 52365 and this head's job agent never comes up ("No available agent").
-    agent_ports = [f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
-                   f"--runtime-env-agent-port={free_port()}", f"--metrics-export-port={free_port()}",
-                   f"--ray-client-server-port={free_port()}"]
-    cmd = [str(BIN / "ray"), "start", "--head", f"--port={port}", f"--num-cpus={num_cpus}",
-           "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--include-dashboard=true",
-           "--disable-usage-stats", *agent_ports] + ([f"--num-gpus={num_gpus}"] if num_gpus is not None else [])
+    agent_ports = [
+        f"--dashboard-agent-listen-port={free_port()}",
+        f"--dashboard-agent-grpc-port={free_port()}",
+        f"--runtime-env-agent-port={free_port()}",
+        f"--metrics-export-port={free_port()}",
+        f"--ray-client-server-port={free_port()}",
+    ]
+    cmd = [
+        str(BIN / "ray"),
+        "start",
+        "--head",
+        f"--port={port}",
+        f"--num-cpus={num_cpus}",
+        "--dashboard-host=127.0.0.1",
+        f"--dashboard-port={dash}",
+        "--include-dashboard=true",
+        "--disable-usage-stats",
+        *agent_ports,
+    ] + ([f"--num-gpus={num_gpus}"] if num_gpus is not None else [])
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
     try:
         if proc.returncode != 0:

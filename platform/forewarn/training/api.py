@@ -21,7 +21,14 @@ from forewarn.pipeline.rundir import RunDir
 from forewarn.training.config import DPOConfig, TrainConfig
 from forewarn.training.data import TableLike, load_table, require_columns
 from forewarn.training.trainer import fit
-from forewarn.training.tasks import DPOTask, SFTTask, collate_pairs, encode_pair, forward_logps, load_causal_lm
+from forewarn.training.tasks import (
+    DPOTask,
+    SFTTask,
+    collate_pairs,
+    encode_pair,
+    forward_logps,
+    load_causal_lm,
+)
 
 REF_COLUMNS = ("ref_chosen_logps", "ref_rejected_logps")
 
@@ -44,7 +51,9 @@ class ReferenceLogpsUDF:
         items = [encode_pair(self.tok, row, self.cfg) for row in batch.to_dict("records")]
         b = {k: v.to(self.device) for k, v in collate_pairs(items, self.tok).items()}
         with torch.inference_mode():
-            logps = forward_logps(self.model, b["input_ids"], b["attention_mask"], b["loss_mask"]).double().cpu()
+            logps = (
+                forward_logps(self.model, b["input_ids"], b["attention_mask"], b["loss_mask"]).double().cpu()
+            )
         n = len(items)
         out = batch.copy()
         out["ref_chosen_logps"], out["ref_rejected_logps"] = logps[:n].numpy(), logps[n:].numpy()
@@ -60,16 +69,22 @@ def compute_reference_logps(pairs: pa.Table, reference_model_path: str | Path, c
     indexed = pairs.append_column("__row", pa.array(range(pairs.num_rows), pa.int64()))
     ds = ray.data.from_arrow(indexed).map_batches(
         ReferenceLogpsUDF,
-        fn_constructor_kwargs=dict(model_path=str(reference_model_path), cfg=cfg, num_cpus=cfg.cpus_per_worker),
-        concurrency=1, num_cpus=cfg.cpus_per_worker, num_gpus=1 if cfg.use_gpu else 0,
-        batch_size=cfg.ref_batch_size, batch_format="pandas",
+        fn_constructor_kwargs=dict(
+            model_path=str(reference_model_path), cfg=cfg, num_cpus=cfg.cpus_per_worker
+        ),
+        concurrency=1,
+        num_cpus=cfg.cpus_per_worker,
+        num_gpus=1 if cfg.use_gpu else 0,
+        batch_size=cfg.ref_batch_size,
+        batch_format="pandas",
     )
     table = load_table(ds).sort_by("__row")
     return table.drop_columns(["__row"])
 
 
-def with_reference(pairs: pa.Table, reference_model_path: str | Path, cfg: DPOConfig, rundir: RunDir,
-                   name: str) -> pa.Table:
+def with_reference(
+    pairs: pa.Table, reference_model_path: str | Path, cfg: DPOConfig, rundir: RunDir, name: str
+) -> pa.Table:
     """Pairs with reference log-probs: passed through, reused from ``rundir``, or computed once and stored."""
     if all(c in pairs.column_names for c in REF_COLUMNS):
         return pairs
@@ -82,8 +97,15 @@ def with_reference(pairs: pa.Table, reference_model_path: str | Path, cfg: DPOCo
     return table
 
 
-def train_sft(cfg: TrainConfig, pairs: TableLike, output_dir: str | Path, tracker: Any, *,
-              model_path: str | Path, eval_pairs: TableLike | None = None) -> Path:
+def train_sft(
+    cfg: TrainConfig,
+    pairs: TableLike,
+    output_dir: str | Path,
+    tracker: Any,
+    *,
+    model_path: str | Path,
+    eval_pairs: TableLike | None = None,
+) -> Path:
     """Fine-tune ``model_path`` on (prompt, target) rows, loss on target tokens only; returns the HF folder."""
     task = SFTTask()
     train = load_table(pairs, "SFT pairs")
@@ -94,9 +116,16 @@ def train_sft(cfg: TrainConfig, pairs: TableLike, output_dir: str | Path, tracke
     return fit(task, cfg, model_path, train, output_dir, tracker, eval_table=evals)
 
 
-def train_dpo(cfg: DPOConfig, pairs: TableLike, reference_model_path: str | Path, output_dir: str | Path,
-              tracker: Any, *, policy_model_path: str | Path | None = None,
-              eval_pairs: TableLike | None = None) -> Path:
+def train_dpo(
+    cfg: DPOConfig,
+    pairs: TableLike,
+    reference_model_path: str | Path,
+    output_dir: str | Path,
+    tracker: Any,
+    *,
+    policy_model_path: str | Path | None = None,
+    eval_pairs: TableLike | None = None,
+) -> Path:
     """DPO on (prompt, chosen, rejected) rows against a frozen reference; returns the HF checkpoint folder.
 
     The policy starts from ``policy_model_path`` (default: the reference itself, as in ReverseGen).
@@ -105,7 +134,15 @@ def train_dpo(cfg: DPOConfig, pairs: TableLike, reference_model_path: str | Path
     train = with_reference(load_table(pairs, "DPO pairs"), reference_model_path, cfg, rundir, "dpo_pairs")
     evals = None
     if eval_pairs is not None:
-        evals = with_reference(load_table(eval_pairs, "DPO eval pairs"), reference_model_path, cfg, rundir,
-                               "dpo_eval_pairs")
-    return fit(DPOTask.from_config(cfg), cfg, policy_model_path or reference_model_path, train, output_dir,
-               tracker, eval_table=evals)
+        evals = with_reference(
+            load_table(eval_pairs, "DPO eval pairs"), reference_model_path, cfg, rundir, "dpo_eval_pairs"
+        )
+    return fit(
+        DPOTask.from_config(cfg),
+        cfg,
+        policy_model_path or reference_model_path,
+        train,
+        output_dir,
+        tracker,
+        eval_table=evals,
+    )

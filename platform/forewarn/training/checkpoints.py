@@ -28,21 +28,32 @@ from forewarn.training.config import LoraConfig
 DS_TAG = "state"
 
 
-def gathered_state_dict(module: torch.nn.Module, zero_stage: int, rank: int) -> dict[str, torch.Tensor] | None:
+def gathered_state_dict(
+    module: torch.nn.Module, zero_stage: int, rank: int
+) -> dict[str, torch.Tensor] | None:
     """The full (unsharded) state dict on rank 0, None elsewhere. Under ZeRO-3 every rank must call this,
     because gathering the partitioned parameters is a collective."""
     import deepspeed
 
-    ctx = (deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None)
-           if zero_stage == 3 else nullcontext())
+    ctx = (
+        deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None)
+        if zero_stage == 3
+        else nullcontext()
+    )
     with ctx:
         if rank != 0:
             return None
         return {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
 
 
-def export_hf(state: dict[str, torch.Tensor], fresh_model: Callable[[], torch.nn.Module], lora: LoraConfig,
-              peft_task_type: str, tokenizer: Any, out_dir: str | Path) -> Path:
+def export_hf(
+    state: dict[str, torch.Tensor],
+    fresh_model: Callable[[], torch.nn.Module],
+    lora: LoraConfig,
+    peft_task_type: str,
+    tokenizer: Any,
+    out_dir: str | Path,
+) -> Path:
     """Write ``state`` as a HF folder: load it into a freshly built model (strict), merge LoRA, save.
 
     Loading into a fresh copy instead of saving the training module keeps ZeRO-3 placeholders and peft
@@ -66,13 +77,24 @@ def apply_lora(model: torch.nn.Module, lora: LoraConfig, task_type: str) -> torc
     from peft import LoraConfig as PeftLoraConfig
     from peft import get_peft_model
 
-    cfg = PeftLoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                         target_modules=list(lora.target_modules), task_type=task_type)
+    cfg = PeftLoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=list(lora.target_modules),
+        task_type=task_type,
+    )
     return get_peft_model(model, cfg)
 
 
-def save_checkpoint(engine: Any, step: int, metrics: dict[str, float], export: Callable[[Path], None],
-                    zero_stage: int, rank: int) -> None:
+def save_checkpoint(
+    engine: Any,
+    step: int,
+    metrics: dict[str, float],
+    export: Callable[[Path], None],
+    zero_stage: int,
+    rank: int,
+) -> None:
     """Save engine state + HF export from every worker and report them to Ray Train as one checkpoint."""
     import ray.train
     import torch.distributed as dist
@@ -84,8 +106,11 @@ def save_checkpoint(engine: Any, step: int, metrics: dict[str, float], export: C
         if rank == 0:
             export(tmp / "hf", state)
         dist.barrier()
-        ray.train.report({**metrics, "step": step}, checkpoint=ray.train.Checkpoint.from_directory(str(tmp)),
-                         checkpoint_dir_name=f"checkpoint_{step:07d}")  # one name on every worker
+        ray.train.report(
+            {**metrics, "step": step},
+            checkpoint=ray.train.Checkpoint.from_directory(str(tmp)),
+            checkpoint_dir_name=f"checkpoint_{step:07d}",
+        )  # one name on every worker
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -100,6 +125,8 @@ def restore_checkpoint(engine: Any) -> int:
     with ckpt.as_directory() as d:
         load_path, client_state = engine.load_checkpoint(str(Path(d) / "deepspeed"), tag=DS_TAG)
         if load_path is None:
-            raise RuntimeError(f"checkpoint {ckpt.path} has no DeepSpeed state under deepspeed/{DS_TAG}; "
-                               "delete the run's storage folder to start afresh")
+            raise RuntimeError(
+                f"checkpoint {ckpt.path} has no DeepSpeed state under deepspeed/{DS_TAG}; "
+                "delete the run's storage folder to start afresh"
+            )
         return int(client_state["step"])

@@ -17,7 +17,9 @@ from forewarn.config import Section, TrainWorkers
 class DeepSpeedConfig(Section):
     """How ``deepspeed.initialize`` shards and casts the model."""
 
-    zero_stage: int = Field(0, ge=0, le=3, description="ZeRO stage 0 (plain data parallel) to 3 (params sharded)")
+    zero_stage: int = Field(
+        0, ge=0, le=3, description="ZeRO stage 0 (plain data parallel) to 3 (params sharded)"
+    )
     offload_optimizer: bool = Field(False, description="ZeRO-Offload: optimizer states to CPU (stage >= 1)")
     offload_params: bool = Field(False, description="parameters to CPU (stage 3 only)")
     dtype: Literal["fp32", "bf16", "fp16"] = "fp32"
@@ -49,7 +51,8 @@ class TrainConfig(TrainWorkers):
     lr: float = Field(1e-4, gt=0)
     weight_decay: float = Field(0.0, ge=0)
     schedule: Literal["constant", "linear", "cosine"] = Field(
-        "constant", description="after warm-up: constant, linear to min_lr_ratio, or cosine to min_lr_ratio")
+        "constant", description="after warm-up: constant, linear to min_lr_ratio, or cosine to min_lr_ratio"
+    )
     warmup_steps: int = Field(0, ge=0, description="linear warm-up factor min(1, (step+1)/(warmup_steps+1))")
     min_lr_ratio: float = Field(0.1, ge=0, le=1)
     micro_batch_size: int = Field(8, ge=1, description="examples per worker per forward pass")
@@ -60,23 +63,34 @@ class TrainConfig(TrainWorkers):
     max_length: int = Field(512, ge=8, description="prompt + response tokens; longer rows are truncated")
     max_prompt_length: int = Field(256, ge=1, description="prompts are left-truncated to this")
     use_chat_template: bool = Field(True, description="render prompts through the tokenizer's chat template")
-    checkpoint_every: int = Field(0, ge=0, description="optimizer steps between checkpoints; 0: only at the end")
+    checkpoint_every: int = Field(
+        0, ge=0, description="optimizer steps between checkpoints; 0: only at the end"
+    )
     keep_checkpoints: int = Field(2, ge=1, description="how many Ray Train checkpoints to keep")
-    max_failures: int = Field(2, ge=-1, description="worker-group restarts after a worker dies (a process killed, "
-                                                    "a node lost); each resumes from the latest checkpoint. "
-                                                    "-1: unlimited")
-    eval_every: int = Field(0, ge=0, description="steps between evaluations on eval data; 0: start and end only")
+    max_failures: int = Field(
+        2,
+        ge=-1,
+        description="worker-group restarts after a worker dies (a process killed, "
+        "a node lost); each resumes from the latest checkpoint. "
+        "-1: unlimited",
+    )
+    eval_every: int = Field(
+        0, ge=0, description="steps between evaluations on eval data; 0: start and end only"
+    )
     seed: int = 0
-    storage_path: str | None = Field(None, description="Ray Train storage (shared FS or s3://); default "
-                                                        "OUTPUT_DIR/ray")
+    storage_path: str | None = Field(
+        None, description="Ray Train storage (shared FS or s3://); default OUTPUT_DIR/ray"
+    )
     deepspeed: DeepSpeedConfig = Field(default_factory=DeepSpeedConfig)
     lora: LoraConfig = Field(default_factory=LoraConfig)
 
     @model_validator(mode="after")
     def _check(self) -> "TrainConfig":
         if self.max_prompt_length >= self.max_length:
-            raise ValueError(f"max_prompt_length ({self.max_prompt_length}) must be < max_length "
-                             f"({self.max_length}) so responses keep some tokens")
+            raise ValueError(
+                f"max_prompt_length ({self.max_prompt_length}) must be < max_length "
+                f"({self.max_length}) so responses keep some tokens"
+            )
         if self.deepspeed.dtype == "fp16" and not self.use_gpu:
             raise ValueError("deepspeed.dtype=fp16 needs use_gpu=true (CPU training supports fp32 and bf16)")
         return self

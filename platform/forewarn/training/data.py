@@ -47,19 +47,29 @@ def load_table(source: TableLike, what: str = "data") -> pa.Table:
 
         tables = [t for t in ray.get(source.to_arrow_refs()) if t.num_rows]
         return pa.concat_tables(tables, promote_options="default") if tables else pa.table({})
-    raise TypeError(f"{what}: cannot read a {type(source).__name__}; pass a Parquet path, a pyarrow Table, "
-                    "a pandas DataFrame, a ray.data.Dataset or a list of dicts")
+    raise TypeError(
+        f"{what}: cannot read a {type(source).__name__}; pass a Parquet path, a pyarrow Table, "
+        "a pandas DataFrame, a ray.data.Dataset or a list of dicts"
+    )
 
 
 def require_columns(table: pa.Table, columns: Sequence[str], what: str) -> None:
     missing = [c for c in columns if c not in table.column_names]
     if missing:
-        raise ConfigError(f"{what} lacks column(s) {missing}; it has {table.column_names}. "
-                          f"Rename the columns or pass a table with {list(columns)}")
+        raise ConfigError(
+            f"{what} lacks column(s) {missing}; it has {table.column_names}. "
+            f"Rename the columns or pass a table with {list(columns)}"
+        )
 
 
-def encode_prompt_response(tok: PreTrainedTokenizerBase, prompt: str, response: str, max_length: int,
-                           max_prompt_length: int, use_chat_template: bool = True) -> tuple[list[int], list[int]]:
+def encode_prompt_response(
+    tok: PreTrainedTokenizerBase,
+    prompt: str,
+    response: str,
+    max_length: int,
+    max_prompt_length: int,
+    use_chat_template: bool = True,
+) -> tuple[list[int], list[int]]:
     """Token ids of prompt + response + EOS and a mask that is 1 on the response tokens (EOS included)."""
     text = render_prompt(tok, prompt, use_chat_template)
     p_ids = tok(text, add_special_tokens=False)["input_ids"][-max_prompt_length:]
@@ -85,10 +95,19 @@ def steps_per_epoch(num_rows: int, world: int, micro_batch: int, grad_accum: int
     return num_rows // (world * micro_batch * grad_accum)
 
 
-def micro_batch_indices(num_rows: int, seed: int, epoch: int, step_in_epoch: int, accum_index: int, rank: int,
-                        world: int, micro_batch: int, grad_accum: int) -> np.ndarray:
+def micro_batch_indices(
+    num_rows: int,
+    seed: int,
+    epoch: int,
+    step_in_epoch: int,
+    accum_index: int,
+    rank: int,
+    world: int,
+    micro_batch: int,
+    grad_accum: int,
+) -> np.ndarray:
     """Row indices of one worker's micro-batch: a seeded permutation per epoch, cut into equal slices."""
     perm = np.random.default_rng([seed, epoch]).permutation(num_rows)
     k = step_in_epoch * grad_accum + accum_index
     start = (k * world + rank) * micro_batch
-    return perm[start: start + micro_batch]
+    return perm[start : start + micro_batch]

@@ -21,10 +21,13 @@ from forewarn.training.config import DPOConfig, TrainConfig
 
 
 class TrainData(Section):
-    train: str = Field("testbed:preferences_train@small", description="Parquet/JSONL file or testbed:<artifact>")
+    train: str = Field(
+        "testbed:preferences_train@small", description="Parquet/JSONL file or testbed:<artifact>"
+    )
     eval: str | None = Field("testbed:preferences_test@small", description="held-out rows (null: none)")
-    rename: dict[str, str] = Field(default_factory=dict,
-                                   description="column renames applied on load, e.g. {chosen: target} for SFT")
+    rename: dict[str, str] = Field(
+        default_factory=dict, description="column renames applied on load, e.g. {chosen: target} for SFT"
+    )
     limit: int | None = Field(None, ge=1, description="use only the first N training rows")
 
 
@@ -71,13 +74,18 @@ def run(cfg: TrainJobConfig, rundir: RunDir, tracker: Any) -> dict[str, Any]:
         from forewarn.training.api import train_dpo
 
         reference = _resolve_model(cfg.reference) if cfg.reference else model
-        out = train_dpo(cfg.dpo, train, reference, rundir.root, tracker, policy_model_path=model,
-                        eval_pairs=evals)
+        out = train_dpo(
+            cfg.dpo, train, reference, rundir.root, tracker, policy_model_path=model, eval_pairs=evals
+        )
     else:
         from forewarn.dpl.reward import train_reward
 
         out = train_reward(cfg.reward, train, rundir.root, tracker, model_path=model, eval_pairs=evals)
-    summary = {"task": cfg.task, "model_dir": str(out), "train_rows": train.num_rows,
-               **final_metrics(rundir.root)}
+    summary = {
+        "task": cfg.task,
+        "model_dir": str(out),
+        "train_rows": train.num_rows,
+        **final_metrics(rundir.root),
+    }
     tracker.log_metrics({k: v for k, v in summary.items() if isinstance(v, float)})
     return summary

@@ -41,8 +41,9 @@ def sequence_logps(logits: torch.Tensor, input_ids: torch.Tensor, loss_mask: tor
     return (per_token * loss_mask[:, 1:].to(per_token.dtype)).sum(-1)
 
 
-def sft_loss(logits: torch.Tensor, input_ids: torch.Tensor, loss_mask: torch.Tensor) -> tuple[torch.Tensor,
-                                                                                                torch.Tensor]:
+def sft_loss(
+    logits: torch.Tensor, input_ids: torch.Tensor, loss_mask: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean negative log-likelihood over target tokens only (prompt and padding masked out).
 
     Returns ``(loss, num_target_tokens)``; the count lets callers average correctly across workers.
@@ -51,8 +52,10 @@ def sft_loss(logits: torch.Tensor, input_ids: torch.Tensor, loss_mask: torch.Ten
     mask = loss_mask[:, 1:].to(per_token.dtype)
     n = mask.sum()
     if n.item() == 0:
-        raise ValueError("sft_loss: the batch has no target tokens (every response was truncated away; "
-                         "raise max_length or lower max_prompt_length)")
+        raise ValueError(
+            "sft_loss: the batch has no target tokens (every response was truncated away; "
+            "raise max_length or lower max_prompt_length)"
+        )
     return -(per_token * mask).sum() / n, n
 
 
@@ -93,9 +96,13 @@ def dpo_loss(
     return -(1.0 - label_smoothing) * F.logsigmoid(beta * h) - label_smoothing * F.logsigmoid(-beta * h)
 
 
-def dpo_metrics(policy_chosen_logps: torch.Tensor, policy_rejected_logps: torch.Tensor,
-                ref_chosen_logps: torch.Tensor, ref_rejected_logps: torch.Tensor, beta: float
-                ) -> dict[str, torch.Tensor]:
+def dpo_metrics(
+    policy_chosen_logps: torch.Tensor,
+    policy_rejected_logps: torch.Tensor,
+    ref_chosen_logps: torch.Tensor,
+    ref_rejected_logps: torch.Tensor,
+    beta: float,
+) -> dict[str, torch.Tensor]:
     """Implicit rewards ``r± = β (log πθ − log πref)``, their margin and the preference accuracy (batch means)."""
     with torch.no_grad():
         chosen = beta * (policy_chosen_logps - ref_chosen_logps)
@@ -119,18 +126,24 @@ def bradley_terry_loss(r_chosen: torch.Tensor, r_rejected: torch.Tensor) -> torc
     return F.softplus(-(r_chosen - r_rejected))
 
 
-def mean_variance_prob_logit(mu_c: torch.Tensor, sigma_c: torch.Tensor, mu_r: torch.Tensor,
-                             sigma_r: torch.Tensor) -> torch.Tensor:
+def mean_variance_prob_logit(
+    mu_c: torch.Tensor, sigma_c: torch.Tensor, mu_r: torch.Tensor, sigma_r: torch.Tensor
+) -> torch.Tensor:
     """The logit of ``P(c ≻ r) = σ(√(2π)·z)`` with ``z = (μ_c − μ_r)/sqrt(σ_c² + σ_r²)``."""
-    return SQRT_2PI * (mu_c - mu_r) / torch.sqrt(sigma_c ** 2 + sigma_r ** 2)
+    return SQRT_2PI * (mu_c - mu_r) / torch.sqrt(sigma_c**2 + sigma_r**2)
 
 
-def mean_variance_loss(mu_c: torch.Tensor, sigma_c: torch.Tensor, mu_r: torch.Tensor, sigma_r: torch.Tensor,
-                       variance_penalty: float = 0.0) -> torch.Tensor:
+def mean_variance_loss(
+    mu_c: torch.Tensor,
+    sigma_c: torch.Tensor,
+    mu_r: torch.Tensor,
+    sigma_r: torch.Tensor,
+    variance_penalty: float = 0.0,
+) -> torch.Tensor:
     """Mean-and-variance DPL per pair: ``softplus(−√(2π) z)`` plus ``variance_penalty·(σ_c² + σ_r²)``."""
     loss = F.softplus(-mean_variance_prob_logit(mu_c, sigma_c, mu_r, sigma_r))
     if variance_penalty:
-        loss = loss + variance_penalty * (sigma_c ** 2 + sigma_r ** 2)
+        loss = loss + variance_penalty * (sigma_c**2 + sigma_r**2)
     return loss
 
 
@@ -139,8 +152,9 @@ def categorical_pref_prob(p_chosen: torch.Tensor, p_rejected: torch.Tensor) -> t
     n = p_chosen.shape[-1]
     idx = torch.arange(n, device=p_chosen.device)
     # C[i, j] = 1 if atom j > atom i, 1/2 if equal, else 0 (i indexes the rejected, j the chosen utility).
-    comp = (idx[None, :] > idx[:, None]).to(p_chosen.dtype) + 0.5 * torch.eye(n, dtype=p_chosen.dtype,
-                                                                               device=p_chosen.device)
+    comp = (idx[None, :] > idx[:, None]).to(p_chosen.dtype) + 0.5 * torch.eye(
+        n, dtype=p_chosen.dtype, device=p_chosen.device
+    )
     return torch.einsum("bi,ij,bj->b", p_rejected, comp, p_chosen)
 
 

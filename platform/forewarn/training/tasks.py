@@ -46,15 +46,18 @@ class SFTTask:
         return AutoModelForCausalLM.from_config(hf_config, dtype=torch.float32)
 
     def encode(self, tok: Any, row: dict, cfg: TrainConfig) -> dict:
-        ids, mask = encode_prompt_response(tok, row["prompt"], row["target"], cfg.max_length,
-                                           cfg.max_prompt_length, cfg.use_chat_template)
+        ids, mask = encode_prompt_response(
+            tok, row["prompt"], row["target"], cfg.max_length, cfg.max_prompt_length, cfg.use_chat_template
+        )
         return {"ids": ids, "mask": mask}
 
     def collate(self, items: list[dict], tok: Any) -> dict[str, torch.Tensor]:
         ids, att = pad_right([it["ids"] for it in items], tok.pad_token_id)
         return {"input_ids": ids, "attention_mask": att, "loss_mask": pad_masks([it["mask"] for it in items])}
 
-    def loss(self, model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def loss(
+        self, model: Any, batch: dict[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         loss, n = sft_loss(logits, batch["input_ids"], batch["loss_mask"])
         return loss, {"target_tokens": n}
@@ -67,10 +70,12 @@ class SFTTask:
 
 def encode_pair(tok: Any, row: dict, cfg: TrainConfig) -> dict:
     """Chosen and rejected token ids + response masks of one preference pair."""
-    c_ids, c_mask = encode_prompt_response(tok, row["prompt"], row["chosen"], cfg.max_length,
-                                           cfg.max_prompt_length, cfg.use_chat_template)
-    r_ids, r_mask = encode_prompt_response(tok, row["prompt"], row["rejected"], cfg.max_length,
-                                           cfg.max_prompt_length, cfg.use_chat_template)
+    c_ids, c_mask = encode_prompt_response(
+        tok, row["prompt"], row["chosen"], cfg.max_length, cfg.max_prompt_length, cfg.use_chat_template
+    )
+    r_ids, r_mask = encode_prompt_response(
+        tok, row["prompt"], row["rejected"], cfg.max_length, cfg.max_prompt_length, cfg.use_chat_template
+    )
     return {"c_ids": c_ids, "c_mask": c_mask, "r_ids": r_ids, "r_mask": r_mask}
 
 
@@ -104,8 +109,11 @@ class DPOTask:
         return AutoModelForCausalLM.from_config(hf_config, dtype=torch.float32)
 
     def encode(self, tok: Any, row: dict, cfg: TrainConfig) -> dict:
-        return {**encode_pair(tok, row, cfg), "ref_c": float(row["ref_chosen_logps"]),
-                "ref_r": float(row["ref_rejected_logps"])}
+        return {
+            **encode_pair(tok, row, cfg),
+            "ref_c": float(row["ref_chosen_logps"]),
+            "ref_r": float(row["ref_rejected_logps"]),
+        }
 
     def collate(self, items: list[dict], tok: Any) -> dict[str, torch.Tensor]:
         batch = collate_pairs(items, tok)
@@ -118,7 +126,9 @@ class DPOTask:
         b = batch["ref_chosen"].shape[0]
         return logps[:b], logps[b:]
 
-    def loss(self, model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def loss(
+        self, model: Any, batch: dict[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         pc, pr = self._logps(model, batch)
         rc, rr = batch["ref_chosen"], batch["ref_rejected"]
         losses = dpo_loss(pc, pr, rc, rr, self.beta, self.loss_type, self.label_smoothing)  # type: ignore[arg-type]
@@ -129,5 +139,7 @@ class DPOTask:
         rc, rr = batch["ref_chosen"], batch["ref_rejected"]
         losses = dpo_loss(pc, pr, rc, rr, self.beta, self.loss_type, self.label_smoothing)  # type: ignore[arg-type]
         n = torch.tensor(float(pc.shape[0]))
-        return {k: v * n for k, v in dpo_metrics(pc, pr, rc, rr, self.beta).items()} | \
-            {"loss": losses.sum(), "count": n}
+        return {k: v * n for k, v in dpo_metrics(pc, pr, rc, rr, self.beta).items()} | {
+            "loss": losses.sum(),
+            "count": n,
+        }

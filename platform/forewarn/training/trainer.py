@@ -37,7 +37,9 @@ class Task(Protocol):
     def fresh_model(self, hf_config: Any) -> torch.nn.Module: ...
     def encode(self, tok: Any, row: dict, cfg: TrainConfig) -> dict: ...
     def collate(self, items: list[dict], tok: Any) -> dict[str, torch.Tensor]: ...
-    def loss(self, model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]: ...
+    def loss(
+        self, model: Any, batch: dict[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]: ...
     def evaluate(self, model: Any, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]: ...
 
 
@@ -79,7 +81,7 @@ def deepspeed_config(cfg: TrainConfig, world: int) -> dict[str, Any]:
         "fp16": {"enabled": ds.dtype == "fp16"},
         # our optimiser is a torch one; offloading it is allowed (slower than DeepSpeedCPUAdam, no JIT build)
         "zero_force_ds_cpu_optimizer": False,
-        "steps_per_print": 10 ** 9,
+        "steps_per_print": 10**9,
     }
 
 
@@ -106,14 +108,18 @@ class MetricsLog:
 
             now = int(time.time() * 1000)
             try:
-                self.client.log_batch(self.run_id, metrics=[Metric(f"{self.prefix}{k}", float(v), now, step)
-                                                            for k, v in metrics.items()])
+                self.client.log_batch(
+                    self.run_id,
+                    metrics=[Metric(f"{self.prefix}{k}", float(v), now, step) for k, v in metrics.items()],
+                )
             except Exception as e:  # a tracking server gone mid-run costs the MLflow copy, not the training
                 if not unreachable(e):
                     raise
                 self.client = None
                 with self.path.open("a") as f:
-                    f.write(json.dumps({"step": step, "event": "tracking_gap", "error": short_error(e)}) + "\n")
+                    f.write(
+                        json.dumps({"step": step, "event": "tracking_gap", "error": short_error(e)}) + "\n"
+                    )
 
 
 def read_metrics(path: str | Path) -> list[dict]:
@@ -140,7 +146,7 @@ def _evaluate(task: Task, engine: Any, rows: list[dict], tok: Any, batch_size: i
     sums: dict[str, float] = {}
     with torch.no_grad():
         for i in range(0, len(rows), batch_size):
-            batch = {k: v.to(engine.device) for k, v in task.collate(rows[i: i + batch_size], tok).items()}
+            batch = {k: v.to(engine.device) for k, v in task.collate(rows[i : i + batch_size], tok).items()}
             for k, v in task.evaluate(engine, batch).items():
                 sums[k] = sums.get(k, 0.0) + float(v)
     engine.train()
@@ -170,19 +176,26 @@ def train_loop(config: dict) -> None:
     if cfg.lora.enabled:
         model = apply_lora(model, cfg.lora, task.peft_task_type)
     rows = [task.encode(tok, r, cfg) for r in ray.get(config["train_ref"]).to_pylist()]
-    eval_rows = ([task.encode(tok, r, cfg) for r in ray.get(config["eval_ref"]).to_pylist()]
-                 if config["eval_ref"] is not None else [])
+    eval_rows = (
+        [task.encode(tok, r, cfg) for r in ray.get(config["eval_ref"]).to_pylist()]
+        if config["eval_ref"] is not None
+        else []
+    )
 
     spe = steps_per_epoch(len(rows), world, cfg.micro_batch_size, cfg.grad_accum)
     total = min(cfg.max_steps or spe * cfg.epochs, spe * cfg.epochs)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = make_optimizer(params, cfg)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, cfg, total))
-    engine, _, _, scheduler = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
-                                                   config=deepspeed_config(cfg, world))
+    engine, _, _, scheduler = deepspeed.initialize(
+        model=model, optimizer=optimizer, lr_scheduler=scheduler, config=deepspeed_config(cfg, world)
+    )
     start = restore_checkpoint(engine)
-    log = MetricsLog(config["metrics_path"], config["tracking_uri"], config["run_id"], config["prefix"]) \
-        if rank == 0 else None
+    log = (
+        MetricsLog(config["metrics_path"], config["tracking_uri"], config["run_id"], config["prefix"])
+        if rank == 0
+        else None
+    )
 
     def export(out: Path, state: dict) -> None:
         export_hf(state, lambda: task.fresh_model(hf_config), cfg.lora, task.peft_task_type, tok, out)
@@ -204,8 +217,9 @@ def train_loop(config: dict) -> None:
         t0 = time.perf_counter()
         acc: dict[str, torch.Tensor] = {}
         for a in range(cfg.grad_accum):
-            idx = micro_batch_indices(len(rows), cfg.seed, epoch, in_epoch, a, rank, world, cfg.micro_batch_size,
-                                      cfg.grad_accum)
+            idx = micro_batch_indices(
+                len(rows), cfg.seed, epoch, in_epoch, a, rank, world, cfg.micro_batch_size, cfg.grad_accum
+            )
             batch = {k: v.to(engine.device) for k, v in task.collate([rows[i] for i in idx], tok).items()}
             loss, parts = task.loss(engine, batch)
             engine.backward(loss)
@@ -213,7 +227,9 @@ def train_loop(config: dict) -> None:
             for k, v in {"loss": loss.detach(), **parts}.items():
                 acc[k] = acc.get(k, 0.0) + v.detach().float() / cfg.grad_accum
         metrics = _all_reduce_mean(acc, world)
-        metrics.update(lr=scheduler.get_last_lr()[0], epoch=float(epoch), step_time_s=time.perf_counter() - t0)
+        metrics.update(
+            lr=scheduler.get_last_lr()[0], epoch=float(epoch), step_time_s=time.perf_counter() - t0
+        )
         norm = engine.get_global_grad_norm()
         if norm is not None:
             metrics["grad_norm"] = float(norm)
@@ -231,8 +247,16 @@ def train_loop(config: dict) -> None:
 # ------------------------------------------------------------------ the driver side
 
 
-def fit(task: Task, cfg: TrainConfig, model_path: str | Path, train: pa.Table, output_dir: str | Path,
-        tracker: Any, eval_table: pa.Table | None = None, name: str | None = None) -> Path:
+def fit(
+    task: Task,
+    cfg: TrainConfig,
+    model_path: str | Path,
+    train: pa.Table,
+    output_dir: str | Path,
+    tracker: Any,
+    eval_table: pa.Table | None = None,
+    name: str | None = None,
+) -> Path:
     """Train ``model_path`` on ``train`` with ``task``; returns ``OUTPUT_DIR/model`` (a HF folder).
 
     A rerun with the same ``output_dir`` (and name) resumes from the latest checkpoint of the first run; within
@@ -250,20 +274,29 @@ def fit(task: Task, cfg: TrainConfig, model_path: str | Path, train: pa.Table, o
         raise ConfigError(
             f"{task.name}: {train.num_rows} training rows are fewer than one optimizer step needs "
             f"(num_workers {world} × micro_batch_size {cfg.micro_batch_size} × grad_accum {cfg.grad_accum}); "
-            "lower micro_batch_size or num_workers, or add data")
+            "lower micro_batch_size or num_workers, or add data"
+        )
     resources = {"CPU": cfg.cpus_per_worker, **({"GPU": 1} if cfg.use_gpu else {})}
     trainer = TorchTrainer(
         train_loop,
         train_loop_config={
-            "task": task, "cfg": cfg, "model_path": model_path,
-            "train_ref": ray.put(train), "eval_ref": ray.put(eval_table) if eval_table is not None else None,
-            "metrics_path": str(out / "metrics.jsonl"), "tracking_uri": tracker.tracking_uri,
-            "run_id": tracker.run_id, "prefix": f"{task.name}/",
+            "task": task,
+            "cfg": cfg,
+            "model_path": model_path,
+            "train_ref": ray.put(train),
+            "eval_ref": ray.put(eval_table) if eval_table is not None else None,
+            "metrics_path": str(out / "metrics.jsonl"),
+            "tracking_uri": tracker.tracking_uri,
+            "run_id": tracker.run_id,
+            "prefix": f"{task.name}/",
         },
         scaling_config=ScalingConfig(num_workers=world, use_gpu=cfg.use_gpu, resources_per_worker=resources),
-        run_config=RunConfig(name=name or task.name, storage_path=cfg.storage_path or str(out / "ray"),
-                             checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_checkpoints),
-                             failure_config=FailureConfig(max_failures=cfg.max_failures)),
+        run_config=RunConfig(
+            name=name or task.name,
+            storage_path=cfg.storage_path or str(out / "ray"),
+            checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_checkpoints),
+            failure_config=FailureConfig(max_failures=cfg.max_failures),
+        ),
     )
     result = trainer.fit()
     if result.checkpoint is None:
@@ -284,4 +317,3 @@ def final_metrics(output_dir: str | Path) -> dict[str, float]:
     for row in read_metrics(Path(output_dir) / "metrics.jsonl"):
         last.update({k: v for k, v in row.items() if isinstance(v, (int, float)) and k != "step"})
     return last
-
