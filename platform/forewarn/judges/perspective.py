@@ -29,18 +29,9 @@ import httpx
 
 from forewarn.errors import ConfigError
 from forewarn.judges.base import Verdict
+from forewarn.judges.spec import PERSPECTIVE_ATTRIBUTES, PERSPECTIVE_BASE_URL
 
-DEFAULT_BASE_URL = "https://commentanalyzer.googleapis.com"
-DEFAULT_ATTRIBUTES = (
-    "TOXICITY",
-    "SEVERE_TOXICITY",
-    "IDENTITY_ATTACK",
-    "INSULT",
-    "THREAT",
-    "PROFANITY",
-    "SEXUALLY_EXPLICIT",
-    "FLIRTATION",
-)
+DEFAULT_BASE_URL, DEFAULT_ATTRIBUTES = PERSPECTIVE_BASE_URL, PERSPECTIVE_ATTRIBUTES
 MAX_TEXT_BYTES = 20480  # the API rejects longer comments
 
 

@@ -25,6 +25,20 @@ from forewarn.judges.base import Judge
 from forewarn.models.base import Generator
 
 
+# Perspective's defaults, declared once (the client in judges/perspective.py uses them too).
+PERSPECTIVE_BASE_URL = "https://commentanalyzer.googleapis.com"
+PERSPECTIVE_ATTRIBUTES = (
+    "TOXICITY",
+    "SEVERE_TOXICITY",
+    "IDENTITY_ATTACK",
+    "INSULT",
+    "THREAT",
+    "PROFANITY",
+    "SEXUALLY_EXPLICIT",
+    "FLIRTATION",
+)
+
+
 class _JudgeSection(Section):
     # What the judge measures, i.e. which ReverseGen task and which guard may use it: one place for that.
     task: ClassVar[Literal["safety", "honesty", "math"]] = "safety"
@@ -55,20 +69,9 @@ class LlamaGuardSpec(_JudgeSection):
 
 class PerspectiveSpec(_JudgeSection):
     kind: Literal["perspective"] = "perspective"
-    base_url: str = "https://commentanalyzer.googleapis.com"
+    base_url: str = PERSPECTIVE_BASE_URL
     api_key_env: str = Field("PERSPECTIVE_API_KEY", description="env var holding the API key")
-    attributes: list[str] = Field(
-        default_factory=lambda: [
-            "TOXICITY",
-            "SEVERE_TOXICITY",
-            "IDENTITY_ATTACK",
-            "INSULT",
-            "THREAT",
-            "PROFANITY",
-            "SEXUALLY_EXPLICIT",
-            "FLIRTATION",
-        ]
-    )
+    attributes: list[str] = Field(default_factory=lambda: list(PERSPECTIVE_ATTRIBUTES))
     score_attribute: str = "TOXICITY"
     languages: list[str] = Field(default_factory=lambda: ["en"])
     qps: float = Field(1.0, gt=0.0, description="requests per second, never exceeded (per process)")
