@@ -160,10 +160,14 @@ def test_bad_colocations_say_what_to_change() -> None:
 
 def test_steps_follow_how_the_job_runs() -> None:
     d = role_demands(rg())[0]
-    # ReverseGen keeps every role's pool up for the whole run, DPO steps included
     assert steps(d, job_module("reversegen").PLACEMENT) == [
-        ["proposer", "target", "judge", "embedder", "dpo"]
+        ["proposer"],
+        ["embedder"],
+        ["target", "judge"],
+        ["dpo"],
     ]
+    together = JobLayout(pools_during_training=True)  # a job whose pools all stay up while it trains
+    assert steps(d, together) == [["proposer", "target", "judge", "embedder", "dpo"]]
     assert steps(d, None) == [["proposer", "target", "judge", "embedder"], ["dpo"]]  # no layout: all at once
     assert steps(d, JobLayout(steps=(("proposer",), ("target", "judge")))) == [
         ["proposer"],
@@ -188,14 +192,14 @@ def test_plan_fails_with_the_roles_the_numbers_and_the_fix() -> None:
     with pytest.raises(PlacementError) as e:
         plan(cfg, parse_nodes(["CPU=16,GPU=3"]), "reversegen")
     msg = str(e.value)
-    assert "cannot fit the roles that run together (proposer, target, judge, embedder, dpo)" in msg
-    assert "They need GPU 4, CPU 7 at once; the cluster has GPU 3, CPU 16" in msg
+    assert "cannot fit the roles that run together (target, judge)" in msg
+    assert "They need GPU 4, CPU 4 at once; the cluster has GPU 3, CPU 16" in msg
     assert "target.resources.replicas" in msg and "judge.resources.replicas" in msg
 
 
 def test_colocation_groups_stay_reserved_while_training() -> None:
     cfg = rg(*COLOCATED, "dpo.num_workers=4", "dpo.use_gpu=true")
-    with pytest.raises(PlacementError, match=r"run together \(.*dpo\).*dpo.num_workers"):
+    with pytest.raises(PlacementError, match=r"training section 'dpo'.*dpo.num_workers"):
         plan(cfg, parse_nodes(["CPU=16,GPU=4"]), "reversegen")  # 1 GPU held by the group, 3 left
     ok = plan(
         rg(*COLOCATED, "dpo.num_workers=3", "dpo.use_gpu=true"), parse_nodes(["CPU=16,GPU=4"]), "reversegen"

@@ -31,8 +31,9 @@ from forewarn.reversegen.loop import IterationContext, Roles, run_iteration
 from forewarn.reversegen.proposer import build_prompt, completion_text, read_seeds
 
 CONFIG = ReverseGenConfig
-# Every role is a long-lived pool for the whole run, and stays up while the proposer's DPO steps train.
-PLACEMENT = JobLayout(pools_during_training=True)
+# The plan's steps: the roles whose pools do the work together. The pools stay up during DPO but scale their
+# CPU asks to leave the training workers room (forewarn.pools.cpu_scale), so training is planned on its own.
+PLACEMENT = JobLayout(steps=(("proposer",), ("embedder",), ("target", "judge", "reference")))
 
 
 def resolve_names(cfg: ReverseGenConfig) -> tuple[ReverseGenConfig, Any]:
