@@ -21,6 +21,8 @@ from forewarn.models.tiny import build_tiny_model, train_tokenizer
 from forewarn.training.config import TrainConfig
 from forewarn.training.trainer import read_metrics
 
+from forewarn.testing.fixtures import unverified
+
 pytestmark = pytest.mark.slow
 
 RUN = textwrap.dedent("""
@@ -47,6 +49,9 @@ def train_worker_pids() -> list[int]:
     return out
 
 
+# Quarantined: on a quiet machine the run can finish before the kill lands ("no worker killed mid-epoch",
+# seen at the end of the session); it passed only under load. It needs a kill tied to a training step.
+@unverified
 def test_killed_train_worker_resumes_from_checkpoint(ray_local: str, tmp_path: Path, fault_report) -> None:
     r = random.Random(0)
     rows = [
