@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from forewarn.analysis.scripted import ScriptedAnalyst
 from forewarn.testing.openai_server import OpenAIServer
+from forewarn.testing.fixtures import missing
 from typer.testing import CliRunner
 
 pytestmark = [pytest.mark.usefixtures("ray_local"), pytest.mark.slow]
@@ -157,7 +158,7 @@ def test_supports_a_planted_topic_and_refutes_the_false_hypothesis(analysis, tes
 def _chromium() -> str:
     exe = shutil.which("chromium") or shutil.which("chromium-browser")
     if exe is None:
-        pytest.skip(
+        missing(
             "chromium not found: install Debian's chromium (apt-get install -y chromium) to check the "
             "report in a headless browser"
         )

@@ -4,6 +4,7 @@ for the module (minutes on two busy cores), so the test is marked slow."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import socket
 from collections.abc import Iterator
@@ -11,6 +12,7 @@ from collections.abc import Iterator
 import openai
 import pytest
 from forewarn.config import build_config
+from forewarn.testing.fixtures import missing
 from forewarn.guard import ServeConfig
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]  # engine start: minutes on 2 shared cores
@@ -19,7 +21,8 @@ MODEL = "forewarn-vllm"
 
 @pytest.fixture(scope="module")
 def base_url(testbed) -> Iterator[str]:
-    pytest.importorskip("vllm", reason="the vllm backend needs the vllm(-cpu) package")
+    if importlib.util.find_spec("vllm") is None:
+        missing("the vllm backend needs the vllm(-cpu) package (scripts/install-cpu.sh installs it)")
     import ray
     from forewarn.guard.serving import app_from_config
     from ray import serve

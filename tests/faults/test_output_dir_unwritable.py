@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from forewarn.testing.faults import full_disk, read_only_dir
+from forewarn.testing.fixtures import missing
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -41,7 +42,7 @@ def assert_clear_stop(res: subprocess.CompletedProcess, out: Path) -> None:
 def test_read_only_output_dir_stops_before_work(tmp_path: Path, fault_report, where: str) -> None:
     with read_only_dir(tmp_path / "ro") as ro:
         if ro is None:
-            pytest.skip("this machine cannot make a directory unwritable for this user")
+            missing("this machine cannot make a directory unwritable for this user")
         out = ro if where == "the dir itself" else ro / "run"
         res = run_generate(out)
         left = sorted(p.name for p in ro.iterdir())
@@ -53,7 +54,7 @@ def test_read_only_output_dir_stops_before_work(tmp_path: Path, fault_report, wh
 def test_full_disk_stops_before_work(tmp_path: Path, fault_report) -> None:
     with full_disk(tmp_path / "disk") as disk:
         if disk is None:
-            pytest.skip("mounting a small tmpfs needs root (CAP_SYS_ADMIN) here")
+            missing("mounting a small tmpfs needs root (CAP_SYS_ADMIN) here")
         out = disk / "run"
         res = run_generate(out)
         left = sorted(str(p.relative_to(disk)) for p in disk.rglob("*"))
