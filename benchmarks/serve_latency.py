@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import socket
 import statistics
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -29,6 +28,7 @@ import ray
 from forewarn.config import build_config
 from forewarn.guard import ServeConfig
 from forewarn.guard.serving import app_from_config
+from forewarn.testing.ray_head import free_port, init_with_retries
 from ray import serve
 from rich.console import Console
 from rich.progress import Progress
@@ -135,17 +135,10 @@ def main() -> None:
     pool = [r["prompt"] for r in world.read_jsonl("heldout_benign") + world.read_jsonl("heldout_planted")]
     prompts = [pool[(i * 7) % len(pool)] for i in range(args.requests)]
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    for attempt in range(3):  # the raylet gets 30 s to register: a busy shared machine can miss that
-        try:
-            ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-            break
-        except Exception:
-            ray.shutdown()
-            if attempt == 2:
-                raise
+    port = free_port()
+    init_with_retries(
+        lambda: ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    )  # retries a start the loaded machine times out
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     for guarded in (True, False):
         cfg = config(model, guarded, args.concurrency)

@@ -8,7 +8,6 @@ tests check what the guard is for (toxicity removed, loops stopped), not only th
 from __future__ import annotations
 
 import json
-import socket
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -21,6 +20,7 @@ import pytest
 from forewarn.config import GenerationParams, ModelSpec, build_config
 from forewarn.guard import ServeConfig
 from forewarn.testing.fixtures import unverified
+from forewarn.testing.ray_head import free_port, init_with_retries
 
 pytestmark = pytest.mark.slow  # a real Ray Serve app on the testbed (minutes to start): not in the inner loop
 
@@ -28,12 +28,6 @@ KEY = "sk-forewarn-test"
 ENV_KEY = "sk-forewarn-from-env"  # reaches the ingress replica through its runtime_env
 FILE_KEY = "sk-forewarn-from-file"
 MODEL = "forewarn-guarded"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass
@@ -61,23 +55,18 @@ def server(testbed, tmp_path_factory) -> Iterator[Server]:
     from ray import serve
 
     world = testbed
-    port, metrics_port = _free_port(), _free_port()
+    port, metrics_port = free_port(), free_port()
     if ray.is_initialized():
         ray.shutdown()
-    for attempt in range(3):  # the raylet gets 30 s to register; on a machine shared by many it can miss that
-        try:
-            ray.init(
-                address="local",
-                num_cpus=2,
-                include_dashboard=False,
-                log_to_driver=False,
-                _metrics_export_port=metrics_port,
-            )
-            break
-        except Exception:
-            ray.shutdown()
-            if attempt == 2:
-                raise
+    init_with_retries(
+        lambda: ray.init(
+            address="local",
+            num_cpus=2,
+            include_dashboard=False,
+            log_to_driver=False,
+            _metrics_export_port=metrics_port,
+        )
+    )  # retries a start the loaded machine times out
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     judge = {"kind": "offline_toxicity", "threshold": 0.5, "resources": {"num_cpus": 0.25}}
     key_file = tmp_path_factory.mktemp("keys") / "keys.txt"

@@ -20,17 +20,12 @@ import openai
 import pytest
 from forewarn.config import build_config
 from forewarn.guard import ServeConfig
+from forewarn.testing.ray_head import free_port, init_with_retries
 
 KEY = "sk-forewarn-stream"
 MODEL = "forewarn-guarded"
 CHUNK, LOOKBACK = 8, 256
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass
@@ -71,17 +66,12 @@ def server(testbed) -> Iterator[Server]:
     from forewarn.guard.serving import app_from_config
     from ray import serve
 
-    port = _free_port()
+    port = free_port()
     if ray.is_initialized():
         ray.shutdown()
-    for attempt in range(3):  # the raylet gets 30 s to register; on a machine shared by many it can miss that
-        try:
-            ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-            break
-        except Exception:
-            ray.shutdown()
-            if attempt == 2:
-                raise
+    init_with_retries(
+        lambda: ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    )  # retries a start the loaded machine times out
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     strict = {
         "streaming": {"chunk_tokens": CHUNK, "lookback_chars": LOOKBACK, "strict": True},

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import socket
 from collections.abc import Iterator
 
 import openai
@@ -14,6 +13,7 @@ import pytest
 from forewarn.config import build_config
 from forewarn.testing.fixtures import missing
 from forewarn.guard import ServeConfig
+from forewarn.testing.ray_head import free_port, init_with_retries
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]  # engine start: minutes on 2 shared cores
 MODEL = "forewarn-vllm"
@@ -27,20 +27,13 @@ def base_url(testbed) -> Iterator[str]:
     from forewarn.guard.serving import app_from_config
     from ray import serve
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     if ray.is_initialized():
         ray.shutdown()
-    for attempt in range(3):  # the raylet gets 30 s to register; on a machine shared by many it can miss that
-        try:
-            ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-            break
-        except Exception:
-            ray.shutdown()
-            if attempt == 2:
-                raise
+    init_with_retries(
+        lambda: ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    )  # retries a start the loaded machine times out
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     judge = {"kind": "offline_toxicity", "threshold": 0.5, "resources": {"num_cpus": 0.1}}
     spec = {"path": str(testbed.path("target")), "backend": "vllm", "dtype": "float32", "max_model_len": 512,
