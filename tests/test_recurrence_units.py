@@ -144,8 +144,10 @@ def test_ga_finds_a_conjunctive_trigger_far_faster_than_random_search():
         for method, out in (("ga", ga), ("random", rnd)):
             res = Search(cfg, vocab, synthetic_evaluate()[0], method, seed).run()
             out.append(res.first_hit_evaluations or cfg.max_evaluations)
-            if res.found:
-                assert " ".join(map(str, TRIGGER)) in res.triggers()[0].prompt
+            # what a search reports as found is the planted trigger, never a near miss
+            assert not res.found or " ".join(map(str, TRIGGER)) in res.triggers()[0].prompt
+    # measured: the GA finds it within budget on 4 of these 5 seeds, random search on 0
+    assert sum(n < cfg.max_evaluations for n in ga) >= 4, ga
     # partial credit gives the GA a slope; random search must draw 3 tokens in order (p ~ 4 x 60^-3)
     assert np.median(rnd) >= 3 * np.median(ga), (ga, rnd)
 
