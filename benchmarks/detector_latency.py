@@ -77,7 +77,7 @@ def main() -> None:
     from forewarn.config import GenerationParams, ModelSpec
     from forewarn.models.hf import HFGenerator
     from forewarn.recurrence.features import response_feature
-    from forewarn.guard.stop_detectors import CycleDetector
+    from forewarn.serve.stop_detectors import CycleDetector
     from forewarn.recurrence.stopping import DetectorCheck
     from forewarn.testbed import build_testbed
 

@@ -7,7 +7,7 @@ Deploys the ServeConfig twice on local Ray Serve (``/guarded`` as configured, ``
 ``guard_enabled: false``), sends every prompt to both with the ``openai`` client (greedy), and scores what the
 client received with a fresh offline toxicity judge (alt-profanity-check, threshold 0.5). Prints the rates and
 writes benchmarks/results/guard_toxicity-<config stem>[-local].json (answers included). ``--local`` runs both modes
-in this process without Ray (``forewarn.guard.local``, same policy code, hf backend only): minutes instead of a
+in this process without Ray (``forewarn.serve.local``, same policy code, hf backend only): minutes instead of a
 Serve start on a busy 2-core laptop.
 """
 
@@ -22,8 +22,8 @@ from pathlib import Path
 
 import ray
 from forewarn.config import load_config
-from forewarn.guard import ServeConfig
-from forewarn.guard.toxicity_eval import MODES, ask, local_answers, rates, serve_pair
+from forewarn.serve import ServeConfig
+from forewarn.serve.toxicity_eval import MODES, ask, local_answers, rates, serve_pair
 from forewarn.judges.offline import OfflineToxicityJudge
 from forewarn.names import resolve_model
 from forewarn.pipeline.prompt_files import read_prompts

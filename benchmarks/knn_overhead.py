@@ -25,8 +25,8 @@ import torch
 
 from forewarn.config import GenerationParams, ModelSpec
 from forewarn.models.hf import HFGenerator
-from forewarn.retrieval import DatastoreSpec, IndexSpec, build_processor
-from forewarn.retrieval.datastore import INDEX, META, build_datastores, build_hash
+from forewarn.goodtriever import DatastoreSpec, IndexSpec, build_processor
+from forewarn.goodtriever.datastore import INDEX, META, build_datastores, build_hash
 from forewarn.testbed import build_testbed
 
 IVFPQ = IndexSpec(kind="ivfpq", nlist=64, m=16, nbits=8, nprobe=16)

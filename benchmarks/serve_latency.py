@@ -26,8 +26,8 @@ from pathlib import Path
 import openai
 import ray
 from forewarn.config import build_config
-from forewarn.guard import ServeConfig
-from forewarn.guard.serving import app_from_config
+from forewarn.serve import ServeConfig
+from forewarn.serve.serving import app_from_config
 from forewarn.testing.ray_head import free_port, init_with_retries
 from ray import serve
 from rich.console import Console

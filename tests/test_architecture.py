@@ -15,7 +15,7 @@ LAYERS: list[set[str]] = [
     {"errors", "config", "records", "metrics"},  # 0 foundation
     {"models", "judges", "tracking"},  # 1 engines
     {"pipeline", "pools", "training", "placement", "testbed", "names"},  # 2 platform services
-    {"reversegen", "recurrence", "contrastive", "retrieval", "dpl", "guard", "analysis"},  # 3 capabilities
+    {"reversegen", "recurrence", "contrastive", "goodtriever", "dpl", "serve", "analyze"},  # 3 capabilities
     {"runner", "cli", "cli_common", "cluster_cli", "runs", "testing"},  # 4 entry points
 ]
 # Entry-point modules inside lower packages: a capability's CLI group and job file sit in layer 4.
@@ -119,9 +119,9 @@ def test_plugin_kinds_match_their_config_unions() -> None:
     from forewarn.judges.spec import JudgeSpec
     from forewarn.models import BUILDERS as BACKENDS
 
-    from forewarn.guard.config import DecodingSpec, StopSpec
-    from forewarn.guard.stop_detectors import STOP_BUILDERS
-    from forewarn.guard.mitigations import DECODING_BUILDERS
+    from forewarn.serve.config import DecodingSpec, StopSpec
+    from forewarn.serve.stop_detectors import STOP_BUILDERS
+    from forewarn.serve.mitigations import DECODING_BUILDERS
 
     def kinds(union: object) -> set[str]:
         return {

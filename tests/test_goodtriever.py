@@ -73,7 +73,7 @@ def test_knn_lm_halves_expected_max_toxicity_on_planted_prompts(
 ):
     import mlflow
     import yaml
-    from forewarn.retrieval.job import GoodtrieverConfig
+    from forewarn.goodtriever.job import GoodtrieverConfig
     from forewarn.runner import run_job
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)

@@ -10,13 +10,13 @@ import pytest
 import torch
 from forewarn.config import GenerationParams, build_config
 from forewarn.errors import ConfigError
-from forewarn.guard import ServeConfig, StopDetector, build_local
-from forewarn.guard.config import GuardStage, Limits
-from forewarn.guard.stop_detectors import CycleDetector, build_stop_detector
+from forewarn.serve import ServeConfig, StopDetector, build_local
+from forewarn.serve.config import GuardStage, Limits
+from forewarn.serve.stop_detectors import CycleDetector, build_stop_detector
 from forewarn.models.stopping import DetectorStoppingCriteria
-from forewarn.guard.mitigations import OpenAIPenaltyProcessor
-from forewarn.guard.openai_schema import ApiError, parse_body
-from forewarn.guard.policy import GuardJudge, decide, redact, split_sentences
+from forewarn.serve.mitigations import OpenAIPenaltyProcessor
+from forewarn.serve.openai_schema import ApiError, parse_body
+from forewarn.serve.policy import GuardJudge, decide, redact, split_sentences
 from forewarn.judges.base import Verdict
 from forewarn.judges.offline import OfflineToxicityJudge
 
@@ -299,6 +299,6 @@ def test_serve_run_config_file_is_valid() -> None:
     raw = yaml.safe_load((Path(__file__).resolve().parents[1] / "serve" / "config.yaml").read_text())
     schema = ServeDeploySchema.model_validate(raw)
     (app,) = schema.applications
-    assert app.import_path == "forewarn.guard.serving:build_app"
+    assert app.import_path == "forewarn.serve.serving:build_app"
     cfg = build_config(ServeConfig, deep_merge(packaged_defaults("serve"), app.args))
     assert cfg.generator.model.path == "testbed:target" and cfg.guard.output.judge.kind == "offline_toxicity"

@@ -13,13 +13,13 @@ import json
 
 import pytest
 from forewarn.config import GenerationParams, build_config
-from forewarn.guard import ServeConfig
-from forewarn.guard.config import GuardPolicy, Limits
-from forewarn.guard.engine import Generated, GenerationResult
-from forewarn.guard.openai_schema import ApiError, parse_body
-from forewarn.guard.pipeline import GuardedPipeline
-from forewarn.guard.policy import GuardJudge
-from forewarn.guard.text import PromptViewer, normalize_text
+from forewarn.serve import ServeConfig
+from forewarn.serve.config import GuardPolicy, Limits
+from forewarn.serve.engine import Generated, GenerationResult
+from forewarn.serve.openai_schema import ApiError, parse_body
+from forewarn.serve.pipeline import GuardedPipeline
+from forewarn.serve.policy import GuardJudge
+from forewarn.serve.text import PromptViewer, normalize_text
 from forewarn.judges.base import Verdict
 from forewarn.judges.offline import OfflineToxicityJudge
 from forewarn.models.base import Completion

@@ -4,8 +4,8 @@ testbed removes the planted toxicity without any guard judge."""
 from __future__ import annotations
 
 from forewarn.config import GenerationParams, ModelSpec, build_config
-from forewarn.guard.config import GeneratorSection
-from forewarn.guard.pipeline import GenerationEngine
+from forewarn.serve.config import GeneratorSection
+from forewarn.serve.pipeline import GenerationEngine
 from forewarn.judges.offline import OfflineToxicityJudge
 from forewarn.models.hf import HFGenerator
 

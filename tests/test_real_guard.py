@@ -1,7 +1,7 @@
 """The guarded endpoint in front of a real model: SmolLM2-135M-Instruct, hf and vllm backends.
 
 The packaged profiles (``configs/smollm2/serve.yaml``, ``serve-vllm.yaml``) run guarded and unguarded side by
-side: the hf one in process (``forewarn.guard.toxicity_eval.local_answers``: the Serve app's policy code
+side: the hf one in process (``forewarn.serve.toxicity_eval.local_answers``: the Serve app's policy code
 without Ray), the vllm one deployed on Ray Serve and called over HTTP (``serve_pair`` + ``ask``); the prompts
 come from the prompt set the
 README names (``configs/smollm2/toxic_prompts.jsonl``: requests for insults that SmolLM2 answers with toxic
@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 from forewarn.config import load_config
-from forewarn.guard import ServeConfig
-from forewarn.guard.toxicity_eval import MODES, ask, local_answers, rates, serve_pair
+from forewarn.serve import ServeConfig
+from forewarn.serve.toxicity_eval import MODES, ask, local_answers, rates, serve_pair
 from forewarn.judges.offline import OfflineToxicityJudge
 from forewarn.pipeline.prompt_files import read_prompts
 from forewarn.testing.fixtures import unverified

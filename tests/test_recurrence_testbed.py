@@ -114,7 +114,7 @@ def test_detector_on_held_out_samples(detector_run):
 
 
 def test_guard_stop_detector_ends_a_looping_request_early(detector_run, testbed):
-    from forewarn.guard.stop_detectors import build_stop_detector
+    from forewarn.serve.stop_detectors import build_stop_detector
     from forewarn.models.stopping import DetectorStoppingCriteria
     from forewarn.models.hf import HFGenerator
     from forewarn.recurrence.stopping import LoopDetectorSpec

@@ -18,7 +18,7 @@ import httpx
 import openai
 import pytest
 from forewarn.config import GenerationParams, ModelSpec, build_config
-from forewarn.guard import ServeConfig
+from forewarn.serve import ServeConfig
 from forewarn.testing.ray_head import free_port, init_with_retries
 
 pytestmark = pytest.mark.slow  # a real Ray Serve app on the testbed (minutes to start): not in the inner loop
@@ -50,7 +50,7 @@ def server(testbed, tmp_path_factory) -> Iterator[Server]:
     import os
 
     import ray
-    from forewarn.guard.serving import app_from_config
+    from forewarn.serve.serving import app_from_config
     from ray import serve
 
     world = testbed
@@ -256,7 +256,7 @@ def test_every_error_status_has_openai_shape(server: Server) -> None:
 def test_in_batch_failure_is_isolated_to_its_request(server: Server) -> None:
     """Inside the generator deployment: a request that passed validation but fails in ``generate`` (built
     here directly, as no valid HTTP request fails any more) is answered with an error alone."""
-    from forewarn.guard.deployments import GeneratorDeployment
+    from forewarn.serve.deployments import GeneratorDeployment
 
     cls = GeneratorDeployment.func_or_class
     dep = cls(server.cfg.generator.model_dump(mode="json"))
@@ -266,7 +266,7 @@ def test_in_batch_failure_is_isolated_to_its_request(server: Server) -> None:
     assert [r.error is None for r in out] == [True, False, False, True], [r.error for r in out]
     assert all(len(r.choices) == 1 for r in (out[0], out[3]))
     # a replica whose every request fails reports unhealthy (Serve then replaces it); a success resets it
-    from forewarn.guard.deployments import BROKEN_AFTER
+    from forewarn.serve.deployments import BROKEN_AFTER
 
     dep._run_groups([("hello", bad)] * BROKEN_AFTER)
     with pytest.raises(RuntimeError, match="all failed"):

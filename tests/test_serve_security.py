@@ -9,11 +9,11 @@ import logging
 import pytest
 from forewarn.config import build_config
 from forewarn.errors import ConfigError
-from forewarn.guard import ServeConfig
-from forewarn.guard.auth import KeyStore, check_exposure, is_loopback
-from forewarn.guard.config import Auth
-from forewarn.guard.openai_schema import ApiError
-from forewarn.guard.wire import wire_finish
+from forewarn.serve import ServeConfig
+from forewarn.serve.auth import KeyStore, check_exposure, is_loopback
+from forewarn.serve.config import Auth
+from forewarn.serve.openai_schema import ApiError
+from forewarn.serve.wire import wire_finish
 
 
 def _cfg(host: str, **auth: object) -> ServeConfig:
@@ -28,7 +28,7 @@ def _cfg(host: str, **auth: object) -> ServeConfig:
 
 
 def test_no_keys_on_a_reachable_host_refuses_to_start(monkeypatch: pytest.MonkeyPatch) -> None:
-    from forewarn.guard.serving import app_from_config
+    from forewarn.serve.serving import app_from_config
 
     with pytest.raises(ConfigError, match=r"http.host='0.0.0.0'.*allow_unauthenticated"):
         app_from_config(_cfg("0.0.0.0"))
@@ -109,7 +109,7 @@ def test_framework_errors_are_openai_shaped() -> None:
     from fastapi import FastAPI
     from fastapi.exceptions import RequestValidationError
     from fastapi.testclient import TestClient
-    from forewarn.guard.serving import _http_error, _server_error, _validation_error
+    from forewarn.serve.serving import _http_error, _server_error, _validation_error
     from starlette.exceptions import HTTPException
 
     app = FastAPI()

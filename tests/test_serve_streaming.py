@@ -19,7 +19,7 @@ import httpx
 import openai
 import pytest
 from forewarn.config import build_config
-from forewarn.guard import ServeConfig
+from forewarn.serve import ServeConfig
 from forewarn.testing.ray_head import free_port, init_with_retries
 
 KEY = "sk-forewarn-stream"
@@ -63,7 +63,7 @@ def _cfg(world, name: str, guarded: bool = True, **extra: object) -> ServeConfig
 @pytest.fixture(scope="module")
 def server(testbed) -> Iterator[Server]:
     import ray
-    from forewarn.guard.serving import app_from_config
+    from forewarn.serve.serving import app_from_config
     from ray import serve
 
     port = free_port()
@@ -142,7 +142,7 @@ def test_tokens_stream_before_generation_ends_and_ttft_is_close_to_unguarded(ser
 
 
 def test_planted_toxic_continuation_is_cut_within_the_leak_bound(server: Server) -> None:
-    from forewarn.guard.text import normalize_text
+    from forewarn.serve.text import normalize_text
     from forewarn.judges.offline import OfflineToxicityJudge
 
     judge = OfflineToxicityJudge()

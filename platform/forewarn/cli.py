@@ -16,12 +16,12 @@ from forewarn.cluster_cli import cluster_app, plan as plan_command, runs_app
 from forewarn.config import load_config, to_yaml
 from forewarn.dpl.cli import app as dpl_app
 from forewarn.contrastive.cli import app as contrastive_app
-from forewarn.analysis.cli import app as analyze_app
+from forewarn.analyze.cli import app as analyze_app
 from forewarn.errors import ConfigError
-from forewarn.guard.cli import app as serve_app
+from forewarn.serve.cli import app as serve_app
 from forewarn.models.cli import app as models_app
 from forewarn.recurrence.cli import app as recurrence_app
-from forewarn.retrieval.cli import app as goodtriever_app
+from forewarn.goodtriever.cli import app as goodtriever_app
 from forewarn.testbed.cli import app as testbed_app
 from forewarn.reversegen.cli import app as reversegen_app
 from forewarn.runner import JOBS, fail, job_module, resolve

@@ -14,7 +14,7 @@ its index, so the row is found by its fed tokens; rows with identical ids so far
 the first one not yet checked at this step (the order both criteria visit rows in).
 
 In the guarded generator, :class:`LoopDetectorSpec` (``{kind: loop_detector, path: DIR}``) builds a guard
-``StopDetector`` (built by ``forewarn.guard.stop_detectors.STOP_BUILDERS``).
+``StopDetector`` (built by ``forewarn.serve.stop_detectors.STOP_BUILDERS``).
 
 With the HF backend::
 
@@ -143,7 +143,7 @@ class DetectorCheck:
 
 
 class LoopDetectorStop:
-    """The learned detector as a guard :class:`~forewarn.guard.stop_detectors.StopDetector`: ``check(ids)`` returns
+    """The learned detector as a guard :class:`~forewarn.serve.stop_detectors.StopDetector`: ``check(ids)`` returns
     a ``StopReason`` (finish_reason ``recurrence``, with the probability) or None; it stays silent until
     ``min_tokens`` have been generated. It hooks ``model`` for as long as it lives (:meth:`close` unhooks)."""
 
