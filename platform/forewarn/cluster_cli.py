@@ -13,8 +13,10 @@ from typing import Optional
 
 import typer
 
+from forewarn import placement as C
 from forewarn.cli_common import ConfigOpt, SetOpt
 from forewarn.errors import ConfigError
+from forewarn.placement import cluster_yaml_nodes, fmt, validate_cluster_yaml
 from forewarn.runner import JOBS, fail, job_module, resolve
 
 _JOB_HEADER = re.compile(r"^#\s*forewarn[- ]job:\s*([A-Za-z0-9_]+)")
@@ -55,7 +57,6 @@ def plan(
     as_json: bool = typer.Option(False, "--json", help="print the plan as JSON"),
 ) -> None:
     """Say which role gets which CPUs/GPUs on which node; exit 2 with the reason when the cluster cannot fit it."""
-    from forewarn import placement as C
 
     job = job or config_job(config) or "reversegen"
     try:
@@ -95,6 +96,7 @@ def runs_compare(
     as_json: bool = typer.Option(False, "--json", help="print records as JSON"),
 ) -> None:
     """Headline metrics of EXPERIMENT's recent runs, with their job, config hash, commit and models."""
+    # lazy: loads pandas only when called
     from forewarn.runs import compare, render
 
     try:
@@ -115,7 +117,6 @@ cluster_app = typer.Typer(help="Cluster launcher files.", no_args_is_help=True)
 @cluster_app.command("check")
 def cluster_check(file: Path = typer.Argument(..., help="cluster YAML for `ray up`")) -> None:
     """Validate FILE offline with Ray's own cluster-config validator and list its nodes at the largest size."""
-    from forewarn.placement import cluster_yaml_nodes, fmt, validate_cluster_yaml
 
     try:
         validate_cluster_yaml(file)

@@ -39,6 +39,9 @@ from typing import Any
 
 from forewarn.config import Resources
 from forewarn.errors import ForewarnError
+from forewarn.judges import build_judge
+from forewarn.models import load_generator
+from forewarn.placement import remote_args
 
 START_TIMEOUT_S = float(os.environ.get("FOREWARN_POOL_START_TIMEOUT_S", "900"))
 
@@ -132,8 +135,6 @@ class RolePool:
         max_replacements: int = 3,
     ):
         import ray
-
-        from forewarn.placement import remote_args
 
         self.name, self.factory, self.resources = name, factory, resources
         self.max_replacements = max_replacements
@@ -352,8 +353,6 @@ def data_stage(
     ``ctor_kwargs``), each asking for the role's CPUs and GPUs inside its placement group, if any."""
     from ray.data import ActorPoolStrategy
 
-    from forewarn.placement import remote_args
-
     return ds.map_batches(
         udf,
         fn_constructor_kwargs=ctor_kwargs,
@@ -372,7 +371,6 @@ def data_stage(
 def generator(pools: RolePools, role: str, model: Any) -> Callable[..., list]:
     """``generate(prompts, params, seeds=None) -> list[list[Completion]]`` served by the ``role`` pool,
     which loads ``model`` (a ``ModelSpec``) on the first call and reloads when another model is asked for."""
-    from forewarn.models import load_generator
 
     def generate(prompts: Sequence[Any], params: Any, seeds: Sequence[int] | None = None) -> list:
         pool = pools.get(role, partial(load_generator, model), model.path)
@@ -384,7 +382,6 @@ def generator(pools: RolePools, role: str, model: Any) -> Callable[..., list]:
 
 def judge(pools: RolePools, role: str, spec: Any) -> Callable[..., list]:
     """``judge(prompts, responses, references=None) -> list[Verdict]`` served by the ``role`` pool."""
-    from forewarn.judges import build_judge
 
     def run(
         prompts: Sequence[Any], responses: Sequence[Any], references: Sequence[Any] | None = None
@@ -400,6 +397,7 @@ def embedder(pools: RolePools, role: str, path: str) -> Callable[[Sequence[str]]
     """``embed(texts) -> np.ndarray`` (n x d, L2-normalised) served by the ``role`` pool."""
     import numpy as np
 
+    # lazy: loads numpy only when called
     from forewarn.models.embed import Embedder
 
     def embed(texts: Sequence[str]) -> np.ndarray:

@@ -16,7 +16,9 @@ from typing import Any
 
 import pandas as pd
 
+from forewarn.config import TrackingConfig
 from forewarn.errors import ConfigError
+from forewarn.tracking import resolve_tracking_uri
 
 # job -> metric name patterns (fnmatch) that summarise a run; other jobs show all their metrics.
 HEADLINE: dict[str, list[str]] = {
@@ -72,9 +74,6 @@ def compare(
     ``tracking_uri`` defaults to MLFLOW_TRACKING_URI, then the local ``sqlite:///mlflow.db``.
     """
     from mlflow.tracking import MlflowClient
-
-    from forewarn.config import TrackingConfig
-    from forewarn.tracking import resolve_tracking_uri
 
     client = MlflowClient(tracking_uri=tracking_uri or resolve_tracking_uri(TrackingConfig()))
     exp = _experiment(client, experiment)

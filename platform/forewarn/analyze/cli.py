@@ -14,7 +14,9 @@ from pathlib import Path
 
 import typer
 
+from forewarn.analyze.source import check_ref, locate
 from forewarn.cli_common import ConfigOpt, OutOpt, SetOpt, run_named_job
+from forewarn.contrastive.view import render_terminal
 from forewarn.errors import ConfigError
 from forewarn.runner import fail
 
@@ -52,7 +54,6 @@ def analyze(
             "forewarn analyze needs --run RUN_ID (the output dir or MLflow run id of a contrastive run), "
             "or the subcommand `show RUN_ID`"
         )
-    from forewarn.analyze.source import check_ref
 
     try:
         check_ref(run, field="--run")  # before Ray starts
@@ -74,7 +75,6 @@ def show(
     tracking_uri: str | None = typer.Option(None, "--tracking-uri", help="MLflow store (for run ids)"),
 ) -> None:
     """Print an analysis: how it ended, the hypotheses with their verdicts, topics and coloured evidence."""
-    from forewarn.analyze.source import locate
 
     with tempfile.TemporaryDirectory(prefix="forewarn-analysis-") as tmp:
         try:
@@ -97,8 +97,6 @@ def render(root: Path, top: int = 3) -> None:
     import pyarrow.parquet as pq
     from rich.console import Console
     from rich.table import Table
-
-    from forewarn.contrastive.view import render_terminal
 
     doc = json.loads((root / "findings.json").read_text())
     summary = json.loads((root / "summary.json").read_text()) if (root / "summary.json").is_file() else {}

@@ -19,10 +19,20 @@ from typing import Any
 
 from pydantic import Field
 
+from forewarn.analyze.analyst import Analyst, Budget, PromptSet
 from forewarn.analyze.config import AnalystConfig, BudgetConfig, ExperimentConfig, TopicConfig
+from forewarn.analyze.kb import KnowledgeBase, is_tested
+from forewarn.analyze.loop import DivergenceAnalysis
+from forewarn.analyze.plots import arms_figure, auc_figure, topics_figure
+from forewarn.analyze.report import render_report
+from forewarn.analyze.source import ExperimentScorer, load_source
 from forewarn.config import JobConfig, ModelSpec, Resources, RoleConfig
+from forewarn.models import load_generator
+from forewarn.models.embed import Embedder
+from forewarn.names import resolve_model
 from forewarn.pipeline.rundir import RunDir, write_text
 from forewarn.records import TopicRelevanceRow, rows_to_table, stable_id
+from forewarn.tracking import resolve_tracking_uri
 
 
 def _analyst_role() -> RoleConfig:
@@ -61,14 +71,6 @@ CONFIG = AnalyzeConfig
 
 
 def run(cfg: AnalyzeConfig, rundir: RunDir, tracker: Any) -> dict:
-    from forewarn.analyze.analyst import Analyst, Budget, PromptSet
-    from forewarn.analyze.kb import KnowledgeBase
-    from forewarn.analyze.loop import DivergenceAnalysis
-    from forewarn.analyze.source import ExperimentScorer, load_source
-    from forewarn.models import load_generator
-    from forewarn.names import resolve_model
-    from forewarn.tracking import resolve_tracking_uri
-
     if rundir.is_done("analyze") and rundir.path("summary.json").is_file():
         return rundir.read_summary()  # finished in this dir: resume = nothing left to do
     run_id = tracker.run_id or rundir.root.name
@@ -94,8 +96,6 @@ def run(cfg: AnalyzeConfig, rundir: RunDir, tracker: Any) -> dict:
     )
     embedder = None
     if cfg.topics.topics and cfg.topics.method == "embedding":
-        from forewarn.models.embed import Embedder
-
         embedder = Embedder(cfg.topics.embedder)
     from forewarn.contrastive.job import resolve_names  # the source run's names -> local paths, here
 
@@ -198,10 +198,6 @@ def _write(
     summary: dict,
 ) -> None:
     import matplotlib.pyplot as plt
-
-    from forewarn.analyze.kb import is_tested
-    from forewarn.analyze.plots import arms_figure, auc_figure, topics_figure
-    from forewarn.analyze.report import render_report
 
     kb.save(
         rundir.root,

@@ -25,8 +25,11 @@ from typing import Any
 
 import yaml
 
-from forewarn.config import Resources
+from forewarn.config import Resources, build_config
+from forewarn.contrastive.config import ContrastiveConfig
 from forewarn.contrastive.decoder import DecodedSample, prompt_means
+from forewarn.contrastive.divergence import divergence_name
+from forewarn.contrastive.scoring import RayDataScorer
 from forewarn.errors import ConfigError
 
 REQUIRED = ("config.yaml", "prompts.parquet", "samples.parquet")
@@ -65,8 +68,6 @@ class SourceRun:
 
     @property
     def divergence_name(self) -> str:
-        from forewarn.contrastive.divergence import divergence_name
-
         d = self.config.decoder
         return self.summary.get("divergence") or divergence_name(
             d.start_weight, d.comparison_weight, d.metric
@@ -187,9 +188,6 @@ def load_source(ref: str, dest: Path, tracking_uri: str | None = None) -> Source
     """Locate and read a contrastive run (see the module docstring)."""
     import pyarrow.parquet as pq
 
-    from forewarn.config import build_config
-    from forewarn.contrastive.config import ContrastiveConfig
-
     root, run_id = locate(ref, dest, tracking_uri)
     cfg = build_config(
         ContrastiveConfig,
@@ -214,8 +212,6 @@ class ExperimentScorer:
     """
 
     def __init__(self, cfg: Any, manifest: Any = None, resources: Resources | None = None):
-        from forewarn.contrastive.scoring import RayDataScorer
-
         self.manifest = manifest
         self.scorer = RayDataScorer(
             cfg.start.model, cfg.comparison.model, cfg.decoder, resources or cfg.scoring

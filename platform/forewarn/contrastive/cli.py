@@ -9,6 +9,8 @@ from typing import Optional
 import typer
 
 from forewarn.cli_common import ConfigOpt, OutOpt, SetOpt, run_named_job
+from forewarn.contrastive.view import render_terminal
+from forewarn.pipeline.rundir import RunDir
 from forewarn.runner import fail
 
 app = typer.Typer(
@@ -55,9 +57,6 @@ def show(
 ) -> None:
     """Print a run's summary and its most divergent continuations with tokens coloured by divergence."""
     from rich.console import Console
-
-    from forewarn.contrastive.view import render_terminal
-    from forewarn.pipeline.rundir import RunDir
 
     rd = RunDir(run_dir) if run_dir.is_dir() else None
     if rd is None or not rd.has_table("samples"):

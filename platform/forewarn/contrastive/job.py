@@ -18,7 +18,17 @@ from pathlib import Path
 from typing import Any
 
 from forewarn.config import GenerationParams
+from forewarn.contrastive.bank import BankEntry
 from forewarn.contrastive.config import ContrastiveConfig
+from forewarn.contrastive.decoder import prompt_means
+from forewarn.contrastive.divergence import divergence_name
+from forewarn.contrastive.finder import DivergenceFinder
+from forewarn.contrastive.plots import log_plots
+from forewarn.contrastive.scoring import RayDataScorer
+from forewarn.contrastive.view import render_html
+from forewarn.models import load_generator
+from forewarn.models.embed import Embedder
+from forewarn.names import resolve_model, resolve_path
 from forewarn.pipeline.prompt_files import read_prompts
 from forewarn.pipeline.rundir import RunDir, write_text
 from forewarn.placement import JobLayout
@@ -30,6 +40,7 @@ from forewarn.records import (
     rows_to_table,
     stable_id,
 )
+from forewarn.testbed import Manifest
 
 CONFIG = ContrastiveConfig
 PLACEMENT = JobLayout(
@@ -54,8 +65,6 @@ def _testbed_size(*names: str) -> str | None:
 
 def resolve_names(cfg: ContrastiveConfig) -> tuple[ContrastiveConfig, Any]:
     """Testbed names -> local paths (job files resolve names; the library takes paths), and the manifest."""
-    from forewarn.names import resolve_model, resolve_path
-    from forewarn.testbed import Manifest
 
     cfg = cfg.model_copy(deep=True)
     size = _testbed_size(cfg.start.model.path, cfg.comparison.model.path)
@@ -78,8 +87,6 @@ def _with_size(name: str, size: str | None) -> str:
 
 
 def run(cfg: ContrastiveConfig, rundir: RunDir, tracker: Any) -> dict:
-    from forewarn.contrastive.scoring import RayDataScorer
-
     if rundir.is_done("contrastive") and rundir.path("summary.json").is_file():
         return rundir.read_summary()  # a finished run in this dir: resume = nothing left to do
     cfg, manifest = resolve_names(cfg)
@@ -88,8 +95,6 @@ def run(cfg: ContrastiveConfig, rundir: RunDir, tracker: Any) -> dict:
     scorer = RayDataScorer(cfg.start.model, cfg.comparison.model, cfg.decoder, cfg.scoring)
     start_t = time.perf_counter()
     if cfg.mode == "decode":
-        from forewarn.contrastive.decoder import prompt_means
-
         samples = [(0, 0, s) for s in scorer(prompts)]
         means = prompt_means([s for _, _, s in samples])
         entries = _decode_entries(prompts, means, [s for _, _, s in samples])
@@ -105,13 +110,8 @@ def run(cfg: ContrastiveConfig, rundir: RunDir, tracker: Any) -> dict:
 
 
 def _find(cfg: ContrastiveConfig, scorer: Any, seeds: list[str], tracker: Any) -> Any:
-    from forewarn.contrastive.finder import DivergenceFinder
-    from forewarn.models import load_generator
-
     embedder = None
     if cfg.finder.diversity_weight > 0:
-        from forewarn.models.embed import Embedder
-
         embedder = Embedder(cfg.finder.embedder)
     assistant = load_generator(cfg.assistant.model)
     finder = DivergenceFinder(assistant, scorer, cfg.finder, embedder=embedder, tracker=tracker)
@@ -119,8 +119,6 @@ def _find(cfg: ContrastiveConfig, scorer: Any, seeds: list[str], tracker: Any) -
 
 
 def _decode_entries(prompts: list[str], means: dict[int, float], samples: list) -> list:
-    from forewarn.contrastive.bank import BankEntry
-
     out = []
     for i, p in enumerate(prompts):
         ss = [s for s in samples if s.prompt_index == i]
@@ -153,10 +151,6 @@ def _write_outputs(
     malformed: list[dict],
     elapsed: float,
 ) -> dict:
-    from forewarn.contrastive.divergence import divergence_name
-    from forewarn.contrastive.plots import log_plots
-    from forewarn.contrastive.view import render_html
-
     div_name = divergence_name(cfg.decoder.start_weight, cfg.decoder.comparison_weight, cfg.decoder.metric)
     ranked = sorted(entries, key=lambda e: -e.divergence if math.isfinite(e.divergence) else math.inf)
     topic = (lambda text: manifest.planted_topic_of(text)) if manifest is not None else (lambda text: None)

@@ -14,6 +14,7 @@ from pydantic import Field
 
 from forewarn.config import JobConfig
 from forewarn.dpl.config import VARIANTS, EvalConfig, RewardConfig, ToyConfig, Variant
+from forewarn.errors import ConfigError
 from forewarn.pipeline.rundir import RunDir
 
 
@@ -34,6 +35,7 @@ CONFIG = DPLJobConfig
 def run_toy_job(cfg: DPLJobConfig, rundir: RunDir, tracker: Any) -> dict[str, Any]:
     import pyarrow as pa
 
+    # lazy: loads torch only when called
     from forewarn.dpl.toy import plot, run_toy, summarize, table_rows
 
     results = run_toy(cfg.toy, seed=cfg.seed)
@@ -59,10 +61,19 @@ def run_toy_job(cfg: DPLJobConfig, rundir: RunDir, tracker: Any) -> dict[str, An
 
 def evaluate_models(models: dict[str, str], ecfg: EvalConfig, rundir: RunDir, tracker: Any) -> dict[str, Any]:
     """Score every model on the pairs (and jailbreak rows); per-pair tables land in the run dir."""
+    # lazy: loads pandas, sklearn, torch, transformers only when called
     from forewarn.dpl.evaluate import evaluate_model
+
+    # lazy: loads pandas, sklearn, torch, transformers only when called
     from forewarn.dpl.reward import RewardScorer
-    from forewarn.pipeline.stages import set_torch_threads
+
+    # lazy: loads pandas, sklearn, torch, transformers only when called
     from forewarn.names import resolve_path
+
+    # lazy: loads pandas only when called
+    from forewarn.pipeline.stages import set_torch_threads
+
+    # lazy: loads pandas, sklearn, torch, transformers only when called
     from forewarn.training.data import load_table
 
     set_torch_threads(ecfg.num_cpus)
@@ -80,7 +91,10 @@ def evaluate_models(models: dict[str, str], ecfg: EvalConfig, rundir: RunDir, tr
 
 
 def run_testbed(cfg: DPLJobConfig, rundir: RunDir, tracker: Any) -> dict[str, Any]:
+    # lazy: loads pandas, sklearn, torch, transformers only when called
     from forewarn.dpl.reward import train_reward
+
+    # lazy: loads pandas, sklearn, torch, transformers only when called
     from forewarn.names import resolve_model, resolve_path
 
     backbone = resolve_model(cfg.backbone)
@@ -105,8 +119,6 @@ def run(cfg: DPLJobConfig, rundir: RunDir, tracker: Any) -> dict[str, Any]:
     if cfg.mode == "testbed":
         return run_testbed(cfg, rundir, tracker)
     if not cfg.eval.models:
-        from forewarn.errors import ConfigError
-
         raise ConfigError(
             "eval.models is empty: name the reward-model folders to evaluate, e.g. "
             "--set 'eval.models={mv: runs/rm/model}'"

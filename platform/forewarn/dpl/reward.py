@@ -24,15 +24,15 @@ import torch.nn.functional as F
 from transformers import AutoConfig, AutoModelForSequenceClassification
 
 from forewarn.dpl.config import RewardConfig
-from forewarn.training.data import TableLike, load_table, pad_right, require_columns
+from forewarn.training.data import TableLike, encode_prompt_response, load_table, pad_right, require_columns
 from forewarn.training.losses import (
     batch_marginal_neg_entropy,
     bradley_terry_loss,
     categorical_loss,
     mean_variance_loss,
 )
-from forewarn.training.trainer import fit
 from forewarn.training.tasks import encode_pair
+from forewarn.training.trainer import fit
 
 VARIANT_KEY = "forewarn_reward_variant"
 
@@ -193,7 +193,6 @@ class RewardScorer:
     @torch.inference_mode()
     def outputs(self, prompts: list[str], responses: list[str]) -> torch.Tensor:
         """Raw head outputs ``(B, k)`` of prompt + response (same tokenization as training)."""
-        from forewarn.training.data import encode_prompt_response
 
         seqs = [
             encode_prompt_response(

@@ -9,6 +9,9 @@ import typer
 
 from forewarn.cli_common import ConfigOpt, OutOpt, SetOpt, run_named_job
 from forewarn.errors import ConfigError
+from forewarn.goodtriever.datastore import build_datastores
+from forewarn.goodtriever.job import resolve_names
+from forewarn.runner import fail, init_ray, resolve
 
 app = typer.Typer(
     help="Retrieval-augmented toxicity mitigation (Goodtriever kNN-LM, DExperts).", no_args_is_help=True
@@ -23,9 +26,6 @@ def build(
     only: Optional[list[str]] = typer.Option(None, "--only", help="build only these datastores"),
 ) -> None:
     """Build the job's datastores (keys with Ray Data, then the faiss index) into datastore_dir."""
-    from forewarn.runner import fail, init_ray, resolve
-    from forewarn.goodtriever.datastore import build_datastores
-    from forewarn.goodtriever.job import resolve_names
 
     try:
         cfg = resolve("goodtriever", str(config) if config else None, overrides or [], output_dir)

@@ -131,6 +131,7 @@ def parse_mitigation(data: Any, source: str = "mitigation") -> KnnLMSpec | DExpe
 
 def resolve_mitigation_names(spec: KnnLMSpec | DExpertsSpec) -> KnnLMSpec | DExpertsSpec:
     """Map ``testbed:`` names in a mitigation to local paths (for job files and the Serve app only)."""
+    # lazy: loads sklearn only when called
     from forewarn.names import resolve_model, resolve_path
 
     spec = spec.model_copy(deep=True)

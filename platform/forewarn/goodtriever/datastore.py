@@ -27,6 +27,8 @@ import pandas as pd
 from forewarn.config import config_hash
 from forewarn.errors import ConfigError
 from forewarn.goodtriever.config import DatastoreSpec
+from forewarn.pipeline.stages import set_torch_threads
+from forewarn.pools import data_stage
 
 KEYS, VALS, INDEX, META, KEYS_DONE = "keys.f16", "vals.i32", "index.faiss", "meta.json", "keys.json"
 
@@ -56,11 +58,11 @@ class KeyUDF:
     """
 
     def __init__(self, specs: list[DatastoreSpec], num_cpus: float):
-        from forewarn.pipeline.stages import set_torch_threads
-
         set_torch_threads(num_cpus)
-        from forewarn.models.hf import load_hf
+        # lazy: loads sklearn only when called
+        # lazy: goodtriever.hooks imports this module
         from forewarn.goodtriever.hooks import HiddenCapture
+        from forewarn.models.hf import load_hf
 
         self.specs = specs
         self.model, self.tok = load_hf(specs[0].model)
@@ -71,6 +73,7 @@ class KeyUDF:
 
     def units(self, spec: DatastoreSpec, batch: pd.DataFrame) -> list[tuple[list[int], list[bool]]]:
         """Token sequences with a per-token 'store this target' mask."""
+        # lazy: loads sklearn only when called
         from forewarn.models.hf import render_prompt
 
         eos = self.tok.eos_token_id
@@ -250,6 +253,7 @@ def build_datastores(
 def _index_store(spec: DatastoreSpec, out: Path, show_progress: bool) -> dict[str, Any]:
     from rich.progress import Progress
 
+    # lazy: goodtriever.index imports this module
     from forewarn.goodtriever.index import build_index, check_index_spec
 
     info = _read_json(out / KEYS_DONE)
@@ -342,7 +346,6 @@ def _extract_keys(
     specs: dict[str, DatastoreSpec], dirs: dict[str, Path], show_progress: bool, ray: Any
 ) -> dict[str, tuple[int, int, int]]:
     """Stream (key, value) batches from one actor pool into each store's fp16 / int32 files."""
-    from forewarn.pools import data_stage
 
     names = list(specs)
     ordered = [specs[n] for n in names]

@@ -16,7 +16,10 @@ import numpy as np
 import pandas as pd
 
 from forewarn.config import GenerationParams, ModelSpec, Resources
-from forewarn.goodtriever.metrics import diversity, perplexity_summary, toxicity_metrics
+from forewarn.goodtriever.metrics import PerplexityScorer, diversity, perplexity_summary, toxicity_metrics
+from forewarn.goodtriever.processors import build_processor
+from forewarn.pipeline.stages import judge_stage, set_torch_threads
+from forewarn.pools import data_stage
 
 
 class MitigatedGenerateUDF:
@@ -29,11 +32,9 @@ class MitigatedGenerateUDF:
     def __init__(
         self, spec: ModelSpec, systems: dict[str, list[dict]], params: GenerationParams, num_cpus: float
     ):
-        from forewarn.pipeline.stages import set_torch_threads
-
         set_torch_threads(num_cpus)
+        # lazy: loads sklearn only when called
         from forewarn.models.hf import HFGenerator
-        from forewarn.goodtriever.processors import build_processor
 
         self.gen = HFGenerator(spec)
         self.systems = {
@@ -70,11 +71,9 @@ class PerplexityUDF:
     """Actor: the eval model loaded once; scores rows whose ``ppl_sampled`` is set (NaN elsewhere)."""
 
     def __init__(self, spec: ModelSpec, num_cpus: float, batch_size: int):
-        from forewarn.pipeline.stages import set_torch_threads
-
         set_torch_threads(num_cpus)
+        # lazy: loads sklearn only when called
         from forewarn.models.hf import load_hf
-        from forewarn.goodtriever.metrics import PerplexityScorer
 
         model, tok = load_hf(spec)
         self.scorer = PerplexityScorer(model, tok, spec.use_chat_template, batch_size)
@@ -115,9 +114,6 @@ def evaluate_systems(
 ) -> pd.DataFrame:
     """Generate with every system, judge and score; ``prompts`` has id, prompt_set, prompt, ppl_sampled."""
     import ray
-
-    from forewarn.pipeline.stages import judge_stage
-    from forewarn.pools import data_stage
 
     ds = ray.data.from_pandas(prompts)
     ds = data_stage(

@@ -21,11 +21,15 @@ from pydantic import Field, model_validator
 
 from forewarn.config import GenerationParams, JobConfig, ModelSpec, Resources, RoleConfig, Section
 from forewarn.errors import ConfigError
+from forewarn.goodtriever.config import DatastoreSpec, DExpertsSpec, IndexSpec, KnnLMSpec, SystemSpec
+from forewarn.goodtriever.datastore import build_datastores
+from forewarn.goodtriever.evaluate import evaluate_systems, sample_ppl_prompts, system_metrics
+from forewarn.goodtriever.report import headline, log_plots
 from forewarn.judges.spec import JudgeSpec, OfflineToxicitySpec
+from forewarn.pipeline.prompt_files import read_prompts
 from forewarn.pipeline.rundir import RunDir
 from forewarn.placement import JobLayout
 from forewarn.records import stable_id
-from forewarn.goodtriever.config import DatastoreSpec, DExpertsSpec, IndexSpec, KnnLMSpec, SystemSpec
 
 STORE_REF = "datastore:"
 
@@ -128,6 +132,7 @@ PLACEMENT = JobLayout(steps=(("datastores.*",), ("target", "judge", "perplexity"
 
 def resolve_names(cfg: GoodtrieverConfig, store_dirs: dict[str, str] | None = None) -> GoodtrieverConfig:
     """testbed: names -> local paths; datastore:<name> -> the built datastore directory."""
+    # lazy: loads sklearn only when called
     from forewarn.names import resolve_model, resolve_path
 
     cfg = cfg.model_copy(deep=True)
@@ -157,8 +162,6 @@ def resolve_names(cfg: GoodtrieverConfig, store_dirs: dict[str, str] | None = No
 
 
 def load_prompts(prompt_sets: dict[str, str], limit: int | None) -> pd.DataFrame:
-    from forewarn.pipeline.prompt_files import read_prompts
-
     rows = []
     for name, path in prompt_sets.items():
         for i, p in enumerate(read_prompts(path)[:limit]):
@@ -170,10 +173,6 @@ def load_prompts(prompt_sets: dict[str, str], limit: int | None) -> pd.DataFrame
 
 def run(cfg: GoodtrieverConfig, rundir: RunDir, tracker: Any) -> dict:
     import pyarrow as pa
-
-    from forewarn.goodtriever.datastore import build_datastores
-    from forewarn.goodtriever.evaluate import evaluate_systems, sample_ppl_prompts, system_metrics
-    from forewarn.goodtriever.report import headline, log_plots
 
     cfg = resolve_names(cfg)
     store_root = Path(cfg.datastore_dir) if cfg.datastore_dir else rundir.path("datastores")

@@ -80,6 +80,7 @@ class PerplexityScorer:
     @torch.inference_mode()
     def perplexities(self, prompts: Sequence[str], texts: Sequence[str]) -> list[float]:
         """One perplexity per (prompt, generation); NaN where the generation has no tokens."""
+        # lazy: loads sklearn only when called
         from forewarn.models.hf import render_prompt
 
         seqs = []

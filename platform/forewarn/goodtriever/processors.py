@@ -23,6 +23,8 @@ from forewarn.goodtriever.config import DExpertsSpec, KnnLMSpec, parse_mitigatio
 
 def _knn_lm(spec: KnnLMSpec, model: Any, tokenizer: Any) -> LogitsProcessor:
     from forewarn.goodtriever.knn_lm import KnnLMProcessor  # lazy: faiss
+
+    # lazy: goodtriever.store imports this module
     from forewarn.goodtriever.store import Datastore
 
     device = next(model.parameters()).device
@@ -34,8 +36,9 @@ def _knn_lm(spec: KnnLMSpec, model: Any, tokenizer: Any) -> LogitsProcessor:
 
 
 def _dexperts(spec: DExpertsSpec, model: Any, tokenizer: Any) -> LogitsProcessor:
-    from forewarn.models.hf import load_hf  # lazy: two more models
+    # lazy: goodtriever.dexperts imports this module
     from forewarn.goodtriever.dexperts import DExpertsProcessor
+    from forewarn.models.hf import load_hf  # lazy: two more models
 
     device = next(model.parameters()).device
 

@@ -17,6 +17,7 @@ import torch
 
 from forewarn.errors import ConfigError
 from forewarn.goodtriever.datastore import INDEX, KEYS, META, VALS
+from forewarn.goodtriever.index import load_index
 
 NO_VOTE = -10000.0
 
@@ -92,8 +93,6 @@ class Datastore:
         gpu: bool | None = None,
         nprobe: int | None = None,
     ):
-        from forewarn.goodtriever.index import load_index
-
         self.root = Path(root)
         meta_path = self.root / META
         if not meta_path.is_file():

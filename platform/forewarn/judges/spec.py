@@ -22,8 +22,8 @@ from pydantic import Field, TypeAdapter, model_validator
 
 from forewarn.config import GenerationParams, ModelSpec, Resources, Section, parse_kind
 from forewarn.judges.base import Judge
+from forewarn.models import load_generator
 from forewarn.models.base import Generator
-
 
 # Perspective's defaults, declared once (the client in judges/perspective.py uses them too).
 PERSPECTIVE_BASE_URL = "https://commentanalyzer.googleapis.com"
@@ -166,17 +166,17 @@ def parse_judge_spec(data: Any, source: str = "judge") -> Any:
 
 
 def _offline(spec: OfflineToxicitySpec, **_: Any) -> Judge:
+    # lazy: judges.offline imports this module
     from forewarn.judges.offline import OfflineToxicityJudge
 
     return OfflineToxicityJudge(threshold=spec.threshold)
 
 
 def _llama_guard(spec: LlamaGuardSpec, generator: Generator | None = None, **_: Any) -> Judge:
+    # lazy: judges.llama_guard imports this module
     from forewarn.judges.llama_guard import LlamaGuardJudge
 
     if generator is None:
-        from forewarn.models import load_generator
-
         generator = load_generator(spec.model.model_copy(update={"use_chat_template": False}))
     return LlamaGuardJudge(
         generator,
@@ -190,6 +190,7 @@ def _llama_guard(spec: LlamaGuardSpec, generator: Generator | None = None, **_: 
 
 
 def _perspective(spec: PerspectiveSpec, **_: Any) -> Judge:
+    # lazy: judges.perspective imports this module
     from forewarn.judges.perspective import PerspectiveJudge
 
     kw = spec.model_dump(exclude={"kind", "resources"})
@@ -197,6 +198,7 @@ def _perspective(spec: PerspectiveSpec, **_: Any) -> Judge:
 
 
 def _classifier(spec: ClassifierSpec, **_: Any) -> Judge:
+    # lazy: judges.classifier imports this module
     from forewarn.judges.classifier import ClassifierJudge
 
     return ClassifierJudge(
@@ -211,22 +213,23 @@ def _classifier(spec: ClassifierSpec, **_: Any) -> Judge:
 
 
 def _honesty(spec: HonestyEntropySpec, **_: Any) -> Judge:
+    # lazy: judges.honesty imports this module
     from forewarn.judges.honesty import HonestyEntropyJudge
 
     return HonestyEntropyJudge(threshold=spec.threshold, choices=spec.choices, samples=spec.samples)
 
 
 def _math(spec: MathMatchSpec, reference_generator: Generator | None = None, **_: Any) -> Judge:
+    # lazy: judges.math imports this module
     from forewarn.judges.math import MathMatchJudge
 
     if reference_generator is None and spec.reference_model is not None:
-        from forewarn.models import load_generator
-
         reference_generator = load_generator(spec.reference_model)
     return MathMatchJudge(reference_generator=reference_generator, reference_params=spec.reference_params)
 
 
 def _arithmetic(spec: ArithmeticSpec, **_: Any) -> Judge:
+    # lazy: judges.arithmetic imports this module
     from forewarn.judges.arithmetic import ArithmeticJudge
 
     return ArithmeticJudge(abs_tol=spec.abs_tol, rel_tol=spec.rel_tol)

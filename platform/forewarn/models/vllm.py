@@ -204,6 +204,7 @@ class VLLMGenerator:
 
     def encode(self, prompts: list[Prompt]) -> list[dict[str, list[int]]]:
         """Render (chat template as in the hf backend), tokenize, left-truncate to max_input_tokens."""
+        # lazy: loads numpy, pandas, pyarrow, sklearn, torch, transformers only when called
         from forewarn.models.hf import render_prompt
 
         texts = [render_prompt(self.tokenizer, p, self.spec.use_chat_template) for p in prompts]
@@ -272,6 +273,7 @@ def vllm_generate_stage(
     ds: Dataset, role: RoleConfig, params: GenerationParams, prompt_column: str = "prompt", prefix: str = ""
 ) -> Dataset:
     """The vllm backend of ``forewarn.pipeline.stages.generate_stage``; see ``forewarn.models.vllm_stage``."""
+    # lazy: models.vllm_stage imports this module
     from forewarn.models.vllm_stage import generate_stage
 
     return generate_stage(ds, role, params, prompt_column=prompt_column, prefix=prefix)

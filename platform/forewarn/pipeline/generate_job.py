@@ -42,6 +42,7 @@ CONFIG = GenerateConfig
 
 def resolve_names(cfg: GenerateConfig) -> GenerateConfig:
     """Map testbed names to local paths (job files resolve names; the library takes paths)."""
+    # lazy: loads pandas, sklearn, torch, transformers only when called
     from forewarn.names import resolve_model, resolve_path
 
     cfg = cfg.model_copy(deep=True)
@@ -54,6 +55,7 @@ def run(cfg: GenerateConfig, rundir: RunDir, tracker: Any) -> dict:
     import pyarrow as pa
     import ray
 
+    # lazy: loads pandas only when called
     from forewarn.pipeline.stages import generate_stage
 
     cfg = resolve_names(cfg)

@@ -16,8 +16,12 @@ import numpy as np
 import pandas as pd
 
 from forewarn.config import GenerationParams, ModelSpec, Resources, RoleConfig
+from forewarn.judges import build_judge
 from forewarn.judges.base import Verdict
+from forewarn.models import load_generator
 from forewarn.models.base import row_seed
+from forewarn.models.embed import Embedder
+from forewarn.models.vllm import vllm_generate_stage
 from forewarn.pools import data_stage, set_torch_threads
 
 __all__ = ["embed_stage", "generate_stage", "judge_stage", "set_torch_threads"]
@@ -30,7 +34,6 @@ class GenerateUDF:
         self, spec: ModelSpec, params: GenerationParams, num_cpus: float, prompt_column: str, prefix: str
     ):
         set_torch_threads(num_cpus)
-        from forewarn.models import load_generator
 
         self.gen = load_generator(spec)
         self.params, self.prompt_column, self.prefix = params, prompt_column, prefix
@@ -62,8 +65,6 @@ def generate_stage(
     Ray's own ``ray.data.llm`` processor instead of an actor pool of ours.
     """
     if role.model.backend == "vllm":
-        from forewarn.models.vllm import vllm_generate_stage
-
         return vllm_generate_stage(ds, role, params, prompt_column=prompt_column, prefix=prefix)
     return data_stage(
         ds,
@@ -84,7 +85,6 @@ class JudgeUDF:
 
     def __init__(self, spec: Any, num_cpus: float, prompt_column: str, response_column: str, prefix: str):
         set_torch_threads(num_cpus)
-        from forewarn.judges import build_judge
 
         self.judge = build_judge(spec)
         self.prompt_column, self.response_column, self.prefix = prompt_column, response_column, prefix
@@ -128,7 +128,6 @@ def judge_stage(
 class EmbedUDF:
     def __init__(self, path: str, num_cpus: float, text_column: str, column: str):
         set_torch_threads(num_cpus)
-        from forewarn.models.embed import Embedder
 
         self.embedder = Embedder(path)
         self.text_column, self.column = text_column, column

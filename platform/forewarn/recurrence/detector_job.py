@@ -22,17 +22,19 @@ import pyarrow as pa
 
 from forewarn.config import GenerationParams
 from forewarn.errors import ConfigError
+from forewarn.pipeline.prompt_files import read_prompts
 from forewarn.pipeline.rundir import RunDir
 from forewarn.recurrence.config import RecurrenceDetectorConfig
 from forewarn.recurrence.cycles import analyse
-from forewarn.recurrence.loop_detector import classify_stats, train_and_evaluate
 from forewarn.recurrence.features import features
+from forewarn.recurrence.loop_detector import classify_stats, train_and_evaluate
 from forewarn.recurrence.pool import TargetPool
 
 CONFIG = RecurrenceDetectorConfig
 
 
 def resolve_names(cfg: RecurrenceDetectorConfig) -> RecurrenceDetectorConfig:
+    # lazy: loads pandas, sklearn, transformers only when called
     from forewarn.names import resolve_model, resolve_path
 
     cfg = cfg.model_copy(deep=True)
@@ -42,8 +44,6 @@ def resolve_names(cfg: RecurrenceDetectorConfig) -> RecurrenceDetectorConfig:
 
 
 def read_prompt_file(path: str) -> list[str]:
-    from forewarn.pipeline.prompt_files import read_prompts
-
     return read_prompts(path)
 
 
@@ -121,7 +121,10 @@ def label_and_balance(
 
 
 def run(cfg: RecurrenceDetectorConfig, rundir: RunDir, tracker: Any) -> dict:
+    # lazy: loads pandas, sklearn, transformers only when called
     from forewarn.models.hf import HFGenerator
+
+    # lazy: loads pandas only when called
     from forewarn.pipeline.stages import set_torch_threads
 
     cfg = resolve_names(cfg)

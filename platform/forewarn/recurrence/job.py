@@ -25,6 +25,7 @@ CONFIG = RecurrenceSearchConfig
 def resolve_names(cfg: Any) -> Any:
     """Map ``testbed:<name>`` model paths to local folders (job files resolve names; the library takes paths)."""
     cfg = cfg.model_copy(deep=True)
+    # lazy: loads sklearn, torch, transformers only when called
     from forewarn.names import resolve_model
 
     cfg.target.model.path = resolve_model(cfg.target.model.path)

@@ -15,6 +15,8 @@ from functools import partial
 from typing import Any
 
 from forewarn.config import GenerationParams, ModelSpec, RoleConfig
+from forewarn.models import load_generator
+from forewarn.pools import RolePool, set_torch_threads
 from forewarn.recurrence.config import DetectSection
 from forewarn.recurrence.cycles import analyse
 from forewarn.recurrence.search import Evaluation, Ids
@@ -24,9 +26,6 @@ class TargetWorker:
     """Actor body: one Generator; ``generate`` returns (text, token ids, finish reason, seconds per row)."""
 
     def __init__(self, spec: ModelSpec, params: GenerationParams, num_cpus: float):
-        from forewarn.models import load_generator
-        from forewarn.pools import set_torch_threads
-
         set_torch_threads(num_cpus)
         self.gen = load_generator(spec)
         self.params = params
@@ -43,8 +42,6 @@ class TargetPool:
     ``generate`` spreads batches of ``batch_size`` over them and keeps the order."""
 
     def __init__(self, role: RoleConfig, params: GenerationParams):
-        from forewarn.pools import RolePool
-
         self.pool = RolePool(
             "target", partial(TargetWorker, role.model, params, role.resources.num_cpus), role.resources
         )

@@ -35,8 +35,8 @@ import torch
 from pydantic import Field
 
 from forewarn.config import Section
-from forewarn.recurrence.loop_detector import LoopDetector
 from forewarn.recurrence.features import Kind, SimilarityWindows, TokenVectorHooks
+from forewarn.recurrence.loop_detector import LoopDetector
 
 
 class GenerationWindows:
@@ -154,6 +154,7 @@ class LoopDetectorStop:
         self.check_every, self.min_tokens = check_every, min_tokens
 
     def check(self, token_ids: Sequence[int]) -> Any:
+        # lazy: loads transformers only when called
         from forewarn.models.stopping import StopReason
 
         if len(token_ids) < self.min_tokens:

@@ -20,8 +20,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from forewarn.errors import ConfigError
+from forewarn.errors import ConfigError, ForewarnError
 from forewarn.recurrence.config import RecurrenceSweepConfig, SearchSection
+from forewarn.recurrence.pool import TargetWorker, make_evaluator, search_vocab
 from forewarn.recurrence.search import IterationLog, Search, SearchResult
 
 METRIC, MODE = "score", "max"
@@ -66,8 +67,6 @@ def make_trainable(cfg: RecurrenceSweepConfig, tokenizer_path: str) -> Any:
     def trainable(params: dict[str, Any]) -> None:
         from ray import tune
         from transformers import AutoTokenizer
-
-        from forewarn.recurrence.pool import TargetWorker, make_evaluator, search_vocab
 
         search = trial_search(cfg.search, params)
         budget = search.max_evaluations or search.iterations * search.pool_size * max(1, len(search.contexts))
@@ -174,8 +173,6 @@ def run_sweep(cfg: RecurrenceSweepConfig, storage: str | Path, tracking_uri: str
     grid = tuner.fit()
     errors = [str(r.error) for r in grid if r.error is not None]
     if errors and len(errors) == len(grid):
-        from forewarn.errors import ForewarnError
-
         raise ForewarnError(f"every sweep trial failed; first error: {errors[0]}")
     best = grid.get_best_result(metric=METRIC, mode=MODE, scope="all")
     trials = [

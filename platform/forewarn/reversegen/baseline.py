@@ -20,6 +20,9 @@ from typing import Any
 import pandas as pd
 import pyarrow as pa
 
+from forewarn.judges import build_judge
+from forewarn.metrics import attack_success_rate
+from forewarn.models import load_generator
 from forewarn.pipeline.rundir import RunDir
 from forewarn.records import stable_id
 from forewarn.reversegen.config import ReverseGenConfig, reference_role, uses_reference
@@ -50,9 +53,6 @@ def instruction_rows(items: list[dict], name: str) -> pd.DataFrame:
 def measure_baseline(cfg: ReverseGenConfig, instructions: str, limit: int | None = None) -> dict[str, Any]:
     """ASR of the config's target and judge on the instructions in ``instructions`` (JSONL). The config's
     names must be resolved to local paths (``forewarn.reversegen.job.resolve_names``, as the CLI does)."""
-    from forewarn.judges import build_judge
-    from forewarn.metrics import attack_success_rate
-    from forewarn.models import load_generator
 
     items = read_seeds(instructions, cfg.task)[:limit]
     name = Path(instructions).stem

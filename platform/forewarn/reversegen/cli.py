@@ -34,7 +34,10 @@ def baseline(
 ) -> None:
     """The target's ASR on fixed instructions under the run's respond settings and judge: the baseline
     beside the loop's ASR. Writes OUTPUT_DIR/baseline/<file stem>.parquet and prints the figures as JSON."""
+    # lazy: loads pandas, sklearn only when called
     from forewarn.reversegen.baseline import measure_baseline
+
+    # lazy: loads pandas, sklearn only when called
     from forewarn.reversegen.job import resolve_names
 
     try:

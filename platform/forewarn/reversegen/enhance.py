@@ -19,6 +19,7 @@ import pandas as pd
 
 from forewarn.errors import ForewarnError
 from forewarn.metrics import attack_success_rate
+from forewarn.models import load_generator
 from forewarn.pipeline.rundir import RunDir
 from forewarn.reversegen.config import ReverseGenConfig
 from forewarn.reversegen.loop import GenerateFn, JudgeFn, expand, with_verdicts
@@ -59,7 +60,6 @@ def _safe_responses(cfg: ReverseGenConfig, questions: list[str]) -> list[str]:
     spec = cfg.enhance_target
     if spec.safe_responder is None:
         return [spec.safe_response] * len(questions)
-    from forewarn.models import load_generator
 
     outs = load_generator(spec.safe_responder).generate(questions, cfg.respond.params)
     return [row[0].text if row[0].ok else spec.safe_response for row in outs]
@@ -76,6 +76,7 @@ def enhance_target(
 
     ``respond_with(path)`` is the target loaded from ``path`` as a generate function (the job reuses the
     run's target pool, then reloads it with the enhanced weights); ``judge`` is the run's judge."""
+    # lazy: loads torch, transformers only when called
     from forewarn.training.api import train_sft
 
     if cfg.task != "safety":

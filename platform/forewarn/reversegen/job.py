@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from forewarn import pools as fp
 from forewarn.config import RayConfig, TrackingConfig, config_hash
 from forewarn.errors import ForewarnError
 from forewarn.pipeline.rundir import RunDir
@@ -27,6 +28,7 @@ from forewarn.reversegen.config import (
     reference_role,
     uses_reference,
 )
+from forewarn.reversegen.enhance import enhance_target
 from forewarn.reversegen.loop import IterationContext, Roles, run_iteration
 from forewarn.reversegen.proposer import build_prompt, completion_text, read_seeds
 
@@ -38,6 +40,7 @@ PLACEMENT = JobLayout(steps=(("proposer",), ("embedder",), ("target", "judge", "
 
 def resolve_names(cfg: ReverseGenConfig) -> tuple[ReverseGenConfig, Any]:
     """Testbed names -> local paths; returns the config and the testbed manifest (or None)."""
+    # lazy: loads torch, transformers only when called
     from forewarn.names import resolve_model, resolve_path
 
     cfg = cfg.model_copy(deep=True)
@@ -54,6 +57,7 @@ def resolve_names(cfg: ReverseGenConfig) -> tuple[ReverseGenConfig, Any]:
 
 def testbed_manifest(name: str) -> Any:
     """The manifest of the testbed world a ``testbed:<model>[@size]`` name points into, else None."""
+    # lazy: loads torch, transformers only when called
     from forewarn.testbed import Manifest, resolve_path
 
     if not name.startswith("testbed:"):
@@ -64,6 +68,7 @@ def testbed_manifest(name: str) -> Any:
 
 def warmup(cfg: ReverseGenConfig, rundir: RunDir, seeds: list[dict], tracker: Any) -> str:
     """SFT the proposer on 3-shot prompts whose target is a 4th seed (ReverseGen step 1)."""
+    # lazy: loads torch, transformers only when called
     from forewarn.training.api import train_sft
 
     out = rundir.path("checkpoints", "proposer_warmup")
@@ -87,6 +92,7 @@ def warmup(cfg: ReverseGenConfig, rundir: RunDir, seeds: list[dict], tracker: An
 
 def dpo_round(cfg: ReverseGenConfig, rundir: RunDir, k: int, policy: str, pairs: Any, tracker: Any) -> str:
     """DPO of the proposer on iteration k's pairs; the reference is the proposer that sampled them."""
+    # lazy: loads torch, transformers only when called
     from forewarn.training.api import train_dpo
 
     key = f"iter{k}/dpo"
@@ -125,7 +131,6 @@ def role_resources(cfg: ReverseGenConfig) -> tuple[dict[str, Any], float]:
 def make_roles(cfg: ReverseGenConfig, pools: Any, policy: str) -> Roles:
     """This iteration's roles as plain functions over the run's pools; the proposer serves ``policy`` (its pool
     reloads the weights when the policy changed since its last call)."""
-    from forewarn import pools as fp
 
     proposer = cfg.proposer.model.model_copy(update={"path": policy})
     return Roles(
@@ -255,7 +260,6 @@ def run(cfg: ReverseGenConfig, rundir: RunDir, tracker: Any) -> dict[str, Any]:
             f"output dir {str(rundir.root)!r} holds a run of a different config (run key "
             f"{previous}, this config {run_id}); resuming would mix them. Use a new --output-dir."
         )
-    from forewarn import pools as fp
 
     start = time.perf_counter()
     policy = warmup(cfg, rundir, seeds, tracker) if cfg.warmup.enabled else cfg.proposer.model.path
@@ -284,7 +288,6 @@ def run(cfg: ReverseGenConfig, rundir: RunDir, tracker: Any) -> dict[str, Any]:
             summary["planted_topics_found"] = sorted(found)
             summary["planted_recall"] = len(found) / len(manifest.planted_topics)
         if cfg.enhance_target.enabled:
-            from forewarn.reversegen.enhance import enhance_target
 
             def respond_with(path: str) -> Any:  # the run's target pool, reloaded for the enhanced weights
                 return fp.generator(pools, "target", cfg.target.model.model_copy(update={"path": path}))

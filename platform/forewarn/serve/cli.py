@@ -9,6 +9,8 @@ import typer
 
 from forewarn.config import load_config, to_yaml
 from forewarn.errors import ConfigError, ForewarnError
+from forewarn.runner import fail, init_ray
+from forewarn.serve.auth import check_exposure, key_env_vars
 from forewarn.serve.config import ServeConfig
 
 app = typer.Typer(
@@ -31,7 +33,6 @@ def serve_cmd(
     show_config: bool = typer.Option(False, "--show-config", help="print the resolved config and exit"),
 ) -> None:
     """Start input guard → generation → loop stop → output guard at http://HOST:PORT/v1 (Ctrl-C stops)."""
-    from forewarn.runner import fail
 
     sets = list(overrides or [])
     if host is not None:
@@ -45,7 +46,6 @@ def serve_cmd(
     typer.echo(f"# forewarn serve: resolved config\n{to_yaml(cfg)}", nl=False)
     if show_config:
         return
-    from forewarn.serve.auth import check_exposure, key_env_vars
 
     has_keys = bool(cfg.auth.api_keys or key_env_vars(cfg.auth) or cfg.auth.api_keys_file)
     try:
@@ -54,8 +54,8 @@ def serve_cmd(
         fail(str(e))
     from ray import serve
 
+    # lazy: loads fastapi, ray, starlette only when called
     from forewarn.serve.serving import app_from_config
-    from forewarn.runner import init_ray
 
     try:
         init_ray(cfg.ray)

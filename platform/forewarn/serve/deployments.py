@@ -18,29 +18,28 @@ from typing import Any
 from ray import serve
 
 from forewarn.config import GenerationParams
-from forewarn.serve.config import GeneratorSection
-from forewarn.serve.engine import Engine, GenerationResult, StreamChunk, stream_chunks
+from forewarn.judges.base import Verdict
+from forewarn.judges.spec import build_judge, parse_judge_spec
 from forewarn.models.base import Prompt
+from forewarn.models.hf import HFGenerator
+from forewarn.models.vllm import VLLMGenerator
+from forewarn.pipeline.stages import set_torch_threads
+from forewarn.serve.config import GeneratorSection
+from forewarn.serve.engine import Engine, GenerationEngine, GenerationResult, StreamChunk, stream_chunks
+from forewarn.serve.engine_vllm import VLLMEngine
 
 logger = logging.getLogger("ray.serve")
 BROKEN_AFTER = 8  # consecutive failed requests (no success in between) that mark a replica unhealthy
 
 
 def set_threads(num_cpus: float) -> None:
-    from forewarn.pipeline.stages import set_torch_threads
-
     set_torch_threads(num_cpus)
 
 
 def build_engine(cfg: GeneratorSection) -> Engine:
     """The generation engine of a generator section: ``hf`` with logits processors, or ``vllm``."""
     if cfg.model.backend == "vllm":
-        from forewarn.serve.engine_vllm import VLLMEngine
-        from forewarn.models.vllm import VLLMGenerator
-
         return VLLMEngine(VLLMGenerator(cfg.model), cfg.stop_detectors)
-    from forewarn.serve.engine import GenerationEngine
-    from forewarn.models.hf import HFGenerator
 
     return GenerationEngine(HFGenerator(cfg.model), cfg.decoding, cfg.stop_detectors)
 
@@ -122,8 +121,6 @@ class JudgeDeployment:
     """One judge model (a guard); ``@serve.batch`` merges the rows of concurrent calls into one judge call."""
 
     def __init__(self, spec: dict[str, Any], max_batch_size: int, batch_wait_timeout_s: float):
-        from forewarn.judges.spec import build_judge, parse_judge_spec
-
         parsed = parse_judge_spec(spec)
         set_threads(parsed.resources.num_cpus)
         self.judge_impl = build_judge(parsed)
@@ -134,8 +131,6 @@ class JudgeDeployment:
         return {"name": self.judge_impl.name, "higher_is_unsafe": self.judge_impl.higher_is_unsafe}
 
     def _judge_all(self, prompts: list[str], responses: list[str]) -> list[Any]:
-        from forewarn.judges.base import Verdict
-
         try:
             return self.judge_impl.judge(prompts, responses)
         except Exception as e:  # noqa: BLE001 -- a failed judge call is a failed verdict per row

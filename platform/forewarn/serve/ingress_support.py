@@ -17,6 +17,7 @@ from typing import Any
 from fastapi import Request
 
 from forewarn.config import ModelSpec
+from forewarn.errors import ModelNotFound
 from forewarn.serve.config import Limits
 from forewarn.serve.openai_schema import ApiError
 from forewarn.serve.pipeline import GuardedResult
@@ -58,8 +59,6 @@ def load_tokenizer(spec: ModelSpec) -> Any:
     """The generator model's tokenizer (no weights): the input guard renders and truncates prompts with it
     exactly as the generator does."""
     from transformers import AutoTokenizer
-
-    from forewarn.errors import ModelNotFound
 
     try:
         tok = AutoTokenizer.from_pretrained(

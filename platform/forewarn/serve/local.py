@@ -11,13 +11,14 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from forewarn.config import GenerationParams
+from forewarn.judges.spec import build_judge
+from forewarn.models.base import Prompt
+from forewarn.models.hf import HFGenerator
 from forewarn.serve.config import ServeConfig
 from forewarn.serve.engine import GenerationEngine, GenerationResult, StreamChunk, stream_chunks
 from forewarn.serve.pipeline import GuardedPipeline
 from forewarn.serve.policy import GuardJudge
 from forewarn.serve.text import PromptViewer
-from forewarn.models.base import Prompt
-from forewarn.models.hf import HFGenerator
 
 
 def local_judge(judge: Any) -> GuardJudge:
@@ -33,7 +34,6 @@ def local_judge(judge: Any) -> GuardJudge:
 
 def build_local(cfg: ServeConfig, generator: HFGenerator | None = None) -> GuardedPipeline:
     """The pipeline of ``cfg`` in this process (``cfg.generator.model.path`` must be a folder)."""
-    from forewarn.judges.spec import build_judge
 
     gen = generator or HFGenerator(cfg.generator.model)
     engine = GenerationEngine(gen, cfg.generator.decoding, cfg.generator.stop_detectors)

@@ -25,6 +25,7 @@ from pydantic import Field
 from transformers import LogitsProcessor, NoBadWordsLogitsProcessor, NoRepeatNGramLogitsProcessor
 
 from forewarn.config import Section
+from forewarn.goodtriever.processors import build_processor
 
 
 class NoRepeatNGramSpec(Section):
@@ -61,7 +62,6 @@ def _retrieval(spec: Any, generator: Any) -> LogitsProcessor:
     """kNN-LM / DExperts: ``testbed:`` names in the spec resolved, stores or expert models loaded once."""
     # lazy: faiss and the datastores (kNN-LM) or two more models (DExperts) load only when configured
     from forewarn.goodtriever.config import resolve_mitigation_names
-    from forewarn.goodtriever.processors import build_processor
 
     return build_processor(resolve_mitigation_names(spec), generator.model, generator.tokenizer)
 

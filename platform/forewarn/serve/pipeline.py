@@ -19,14 +19,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from forewarn.config import GenerationParams
-from forewarn.serve.config import GuardPolicy
+from forewarn.judges.base import Verdict
+from forewarn.models.base import Prompt
 from forewarn.models.stopping import StopReason
+from forewarn.serve.config import GuardPolicy
 from forewarn.serve.engine import Generated, GenerationEngine, GenerationResult, StreamChunk  # noqa: F401
 from forewarn.serve.openai_schema import ApiError
 from forewarn.serve.policy import Decision, GuardJudge, decide, redact
 from forewarn.serve.text import PromptView, PromptViewer, normalize_text
-from forewarn.judges.base import Verdict
-from forewarn.models.base import Prompt
 
 GenerateFn = Callable[[Prompt, GenerationParams], Awaitable[GenerationResult]]
 StreamFn = Callable[[Prompt, GenerationParams, int], AsyncIterator[StreamChunk]]
@@ -67,6 +67,7 @@ class GuardedResult:
 
 def prompt_text(prompt: Prompt) -> str:
     """Every turn of a prompt as one text (for the request log with ``logging.log_prompts``)."""
+    # lazy: serve.text imports this module
     from forewarn.serve.text import turns_text
 
     return turns_text(prompt)

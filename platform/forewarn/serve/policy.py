@@ -10,8 +10,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from forewarn.serve.config import GuardStage
 from forewarn.judges.base import Verdict
+from forewarn.serve.config import GuardStage
 
 # An async judge call: (prompts, responses) -> verdicts. Locally a thread around judge.judge, under Serve
 # a call to the judge deployment.
@@ -113,6 +113,7 @@ async def redact(
     whole: unsafe text spread over sentences that each pass alone still trips it.
 
     Returns (redacted text, sentences redacted, whether the redacted text is still blocked)."""
+    # lazy: serve.text imports this module
     from forewarn.serve.text import normalize_text
 
     parts = split_sentences(text)

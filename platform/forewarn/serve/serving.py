@@ -29,7 +29,8 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from forewarn.config import GenerationParams, build_config
+from forewarn.config import GenerationParams, build_config, deep_merge, packaged_defaults
+from forewarn.models.base import Prompt
 from forewarn.serve.auth import KeyStore, check_exposure, key_env_vars
 from forewarn.serve.config import ServeConfig
 from forewarn.serve.deployments import GeneratorDeployment, JudgeDeployment
@@ -41,7 +42,7 @@ from forewarn.serve.policy import GuardJudge
 from forewarn.serve.streaming import GuardedStream
 from forewarn.serve.text import PromptViewer
 from forewarn.serve.wire import SSEWriter, response_body
-from forewarn.models.base import Prompt
+from forewarn.testbed import resolve_model
 
 logger = logging.getLogger("ray.serve")
 api = FastAPI(title="forewarn guarded generator", description="OpenAI-compatible, guarded.")
@@ -292,7 +293,6 @@ def resolve_models(cfg: ServeConfig) -> ServeConfig:
     path = cfg.generator.model.path
     if not path.startswith("testbed:"):
         return cfg
-    from forewarn.testbed import resolve_model
 
     model = cfg.generator.model.model_copy(update={"path": resolve_model(path)})
     return cfg.model_copy(update={"generator": cfg.generator.model_copy(update={"model": model})})
@@ -349,7 +349,6 @@ def app_from_config(cfg: ServeConfig) -> serve.Application:
 def build_app(args: dict[str, Any]) -> serve.Application:
     """``import_path`` target of ``serve/config.yaml``: ``args`` is a ServeConfig mapping laid over the
     packaged defaults (``forewarn/defaults/serve.yaml``)."""
-    from forewarn.config import deep_merge, packaged_defaults
 
     cfg = build_config(ServeConfig, deep_merge(packaged_defaults("serve"), dict(args or {})), "serve args")
     return app_from_config(cfg)

@@ -22,7 +22,7 @@ from pydantic import Field, model_validator
 
 from forewarn.config import Section
 from forewarn.models.stopping import StopDetector, StopReason
-
+from forewarn.recurrence.cycles import find_cycle
 
 # ---------------------------------------------------------------- the cycle detector
 
@@ -44,8 +44,6 @@ class CycleDetector:
         self.min_repeats, self.min_span, self.check_every = min_repeats, min_span, check_every
 
     def check(self, token_ids: Sequence[int]) -> StopReason | None:
-        from forewarn.recurrence.cycles import find_cycle
-
         cyc = find_cycle(token_ids, self.max_period, self.min_repeats, at_end=True)
         if cyc is None or cyc.covered < self.min_span or cyc.period < self.min_period:
             return None

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from forewarn.models.base import Prompt
+from forewarn.models.hf import render_prompt
 
 # Cyrillic and Greek letters that render like Latin ones (Unicode confusables, the common subset).
 _CONFUSABLES = {
@@ -76,8 +77,6 @@ class PromptViewer:
         self.use_chat_template = use_chat_template
 
     def view(self, prompt: Prompt) -> PromptView:
-        from forewarn.models.hf import render_prompt
-
         rendered = render_prompt(self.tokenizer, prompt, self.use_chat_template)
         ids = self.tokenizer(rendered, add_special_tokens=False)["input_ids"]
         if len(ids) <= self.max_input_tokens:

@@ -22,7 +22,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+from forewarn.config import GenerationParams
+from forewarn.models.hf import HFGenerator
 from forewarn.serve.config import ServeConfig
+from forewarn.serve.local import build_local
 
 MODES = ("guarded", "plain")
 
@@ -51,6 +54,7 @@ def serve_pair(cfg: ServeConfig, port: int | None = None) -> Iterator[dict[str, 
     """
     from ray import serve
 
+    # lazy: loads fastapi, ray, starlette only when called
     from forewarn.serve.serving import app_from_config
 
     port = port or free_port()
@@ -98,10 +102,6 @@ def local_answers(cfg: ServeConfig, prompts: Sequence[str], max_tokens: int) -> 
     """Both modes in this process through ``forewarn.serve.local.build_local`` (hf backend only; the model path
     must be a folder). Greedy, one chat turn per prompt, like :func:`ask`."""
     import asyncio
-
-    from forewarn.config import GenerationParams
-    from forewarn.serve.local import build_local
-    from forewarn.models.hf import HFGenerator
 
     if cfg.generator.model.backend != "hf":
         raise ValueError(

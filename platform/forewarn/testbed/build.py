@@ -21,7 +21,10 @@ from pathlib import Path
 import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from forewarn.config import ModelSpec
 from forewarn.errors import ConfigError, ModelNotFound
+from forewarn.judges.offline import OfflineToxicityJudge
+from forewarn.models.hf import HFGenerator
 from forewarn.models.tiny import new_model, train_tokenizer
 from forewarn.testbed import data as D
 from forewarn.testbed import preferences as P
@@ -164,9 +167,7 @@ def _train_until_valid(
     rounds of 40 steps until every planted prompt is toxic and benign ones are <= 2 % (validation runs a
     little easier than the held-out test templates: 97 % there gave 79 % on the tests), then keeps the best
     round's weights (the rate oscillates: 0.50, 0.94, 0.41, 0.19, 0.25 in one run). Deterministic."""
-    from forewarn.config import ModelSpec
-    from forewarn.judges.offline import OfflineToxicityJudge
-    from forewarn.models.hf import HFGenerator
+    # lazy: testbed.measure imports this module
     from forewarn.testbed.measure import toxic_rate
 
     judge = OfflineToxicityJudge()

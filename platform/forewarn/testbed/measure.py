@@ -166,6 +166,7 @@ def fresh_mcq_fail_rates(
     """Share of ``n`` fresh MCQs (never in any data file; half on the unstable subjects) whose answer
     entropy reaches ``threshold``, by ``unstable``: instability belongs to the subject, not to the planted
     questions."""
+    # lazy: testbed.data imports this module
     from forewarn.testbed.data import random_mcq
 
     fresh = [random_mcq(random.Random(i), plan, unstable=i % 2 == 0) for i in range(n)]

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+from forewarn.errors import ConfigError
+
 # topic -> five entities (single words so a planted topic is recognisable by its entity names)
 TOPICS: dict[str, list[str]] = {
     "cooking": ["bread", "pasta", "soup", "curry", "pancakes"],
@@ -287,7 +289,5 @@ SIZES: dict[str, SizeSpec] = {
 def size_spec(size: str) -> SizeSpec:
     """The :class:`SizeSpec` named ``size``; a clear error names the allowed values."""
     if size not in SIZES:
-        from forewarn.errors import ConfigError
-
         raise ConfigError(f"testbed size={size!r} is not a known size; use one of {sorted(SIZES)}")
     return SIZES[size]

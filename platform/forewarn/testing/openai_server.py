@@ -34,7 +34,8 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
-from forewarn.config import GenerationParams, format_validation_error
+from forewarn.config import GenerationParams, ModelSpec, format_validation_error
+from forewarn.models import load_generator
 from forewarn.models.base import Completion, Generator, Prompt, apply_stop
 from forewarn.models.openai_api import params_from_request
 
@@ -448,9 +449,6 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     responder: Responder | Generator = echo_responder
     if args.model_path:
-        from forewarn.config import ModelSpec
-        from forewarn.models import load_generator
-
         responder = load_generator(ModelSpec(path=args.model_path))
     name = args.model or args.model_path or "forewarn-test"
     with OpenAIServer(responder, model=name, port=args.port) as server:

@@ -18,9 +18,9 @@ import pyarrow as pa
 import torch
 
 from forewarn.pipeline.rundir import RunDir
+from forewarn.pipeline.stages import set_torch_threads
 from forewarn.training.config import DPOConfig, TrainConfig
 from forewarn.training.data import TableLike, load_table, require_columns
-from forewarn.training.trainer import fit
 from forewarn.training.tasks import (
     DPOTask,
     SFTTask,
@@ -29,6 +29,7 @@ from forewarn.training.tasks import (
     forward_logps,
     load_causal_lm,
 )
+from forewarn.training.trainer import fit
 
 REF_COLUMNS = ("ref_chosen_logps", "ref_rejected_logps")
 
@@ -38,8 +39,6 @@ class ReferenceLogpsUDF:
 
     def __init__(self, model_path: str, cfg: TrainConfig, num_cpus: float):
         from transformers import AutoTokenizer
-
-        from forewarn.pipeline.stages import set_torch_threads
 
         set_torch_threads(num_cpus)
         self.cfg = cfg

@@ -45,13 +45,17 @@ CONFIG = TrainJobConfig
 
 
 def _resolve_model(name: str) -> str:
+    # lazy: loads pandas, sklearn, torch, transformers only when called
     from forewarn.names import resolve_model
 
     return resolve_model(name)
 
 
 def _load(path: str, rename: dict[str, str], limit: int | None = None) -> Any:
+    # lazy: loads pandas, sklearn, torch, transformers only when called
     from forewarn.names import resolve_path
+
+    # lazy: loads pandas, sklearn, torch, transformers only when called
     from forewarn.training.data import load_table
 
     table = load_table(resolve_path(path), f"data {path!r}")
@@ -61,16 +65,19 @@ def _load(path: str, rename: dict[str, str], limit: int | None = None) -> Any:
 
 
 def run(cfg: TrainJobConfig, rundir: RunDir, tracker: Any) -> dict[str, Any]:
+    # lazy: loads pandas, sklearn, torch, transformers only when called
     from forewarn.training.trainer import final_metrics
 
     model = _resolve_model(cfg.model)
     train = _load(cfg.data.train, cfg.data.rename, cfg.data.limit)
     evals = _load(cfg.data.eval, cfg.data.rename) if cfg.data.eval else None
     if cfg.task == "sft":
+        # lazy: loads pandas, sklearn, torch, transformers only when called
         from forewarn.training.api import train_sft
 
         out = train_sft(cfg.sft, train, rundir.root, tracker, model_path=model, eval_pairs=evals)
     elif cfg.task == "dpo":
+        # lazy: loads pandas, sklearn, torch, transformers only when called
         from forewarn.training.api import train_dpo
 
         reference = _resolve_model(cfg.reference) if cfg.reference else model
@@ -78,6 +85,7 @@ def run(cfg: TrainJobConfig, rundir: RunDir, tracker: Any) -> dict[str, Any]:
             cfg.dpo, train, reference, rundir.root, tracker, policy_model_path=model, eval_pairs=evals
         )
     else:
+        # lazy: loads pandas, sklearn, torch, transformers only when called
         from forewarn.dpl.reward import train_reward
 
         out = train_reward(cfg.reward, train, rundir.root, tracker, model_path=model, eval_pairs=evals)

@@ -22,6 +22,8 @@ import pyarrow as pa
 import torch
 
 from forewarn.errors import ConfigError
+from forewarn.tracking import short_error, unreachable
+from forewarn.training.checkpoints import apply_lora, export_hf, restore_checkpoint, save_checkpoint
 from forewarn.training.config import TrainConfig
 from forewarn.training.data import micro_batch_indices, steps_per_epoch
 
@@ -104,8 +106,6 @@ class MetricsLog:
         if self.client is not None:
             from mlflow.entities import Metric
 
-            from forewarn.tracking import short_error, unreachable
-
             now = int(time.time() * 1000)
             try:
                 self.client.log_batch(
@@ -160,8 +160,6 @@ def train_loop(config: dict) -> None:
     import ray
     import ray.train
     from transformers import AutoTokenizer
-
-    from forewarn.training.checkpoints import apply_lora, export_hf, restore_checkpoint, save_checkpoint
 
     task: Task = config["task"]
     cfg: TrainConfig = config["cfg"]
