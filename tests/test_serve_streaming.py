@@ -38,7 +38,7 @@ class Server:
         return openai.OpenAI(base_url=f"{self.url}/{app}/v1", api_key=KEY, max_retries=0, timeout=120)
 
 
-def _cfg(world, name: str, guarded: bool = True, **extra: object) -> ServeConfig:
+def _cfg(world, name: str, guarded: bool = True, judges_in: str = "auto", **extra: object) -> ServeConfig:
     judge = {"kind": "offline_toxicity", "threshold": 0.5, "resources": {"num_cpus": 0.1}}
     return build_config(
         ServeConfig,
@@ -51,7 +51,7 @@ def _cfg(world, name: str, guarded: bool = True, **extra: object) -> ServeConfig
                 "resources": {"num_cpus": 0.3},
                 "batching": {"max_batch_size": 4, "batch_wait_timeout_s": 0.01},
             },
-            "guard": {"input": {"judge": judge}, "output": {"judge": judge}},
+            "guard": {"input": {"judge": judge}, "output": {"judge": judge}, "judges_in": judges_in},
             "auth": {"api_keys": [KEY], "api_keys_env": None},
             "ingress": {"num_cpus": 0.05},
             "limits": {"max_in_flight": 4, "body_timeout_s": 3, "max_tokens": 1024},
@@ -79,7 +79,7 @@ def server(testbed) -> Iterator[Server]:
     }
     cfgs = {
         "g": _cfg(testbed, "g"),
-        "s": _cfg(testbed, "s", **strict),
+        "s": _cfg(testbed, "s", judges_in="deployments", **strict),  # "g" judges inside its ingress
         "p": _cfg(testbed, "p", guarded=False, generator={
             "model": {"path": str(testbed.path("target"))}, "resources": {"num_cpus": 0.3}, "stop_detectors": []}),
     }  # fmt: skip
@@ -111,15 +111,14 @@ def _chat(prompt: str, **kw: object) -> dict:
 # ---------------------------------------------------------------- tokens stream as they are generated
 
 
-def test_tokens_stream_before_generation_ends_and_ttft_is_close_to_unguarded(server: Server) -> None:
-    from ray import serve
-
+def test_tokens_stream_before_generation_ends(server: Server) -> None:
+    """The guarded stream releases content while generation runs (not one burst at the end); TTFT guarded
+    vs unguarded is printed here and measured in benchmarks/serve_latency.py, not asserted."""
     prompt = server.world.read_jsonl("heldout_benign")[2]["prompt"]
     body = _chat(prompt, max_tokens=256, temperature=1.0, seed=11)
-    judge = serve.get_deployment_handle("judge-0-offline_toxicity", app_name="g")
     ttft: dict[str, list[float]] = {"g": [], "p": []}
-    judge_s, spans = [], []
-    for round_ in range(7):  # interleaved, so load from other work on the machine hits both alike
+    spans: dict[str, list[float]] = {"g": [], "p": []}
+    for round_ in range(4):  # interleaved, so load from other work on the machine hits both alike
         for app in ("p", "g"):
             times = [
                 t
@@ -128,17 +127,12 @@ def test_tokens_stream_before_generation_ends_and_ttft_is_close_to_unguarded(ser
             ]
             if round_:  # round 0 warms both apps and the judge up (first calls pay compilation and caches)
                 ttft[app].append(times[0])
-                spans.append(times[-1] - times[0])
-        t = time.perf_counter()
-        judge.judge.remote(([prompt], [prompt])).result()
-        if round_:
-            judge_s.append(time.perf_counter() - t)
-    g, p, j = (statistics.median(x) for x in (ttft["g"], ttft["p"], judge_s))
-    print(
-        f"\nTTFT median: guarded {g * 1000:.0f} ms, unguarded {p * 1000:.0f} ms, one judge call {j * 1000:.0f} ms"
-    )
-    assert statistics.median(spans) > 0  # the first token arrived before the last: not one buffered burst
-    assert g <= 1.3 * p + j, (ttft, judge_s)
+                spans[app].append(times[-1] - times[0])
+    g, p = (statistics.median(ttft[a]) for a in ("g", "p"))
+    print(f"\nTTFT median: guarded {g * 1000:.0f} ms, unguarded {p * 1000:.0f} ms")
+    # 256 tokens go out in chunks of CHUNK: content keeps arriving for a while after the first chunk, in
+    # the guarded stream as in the plain one (a buffered stream sends every chunk at once: span ~ 0)
+    assert min(spans["g"]) > 0.25 * statistics.median(spans["p"]) > 0, spans
 
 
 def test_planted_toxic_continuation_is_cut_within_the_leak_bound(server: Server) -> None:
@@ -334,3 +328,18 @@ def test_a_slow_client_cannot_block_others(server: Server) -> None:
     finally:
         for s in stalled:
             s.close()
+
+
+def test_judges_run_where_the_config_says(server: Server) -> None:
+    """guard.judges_in: the offline judge holds no model, so by default it runs inside the ingress (no
+    judge deployment, no round trip); "s" asks for deployments and gets one shared judge deployment."""
+    from ray import serve
+
+    deployments = {app: set(serve.status().applications[app].deployments) for app in ("g", "s", "p")}
+    assert deployments["g"] == {"ingress", "generator"} == deployments["p"], deployments
+    assert deployments["s"] == {"ingress", "generator", "judge-0-offline_toxicity"}, deployments
+    # and "g" still guards: a planted prompt is refused by the in-ingress input judge
+    prompt = server.world.read_jsonl("heldout_planted")[0]["prompt"]
+    r = httpx.post(f"{server.url}/g/v1/chat/completions", json=_chat(prompt, max_tokens=8),
+                   headers={"authorization": f"Bearer {KEY}"}, timeout=120)  # fmt: skip
+    assert r.status_code == 200 and r.json()["choices"][0]["finish_reason"] == "content_filter", r.text

@@ -42,10 +42,14 @@ PERSPECTIVE_ATTRIBUTES = (
 class _JudgeSection(Section):
     # What the judge measures, i.e. which ReverseGen task and which guard may use it: one place for that.
     task: ClassVar[Literal["safety", "honesty", "math"]] = "safety"
+    # No model to hold and well under a millisecond a row on one CPU: a Serve guard may run it inside the
+    # ingress replica (guard.judges_in: auto) instead of a round trip to a judge deployment.
+    cheap: ClassVar[bool] = False
     resources: Resources = Field(default_factory=Resources, description="what one judge replica asks Ray for")
 
 
 class OfflineToxicitySpec(_JudgeSection):
+    cheap: ClassVar[bool] = True  # a linear model over character n-grams
     kind: Literal["offline_toxicity"] = "offline_toxicity"
     threshold: float = Field(0.5, gt=0.0, le=1.0, description="unsafe when P(toxic) >= threshold")
 

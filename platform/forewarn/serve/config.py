@@ -66,11 +66,21 @@ class GuardPolicy(Section):
         description="add the guard verdicts (labels and categories, never scores: an oracle for tuning "
         "evasions) to the `forewarn` field of responses",
     )
+    judges_in: Literal["auto", "deployments", "ingress"] = Field(
+        "auto",
+        description="where the guard judges run: their own Serve deployments (scaled apart, rows of "
+        "concurrent requests batched), or inside each ingress replica (no round trip on the request's "
+        "path); auto: the ingress for judges that hold no model (offline_toxicity), deployments otherwise",
+    )
     overlong_input: Literal["judge_visible", "reject"] = Field(
         "judge_visible",
         description="a prompt longer than the model's input window: judge exactly the part the model "
         "reads (judge_visible) or answer 400 (reject)",
     )
+
+    def judge_in_ingress(self, spec: JudgeSpec) -> bool:
+        """Whether ``spec`` runs inside the ingress replica rather than in a judge deployment."""
+        return self.judges_in == "ingress" or (self.judges_in == "auto" and spec.cheap)
 
     @model_validator(mode="after")
     def _check_input_judge(self) -> GuardPolicy:

@@ -17,19 +17,8 @@ from forewarn.models.hf import HFGenerator
 from forewarn.serve.config import ServeConfig
 from forewarn.serve.engine import GenerationEngine, GenerationResult, StreamChunk, stream_chunks
 from forewarn.serve.pipeline import GuardedPipeline
-from forewarn.serve.policy import GuardJudge
+from forewarn.serve.policy import GuardJudge, threaded_judge
 from forewarn.serve.text import PromptViewer
-
-
-def local_judge(judge: Any) -> GuardJudge:
-    """Wrap a ``Judge`` for the pipeline; calls run on a thread, one at a time."""
-    lock = asyncio.Lock()
-
-    async def call(prompts: list[str], responses: list[str]) -> list:
-        async with lock:
-            return await asyncio.to_thread(judge.judge, prompts, responses)
-
-    return GuardJudge(call, judge.name, judge.higher_is_unsafe)
 
 
 def build_local(cfg: ServeConfig, generator: HFGenerator | None = None) -> GuardedPipeline:
@@ -53,7 +42,7 @@ def build_local(cfg: ServeConfig, generator: HFGenerator | None = None) -> Guard
             return None
         key = spec.model_dump_json()
         if key not in judges:
-            judges[key] = local_judge(build_judge(spec))
+            judges[key] = threaded_judge(build_judge(spec))
         return judges[key]
 
     spec = cfg.generator.model

@@ -5,6 +5,7 @@ Plain functions over :class:`forewarn.judges.Verdict`; the Serve ingress and the
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -25,6 +26,18 @@ class GuardJudge:
     call: JudgeFn
     name: str
     higher_is_unsafe: bool = True
+
+
+def threaded_judge(judge: Any) -> GuardJudge:
+    """A ``Judge`` in this process as a :class:`GuardJudge`: calls run on a thread, one at a time (a
+    judge's model is not safe to share between concurrent calls)."""
+    lock = asyncio.Lock()
+
+    async def call(prompts: list[str], responses: list[str]) -> list[Verdict]:
+        async with lock:
+            return await asyncio.to_thread(judge.judge, prompts, responses)
+
+    return GuardJudge(call, judge.name, judge.higher_is_unsafe)
 
 
 @dataclass

@@ -1,7 +1,8 @@
 """Ray Serve wiring of the guarded generator: the OpenAI ingress over judge and generator deployments.
 
     OpenAIIngress (FastAPI: /v1/chat/completions, /v1/completions, /v1/models, /health)
-      ├── JudgeDeployment  (one per distinct judge spec; input and output share it when equal)
+      ├── JudgeDeployment  (one per distinct judge spec; input and output share it when equal; a judge
+      │                     that holds no model runs inside the ingress instead: guard.judges_in)
       └── GeneratorDeployment  (@serve.batch generate, chunked stream; hf or vllm)
 
 The ingress authenticates (:mod:`forewarn.serve.auth`), bounds every request (body size counted while
@@ -30,6 +31,7 @@ from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from forewarn.config import GenerationParams, build_config, deep_merge, packaged_defaults
+from forewarn.judges.spec import build_judge
 from forewarn.models.base import Prompt
 from forewarn.serve.auth import KeyStore, check_exposure, key_env_vars
 from forewarn.serve.config import ServeConfig
@@ -38,7 +40,7 @@ from forewarn.serve.engine import GenerationResult, StreamChunk
 from forewarn.serve.ingress_support import IngressMetrics, load_tokenizer, read_body, serve_http_host
 from forewarn.serve.openai_schema import ApiError, ParsedRequest, parse_body
 from forewarn.serve.pipeline import GuardedPipeline, GuardedResult, prompt_text
-from forewarn.serve.policy import GuardJudge
+from forewarn.serve.policy import GuardJudge, threaded_judge
 from forewarn.serve.streaming import GuardedStream
 from forewarn.serve.text import PromptViewer
 from forewarn.serve.wire import SSEWriter, response_body
@@ -112,8 +114,18 @@ class OpenAIIngress:
         async with self._pipeline_lock:
             if self._pipeline is None:
                 judges: dict[str, GuardJudge | None] = {}
+                in_process: dict[str, GuardJudge] = {}  # input and output share an equal judge
                 for stage, handle in self._judge_handles.items():
-                    judges[stage] = None if handle is None else await self._guard_judge(handle)
+                    spec = getattr(self.cfg.guard, stage).judge
+                    if handle is not None:
+                        judges[stage] = await self._guard_judge(handle)
+                    elif spec is not None and self.cfg.guard_enabled:  # guard.judges_in: this replica
+                        key = spec.model_dump_json()
+                        if key not in in_process:
+                            in_process[key] = threaded_judge(build_judge(spec))
+                        judges[stage] = in_process[key]
+                    else:
+                        judges[stage] = None
 
                 async def generate(prompt: Prompt, params: GenerationParams) -> GenerationResult:
                     return await self.generator.generate.remote((prompt, params))
@@ -316,10 +328,14 @@ def app_from_config(cfg: ServeConfig) -> serve.Application:
     ).bind(g.model_dump(mode="json"))
     judges: dict[str, Any] = {}
     handles: dict[str, Any] = {"input": None, "output": None}
+    ingress_cpus = cfg.ingress.num_cpus
     if cfg.guard_enabled:
         for stage in ("input", "output"):
             spec = getattr(cfg.guard, stage).judge
             if spec is None:
+                continue
+            if cfg.guard.judge_in_ingress(spec):  # built by the ingress itself; it asks for the judge's CPUs
+                ingress_cpus = max(ingress_cpus, cfg.ingress.num_cpus + spec.resources.num_cpus)
                 continue
             key = spec.model_dump_json()
             if key not in judges:
@@ -335,7 +351,7 @@ def app_from_config(cfg: ServeConfig) -> serve.Application:
                 # a judge call never waits for batch-mates: the output guard is on the request's critical
                 # path; concurrent calls still merge into one batch while a batch runs
             handles[stage] = judges[key]
-    actor: dict[str, Any] = {"num_cpus": cfg.ingress.num_cpus}
+    actor: dict[str, Any] = {"num_cpus": ingress_cpus}
     if env:
         actor["runtime_env"] = {"env_vars": env}
     keys = [k.get_secret_value() for k in cfg.auth.api_keys]
