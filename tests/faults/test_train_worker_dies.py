@@ -60,14 +60,14 @@ def test_killed_train_worker_resumes_from_checkpoint(ray_local: str, tmp_path: P
         num_workers=2,
         lr=3e-3,
         micro_batch_size=4,
-        epochs=20,  # long enough (160 steps) that the kill lands mid-run on a quiet machine too
+        epochs=6,  # 48 steps: after the first checkpoint (step 3) a 50 ms poll finds a mid-epoch step to kill
         max_length=48,
         max_prompt_length=24,
         checkpoint_every=3,
         max_failures=2,
         deepspeed={"zero_stage": 2},
     )
-    spe, total = 8, 160  # 64 rows / (2 workers x 4): 8 steps an epoch, 20 epochs
+    spe, total = 8, 48  # 64 rows / (2 workers x 4): 8 steps an epoch, 6 epochs
     out = tmp_path / "sft"
     (tmp_path / "cfg.json").write_text(cfg.model_dump_json())
     (tmp_path / "rows.json").write_text(json.dumps(rows))
