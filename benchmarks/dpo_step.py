@@ -122,7 +122,7 @@ def main() -> None:
         [f"{r['prompt']} {r['chosen']} {r['rejected']}" for r in rows[:200]], vocab_size=400
     )
     model = str(build_tiny_model(root / "model", tokenizer=tok))
-    ray.init(num_cpus=max(2, args.workers))
+    ray.init(address="local", num_cpus=max(2, args.workers))
     fw = forewarn_steps(model, rows, args, root / "forewarn")
     ray.shutdown()
     trl = trl_steps(model, rows, args, root / "trl")

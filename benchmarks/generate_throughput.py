@@ -84,7 +84,7 @@ def run_workload(name: str, spec: ModelSpec, args: argparse.Namespace) -> dict:
     torch.set_num_threads(args.replicas)  # the direct loop may use every core the pool uses
     paths = {"direct": direct(spec, prompts, params, args.batch_size)}
     torch.set_num_threads(1)
-    ray.init(num_cpus=args.replicas, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=args.replicas, include_dashboard=False, log_to_driver=False)
     try:
         paths["ray_data"] = ray_data(role, prompts, params)
         paths.update(pool(role, prompts, params, w["warm"]))

@@ -53,7 +53,7 @@ def main() -> None:
         started = 0.0
         answers = local_answers(cfg, prompts, args.max_tokens)
     else:
-        ray.init(num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False)
+        ray.init(address="local", num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False)
         with serve_pair(cfg) as urls:
             started = time.perf_counter() - t0
             key = os.environ.get(cfg.auth.api_keys_env or "", "unused").split(",")[

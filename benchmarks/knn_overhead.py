@@ -57,7 +57,7 @@ def stores(manifest, model_path: str, tag: str, index: IndexSpec, limit: int | N
     )
     if not built:  # Ray only when something is left to build
         if not ray.is_initialized():
-            ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+            ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
         build_datastores(specs, {n: root / n for n in specs}, show_progress=False)
     return {n: str(root / n) for n in specs}
 

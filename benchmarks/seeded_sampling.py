@@ -106,7 +106,7 @@ def main() -> None:
     write(result)
     if args.no_stage:
         return
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     runs: dict[str, list[tuple[float, int]]] = {m: [] for m in modes}
     texts: dict[str, list[list[str]]] = {m: [] for m in modes}
     for _ in range(args.repeats):

@@ -6,7 +6,6 @@ import json
 
 import numpy as np
 import pytest
-import ray
 import torch
 
 from forewarn.dpl.evaluate import r_squared
@@ -14,15 +13,8 @@ from forewarn.dpl.reward import utility_stats
 from forewarn.runner import resolve, run_job
 
 
-@pytest.fixture(scope="module")
-def ray_cluster():
-    ray.init(num_cpus=2, include_dashboard=False)
-    yield
-    ray.shutdown()
-
-
 @pytest.mark.slow
-def test_toy_experiment_shows_hidden_context(tmp_path, ray_cluster) -> None:
+def test_toy_experiment_shows_hidden_context(tmp_path, ray_local) -> None:
     """Reduced settings (batch 512, hidden 64, 500 iterations) keep every seed-independent check of dpl.md §2."""
     cfg = resolve(
         "dpl",

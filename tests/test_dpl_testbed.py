@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 
 import pytest
-import ray
 
 from forewarn.runner import resolve, run_job
 
@@ -17,14 +16,7 @@ pytestmark = pytest.mark.slow  # end-to-end runs on the testbed: not in the -m '
 
 
 @pytest.fixture(scope="module")
-def ray_cluster():
-    ray.init(num_cpus=2, include_dashboard=False)
-    yield
-    ray.shutdown()
-
-
-@pytest.fixture(scope="module")
-def dpl_run(tmp_path_factory, ray_cluster, testbed) -> dict:
+def dpl_run(tmp_path_factory, ray_local, testbed) -> dict:
     out = tmp_path_factory.mktemp("dpl-testbed")
     cfg = resolve("dpl", overrides=["mode=testbed", "tracking.enabled=false"], output_dir=str(out))
     run_job("dpl", cfg, quiet=True)

@@ -65,7 +65,9 @@ def init_ray(cfg: RayConfig) -> None:
     if address:
         ray.init(address=address, log_to_driver=True)
     else:
-        ray.init(num_cpus=cfg.num_cpus, num_gpus=cfg.num_gpus, log_to_driver=True)
+        # address="local": always a new Ray of our own; without it ray.init joins any `ray start` head it
+        # finds on this machine (and then refuses num_cpus)
+        ray.init(address="local", num_cpus=cfg.num_cpus, num_gpus=cfg.num_gpus, log_to_driver=True)
 
 
 def open_rundir(path: str) -> RunDir:

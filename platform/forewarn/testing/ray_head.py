@@ -96,7 +96,8 @@ def local_ray(num_cpus: int = 2, **init_kwargs: object) -> Iterator[str]:
     if ray.is_initialized():
         ray.shutdown()
     kwargs = {"include_dashboard": False, "log_to_driver": False, **init_kwargs}
-    init_with_retries(lambda: ray.init(num_cpus=num_cpus, **kwargs))
+    # address="local": a new Ray even when another `ray start` head runs on this machine (ray.init would join it)
+    init_with_retries(lambda: ray.init(address="local", num_cpus=num_cpus, **kwargs))
     try:
         yield ray.get_runtime_context().gcs_address
     finally:
