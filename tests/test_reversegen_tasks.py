@@ -40,6 +40,7 @@ def test_honesty_task_finds_unstable_subjects(testbed, tmp_path: Path) -> None:
             "judge.kind=honesty_entropy",
             'respond.prompt_template="Answer the multiple choice question about {subject}.\\n{question}"',
             "propose.params.max_new_tokens=64",
+            "warmup.examples=1000",  # 63 SFT steps teach the MCQ format (measured: 1 malformed of 128; 500: 121)
         ],
     )
     it = summary["iterations"][0]
@@ -73,6 +74,7 @@ def test_math_task_finds_the_planted_form(testbed, tmp_path: Path) -> None:
             "reference.model.path=testbed:patched_target@small",
             "respond.params.max_new_tokens=24",
             "propose.params.max_new_tokens=24",
+            "warmup.examples=1000",
         ],
     )
     it = summary["iterations"][0]
