@@ -111,14 +111,19 @@ def _chat(prompt: str, **kw: object) -> dict:
 # ---------------------------------------------------------------- tokens stream as they are generated
 
 
-def test_tokens_stream_before_generation_ends(server: Server) -> None:
-    """The guarded stream releases content while generation runs (not one burst at the end); TTFT guarded
-    vs unguarded is printed here and measured in benchmarks/serve_latency.py, not asserted."""
+def test_tokens_stream_before_generation_ends_and_ttft_is_close_to_unguarded(server: Server) -> None:
+    """The guarded stream releases content while generation runs (not one burst at the end), and its time to
+    first token is within 1.3x the unguarded stream's plus one judge call on a chunk (the judge runs in the
+    ingress here: guard.judges_in auto), fastest of five interleaved requests each (medians printed)."""
+    from forewarn.judges.offline import OfflineToxicityJudge
+
     prompt = server.world.read_jsonl("heldout_benign")[2]["prompt"]
     body = _chat(prompt, max_tokens=256, temperature=1.0, seed=11)
+    judge = OfflineToxicityJudge()
     ttft: dict[str, list[float]] = {"g": [], "p": []}
     spans: dict[str, list[float]] = {"g": [], "p": []}
-    for round_ in range(4):  # interleaved, so load from other work on the machine hits both alike
+    judge_s: list[float] = []
+    for round_ in range(6):  # interleaved, so load from other work on the machine hits both alike
         for app in ("p", "g"):
             times = [
                 t
@@ -128,11 +133,19 @@ def test_tokens_stream_before_generation_ends(server: Server) -> None:
             if round_:  # round 0 warms both apps and the judge up (first calls pay compilation and caches)
                 ttft[app].append(times[0])
                 spans[app].append(times[-1] - times[0])
-    g, p = (statistics.median(ttft[a]) for a in ("g", "p"))
-    print(f"\nTTFT median: guarded {g * 1000:.0f} ms, unguarded {p * 1000:.0f} ms")
+        t = time.perf_counter()
+        judge.judge([prompt], [prompt[: LOOKBACK + 64]])  # one window: look-back plus a chunk
+        judge_s.append(time.perf_counter() - t)
+    g, p, j = (statistics.median(x) for x in (ttft["g"], ttft["p"], judge_s[1:]))
+    print(
+        f"\nTTFT median: guarded {g * 1000:.0f} ms, unguarded {p * 1000:.0f} ms, one judge call {j * 1000:.1f} ms"
+    )
     # 256 tokens go out in chunks of CHUNK: content keeps arriving for a while after the first chunk, in
     # the guarded stream as in the plain one (a buffered stream sends every chunk at once: span ~ 0)
     assert min(spans["g"]) > 0.25 * statistics.median(spans["p"]) > 0, spans
+    # the bound on the fastest of the interleaved requests: the least disturbed by whatever else runs on the
+    # machine (an xdist neighbour), which inflates the guarded path's extra hops more than the plain one's
+    assert min(ttft["g"]) <= 1.3 * min(ttft["p"]) + j, (ttft, judge_s)
 
 
 def test_planted_toxic_continuation_is_cut_within_the_leak_bound(server: Server) -> None:
