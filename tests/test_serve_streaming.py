@@ -356,3 +356,23 @@ def test_judges_run_where_the_config_says(server: Server) -> None:
     r = httpx.post(f"{server.url}/g/v1/chat/completions", json=_chat(prompt, max_tokens=8),
                    headers={"authorization": f"Bearer {KEY}"}, timeout=120)  # fmt: skip
     assert r.status_code == 200 and r.json()["choices"][0]["finish_reason"] == "content_filter", r.text
+
+
+def test_plain_request_disconnect_stops_its_batch(server: Server) -> None:
+    """A non-streaming client that hangs up: Serve cancels the ingress call, the cancellation reaches the
+    generator, and its batch (only this request in it) stops at the next token instead of running to LONG."""
+    from ray import serve
+
+    gen = serve.get_deployment_handle("generator", app_name="p")
+    before = gen.stats.remote().result()
+    with pytest.raises(httpx.ReadTimeout):  # the client gives up long before LONG tokens are generated
+        httpx.post(f"{server.url}/p/v1/chat/completions", json=_long(server),
+                   headers={"authorization": f"Bearer {KEY}"}, timeout=1.0)  # fmt: skip
+    deadline, stats = time.monotonic() + 60, before
+    while time.monotonic() < deadline:
+        stats = gen.stats.remote().result()
+        if stats["batch_cancelled"] > before["batch_cancelled"]:
+            break
+        time.sleep(0.5)
+    assert stats["batch_cancelled"] == before["batch_cancelled"] + 1, stats
+    assert 0 < stats["batch_last_cancelled_tokens"] < LONG, stats

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -29,6 +30,7 @@ from forewarn.serve.engine import Engine, GenerationEngine, GenerationResult, St
 from forewarn.serve.engine_vllm import VLLMEngine
 
 logger = logging.getLogger("ray.serve")
+Item = tuple[Prompt, GenerationParams, threading.Event]  # a request in a batch, and its "nobody waits" flag
 BROKEN_AFTER = 8  # consecutive failed requests (no success in between) that mark a replica unhealthy
 
 
@@ -56,24 +58,39 @@ class GeneratorDeployment:
         cfg = GeneratorSection.model_validate(section)
         set_threads(cfg.resources.num_cpus)
         self.engine = build_engine(cfg)
-        self.generate.set_max_batch_size(cfg.batching.max_batch_size)
-        self.generate.set_batch_wait_timeout_s(cfg.batching.batch_wait_timeout_s)
+        self._batched.set_max_batch_size(cfg.batching.max_batch_size)
+        self._batched.set_batch_wait_timeout_s(cfg.batching.batch_wait_timeout_s)
         self.failures_in_a_row = 0
         self.streams = {"active": 0, "completed": 0, "cancelled": 0, "last_cancelled_tokens": -1}
+        self.batches = {"cancelled": 0, "last_cancelled_tokens": -1}  # work stopped: nobody waits for it
+        # vLLM without stop detectors answers in one engine call, which cannot stop mid-way; a token tap would
+        # force its chunked path (slower), so there a hung-up request's batch runs to its end
+        self.tap_batches = not (isinstance(self.engine, VLLMEngine) and not cfg.stop_detectors)
 
-    def _one_group(self, items: list[tuple[Prompt, GenerationParams]]) -> list[GenerationResult]:
-        prompts, params = [p for p, _ in items], items[0][1]
+    def _one_group(self, items: list[Item]) -> list[GenerationResult]:
+        prompts, params, cancels = [p for p, _, _ in items], items[0][1], [c for _, _, c in items]
+        steps = 0
+
+        def on_tokens(_new: list[list[int]]) -> bool:
+            nonlocal steps
+            steps += 1
+            if not all(c.is_set() for c in cancels):
+                return False
+            self.batches["cancelled"] += 1
+            self.batches["last_cancelled_tokens"] = steps
+            return True
+
         try:
-            return self.engine.generate(prompts, params)
+            return self.engine.generate(prompts, params, on_tokens if self.tap_batches else None)
         except Exception as e:  # noqa: BLE001 -- isolate: retry each request alone below
             if len(items) == 1:
                 logger.warning("forewarn generator: a request failed (%s)", type(e).__name__)
                 return [_failed(e)]
         return [r for item in items for r in self._one_group([item])]
 
-    def _run_groups(self, items: list[tuple[Prompt, GenerationParams]]) -> list[GenerationResult]:
+    def _run_groups(self, items: list[Item]) -> list[GenerationResult]:
         groups: dict[str, list[int]] = {}
-        for k, (_, params) in enumerate(items):
+        for k, (_, params, _) in enumerate(items):
             groups.setdefault(params.model_dump_json(), []).append(k)
         out: list[GenerationResult] = [_failed(RuntimeError("not run"))] * len(items)
         for idx in groups.values():
@@ -83,8 +100,18 @@ class GeneratorDeployment:
             self.failures_in_a_row = self.failures_in_a_row + 1 if r.error else 0
         return out
 
+    async def generate(self, request: tuple[Prompt, GenerationParams]) -> GenerationResult:
+        """One request, batched with concurrent ones; cancelling the call (the client hung up) stops the
+        batch's generation at its next token once no request of the batch is still waited for."""
+        cancel = threading.Event()
+        try:
+            return await self._batched((*request, cancel))
+        except asyncio.CancelledError:
+            cancel.set()
+            raise
+
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
-    async def generate(self, items: list[tuple[Prompt, GenerationParams]]) -> list[GenerationResult]:
+    async def _batched(self, items: list[Item]) -> list[GenerationResult]:
         return await asyncio.to_thread(self._run_groups, items)
 
     async def stream(
@@ -107,8 +134,9 @@ class GeneratorDeployment:
                 self.streams["last_cancelled_tokens"] = tokens
 
     def stats(self) -> dict[str, int]:
-        """Stream counters (how many were cancelled, and how far the last one got): operators and tests."""
-        return dict(self.streams)
+        """Stream counters (how many were cancelled, and how far the last one got) and the same for batches
+        of plain requests (``batch_cancelled``, ``batch_last_cancelled_tokens``): operators and tests."""
+        return {**self.streams, **{f"batch_{k}": v for k, v in self.batches.items()}}
 
     def check_health(self) -> None:
         """Serve calls this periodically; raising takes the replica out of rotation and replaces it."""
