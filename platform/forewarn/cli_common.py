@@ -7,8 +7,7 @@ from typing import Optional
 
 import typer
 
-from forewarn.errors import ConfigError
-from forewarn.runner import fail, resolve, run_job
+from forewarn.runner import resolve_and_run
 
 ConfigOpt = typer.Option(None, "--config", "-c", help="YAML config file (overrides the packaged defaults)")
 SetOpt = typer.Option(None, "--set", help="override a field by dotted path: --set a.b=c (repeatable)")
@@ -18,12 +17,8 @@ OutOpt = typer.Option(None, "--output-dir", "-o", help="run directory (a rerun w
 def run_named_job(
     job: str, config: Optional[Path], overrides: Optional[list[str]], output_dir: Optional[str]
 ) -> dict:
-    """Resolve and run ``job``; config errors print one paragraph and exit 2."""
-    try:
-        cfg = resolve(job, str(config) if config else None, overrides or [], output_dir)
-        return run_job(job, cfg)
-    except ConfigError as e:
-        fail(str(e))
+    """Resolve and run ``job`` with the job files' error handling (:func:`forewarn.runner.resolve_and_run`)."""
+    return resolve_and_run(job, str(config) if config else None, overrides or [], output_dir)
 
 
 def add_job_command(app: typer.Typer, name: str, job: str, help: str, fixed: tuple[str, ...] = ()) -> None:

@@ -149,8 +149,18 @@ def job_main(job: str, argv: list[str] | None = None) -> dict[str, Any]:
     )
     parser.add_argument("--output-dir", help="run directory (a rerun with the same dir resumes)")
     args = parser.parse_args(argv)
+    return resolve_and_run(job, args.config, args.overrides, args.output_dir)
+
+
+def resolve_and_run(
+    job: str, config: str | None, overrides: list[str], output_dir: str | None
+) -> dict[str, Any]:
+    """Resolve and run ``job`` for a command line (``jobs/<job>.py`` and every ``forewarn`` job command):
+    a config error exits 2 with one paragraph; a run that fails the way runs fail (ForewarnError, a full or
+    read-only disk) exits 1 with one line that says what to do; anything else is a bug and keeps its
+    traceback."""
     try:
-        cfg = resolve(job, args.config, args.overrides, args.output_dir)
+        cfg = resolve(job, config, overrides, output_dir)
     except ConfigError as e:
         fail(str(e))
     try:

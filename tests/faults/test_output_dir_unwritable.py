@@ -15,8 +15,14 @@ from forewarn.testing.fixtures import missing
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def run_generate(out: Path) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "jobs/generate.py", "--output-dir", str(out), "--set", "tracking.enabled=false"]
+ENTRIES = {  # the job file and the console command share one error path (forewarn.runner.resolve_and_run)
+    "job file": [sys.executable, "jobs/generate.py"],
+    "forewarn CLI": [sys.executable, "-m", "forewarn.cli", "generate"],
+}
+
+
+def run_generate(out: Path, entry: str = "job file") -> subprocess.CompletedProcess:
+    cmd = [*ENTRIES[entry], "--output-dir", str(out), "--set", "tracking.enabled=false"]
     return subprocess.run(
         cmd,
         cwd=ROOT,
@@ -38,17 +44,22 @@ def assert_clear_stop(res: subprocess.CompletedProcess, out: Path) -> None:
     ]
 
 
-@pytest.mark.parametrize("where", ["the dir itself", "its parent"])
-def test_read_only_output_dir_stops_before_work(tmp_path: Path, fault_report, where: str) -> None:
+@pytest.mark.parametrize(
+    ("where", "entry"),
+    [("the dir itself", "job file"), ("its parent", "job file"), ("its parent", "forewarn CLI")],
+)
+def test_read_only_output_dir_stops_before_work(tmp_path: Path, fault_report, where: str, entry: str) -> None:
     with read_only_dir(tmp_path / "ro") as ro:
         if ro is None:
             missing("this machine cannot make a directory unwritable for this user")
         out = ro if where == "the dir itself" else ro / "run"
-        res = run_generate(out)
+        res = run_generate(out, entry)
         left = sorted(p.name for p in ro.iterdir())
     assert_clear_stop(res, out)
     assert left == [], f"written into a read-only dir: {left}"
-    fault_report(f"output dir read-only ({where})", half_written_files=len(left), exit_code=res.returncode)
+    fault_report(
+        f"output dir read-only ({where}, {entry})", half_written_files=len(left), exit_code=res.returncode
+    )
 
 
 def test_full_disk_stops_before_work(tmp_path: Path, fault_report) -> None:
