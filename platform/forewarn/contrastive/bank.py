@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -37,6 +38,35 @@ class BankEntry:
     source: str = "seed"  # seed | assistant
     embedding: np.ndarray | None = field(default=None, repr=False)
     diversity: float | None = None
+
+
+def entries_from_samples(
+    prompts: Sequence[str], means: dict[int, float], samples: Sequence[Any], **fields: Any
+) -> list[BankEntry]:
+    """One entry per prompt from its decoded samples (``prompt_index`` picks the prompt): the prompt's mean
+    divergence ``means[i]``, its largest token divergence, and the text of its most divergent sample;
+    ``fields`` (cycle, repeat, source) go to every entry."""
+    by_prompt: dict[int, list[Any]] = {}
+    for s in samples:
+        by_prompt.setdefault(s.prompt_index, []).append(s)
+    out = []
+    for i, p in enumerate(prompts):
+        ss = by_prompt.get(i, [])
+        best = max(
+            ss,
+            key=lambda s: s.divergence_mean if math.isfinite(s.divergence_mean) else -math.inf,
+            default=None,
+        )
+        out.append(
+            BankEntry(
+                prompt=p,
+                divergence=means.get(i, math.nan),
+                divergence_max=max((s.divergence_max for s in ss), default=math.nan),
+                response=best.text if best else "",
+                **fields,
+            )
+        )
+    return out
 
 
 def minmax(x: np.ndarray, eps: float = 1e-4) -> np.ndarray:

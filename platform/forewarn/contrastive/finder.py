@@ -30,7 +30,14 @@ from forewarn.contrastive.assistant_io import (
     parse_prompts,
     parse_yes_no,
 )
-from forewarn.contrastive.bank import Bank, BankEntry, normalise, stats, weighted_subsample
+from forewarn.contrastive.bank import (
+    Bank,
+    BankEntry,
+    entries_from_samples,
+    normalise,
+    stats,
+    weighted_subsample,
+)
 from forewarn.contrastive.config import FinderConfig
 from forewarn.contrastive.decoder import DecodedSample, prompt_means
 from forewarn.models.base import Generator, Prompt
@@ -246,29 +253,8 @@ class DivergenceFinder:
         """Score prompts; a prompt's divergence is the mean over its samples (block means before any sort)."""
         samples = self.scorer(prompts)
         means = prompt_means(samples)
-        by_prompt: dict[int, list[DecodedSample]] = {}
-        for s in samples:
-            by_prompt.setdefault(s.prompt_index, []).append(s)
-            result.samples.append((repeat, cycle, s))
-        entries = []
-        for i, p in enumerate(prompts):
-            ss = by_prompt.get(i, [])
-            best = max(
-                ss,
-                key=lambda s: s.divergence_mean if math.isfinite(s.divergence_mean) else -math.inf,
-                default=None,
-            )
-            entries.append(
-                BankEntry(
-                    prompt=p,
-                    divergence=means.get(i, math.nan),
-                    divergence_max=max((s.divergence_max for s in ss), default=math.nan),
-                    response=best.text if best else "",
-                    cycle=cycle,
-                    repeat=repeat,
-                    source=source,
-                )
-            )
+        result.samples.extend((repeat, cycle, s) for s in samples)
+        entries = entries_from_samples(prompts, means, samples, cycle=cycle, repeat=repeat, source=source)
         if self.embedder is not None:
             vecs = self.embedder.embed(prompts)
             for e, v in zip(entries, vecs):

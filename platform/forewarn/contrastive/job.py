@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from forewarn.config import GenerationParams
-from forewarn.contrastive.bank import BankEntry
+from forewarn.contrastive.bank import entries_from_samples
 from forewarn.contrastive.config import ContrastiveConfig
 from forewarn.contrastive.decoder import prompt_means
 from forewarn.contrastive.divergence import divergence_name
@@ -97,7 +97,7 @@ def run(cfg: ContrastiveConfig, rundir: RunDir, tracker: Any) -> dict:
     if cfg.mode == "decode":
         samples = [(0, 0, s) for s in scorer(prompts)]
         means = prompt_means([s for _, _, s in samples])
-        entries = _decode_entries(prompts, means, [s for _, _, s in samples])
+        entries = entries_from_samples(prompts, means, [s for _, _, s in samples], source="prompts")
         cycles: list[dict] = []
         malformed: list[dict] = []
     else:
@@ -116,27 +116,6 @@ def _find(cfg: ContrastiveConfig, scorer: Any, seeds: list[str], tracker: Any) -
     assistant = load_generator(cfg.assistant.model)
     finder = DivergenceFinder(assistant, scorer, cfg.finder, embedder=embedder, tracker=tracker)
     return finder.run(seeds)
-
-
-def _decode_entries(prompts: list[str], means: dict[int, float], samples: list) -> list:
-    out = []
-    for i, p in enumerate(prompts):
-        ss = [s for s in samples if s.prompt_index == i]
-        best = max(
-            ss,
-            key=lambda s: s.divergence_mean if math.isfinite(s.divergence_mean) else -math.inf,
-            default=None,
-        )
-        out.append(
-            BankEntry(
-                prompt=p,
-                divergence=means.get(i, math.nan),
-                divergence_max=max((s.divergence_max for s in ss), default=math.nan),
-                response=best.text if best else "",
-                source="prompts",
-            )
-        )
-    return out
 
 
 def _write_outputs(
