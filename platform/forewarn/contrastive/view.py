@@ -24,6 +24,18 @@ def _get(s: Sample, key: str, default: Any = None) -> Any:
     return s.get(key, default) if isinstance(s, Mapping) else getattr(s, key, default)
 
 
+def by_divergence(samples: Sequence[Any]) -> list[Any]:
+    """Samples by mean divergence, largest first (samples with no finite mean last)."""
+    return sorted(
+        samples,
+        key=lambda s: (
+            -_get(s, "divergence_mean", 0.0)
+            if math.isfinite(_get(s, "divergence_mean", math.nan))
+            else math.inf
+        ),
+    )
+
+
 def colour_scale(samples: Sequence[Sample], quantile: float = 0.98) -> float:
     """The divergence mapped to full colour: a high quantile of all token values (robust to one outlier)."""
     vals = sorted(v for s in samples for v in _get(s, "token_divergences", []) if math.isfinite(v))
@@ -66,14 +78,7 @@ def render_html(
     top: int | None = 50,
 ) -> str:
     """A self-contained HTML page of the ``top`` samples by mean divergence, tokens coloured by divergence."""
-    ranked = sorted(
-        samples,
-        key=lambda s: (
-            -_get(s, "divergence_mean", 0.0)
-            if math.isfinite(_get(s, "divergence_mean", math.nan))
-            else math.inf
-        ),
-    )
+    ranked = by_divergence(samples)
     shown = ranked[:top] if top else ranked
     scale = colour_scale(shown)
     parts = [
@@ -147,14 +152,7 @@ def render_terminal(
 ) -> None:
     """Print the ``top`` samples by mean divergence as a table with coloured tokens."""
     console = console or Console()
-    ranked = sorted(
-        samples,
-        key=lambda s: (
-            -_get(s, "divergence_mean", 0.0)
-            if math.isfinite(_get(s, "divergence_mean", math.nan))
-            else math.inf
-        ),
-    )[:top]
+    ranked = by_divergence(samples)[:top]
     scale = colour_scale(ranked)
     table = Table(
         title=f"top {len(ranked)} continuations by mean {divergence} (full red = {scale:.3g})",
