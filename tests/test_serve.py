@@ -8,6 +8,7 @@ tests check what the guard is for (toxicity removed, loops stopped), not only th
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -262,16 +263,21 @@ def test_in_batch_failure_is_isolated_to_its_request(server: Server) -> None:
     dep = cls(server.cfg.generator.model_dump(mode="json"))
     ok = GenerationParams(max_new_tokens=8, temperature=0.7, seed=1)
     bad = GenerationParams(max_new_tokens=8, temperature=0.7, seed=2**64)  # torch.manual_seed refuses it
-    out = dep._run_groups([("hello", ok), ("hello", bad), ("good day", bad), ("good day", ok)])
+    waited = threading.Event()  # each request's "nobody waits any more" flag, never set here
+
+    def items(*pairs: tuple[str, GenerationParams]) -> list:
+        return [(prompt, params, waited) for prompt, params in pairs]
+
+    out = dep._run_groups(items(("hello", ok), ("hello", bad), ("good day", bad), ("good day", ok)))
     assert [r.error is None for r in out] == [True, False, False, True], [r.error for r in out]
     assert all(len(r.choices) == 1 for r in (out[0], out[3]))
     # a replica whose every request fails reports unhealthy (Serve then replaces it); a success resets it
     from forewarn.serve.deployments import BROKEN_AFTER
 
-    dep._run_groups([("hello", bad)] * BROKEN_AFTER)
+    dep._run_groups(items(*[("hello", bad)] * BROKEN_AFTER))
     with pytest.raises(RuntimeError, match="all failed"):
         dep.check_health()
-    dep._run_groups([("hello", ok)])
+    dep._run_groups(items(("hello", ok)))
     dep.check_health()
 
 
