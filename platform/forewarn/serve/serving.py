@@ -40,7 +40,7 @@ from forewarn.serve.engine import GenerationResult, StreamChunk
 from forewarn.serve.ingress_support import IngressMetrics, load_tokenizer, read_body, serve_http_host
 from forewarn.serve.openai_schema import ApiError, ParsedRequest, parse_body
 from forewarn.serve.pipeline import GuardedPipeline, GuardedResult, prompt_text
-from forewarn.serve.policy import GuardJudge, threaded_judge
+from forewarn.serve.policy import GuardJudge, inline_judge, threaded_judge
 from forewarn.serve.streaming import GuardedStream
 from forewarn.serve.text import PromptViewer
 from forewarn.serve.wire import SSEWriter, response_body
@@ -121,8 +121,9 @@ class OpenAIIngress:
                         judges[stage] = await self._guard_judge(handle)
                     elif spec is not None and self.cfg.guard_enabled:  # guard.judges_in: this replica
                         key = spec.model_dump_json()
-                        if key not in in_process:
-                            in_process[key] = threaded_judge(build_judge(spec))
+                        if key not in in_process:  # a cheap judge on the loop, any other on a thread
+                            wrap = inline_judge if spec.cheap else threaded_judge
+                            in_process[key] = wrap(build_judge(spec))
                         judges[stage] = in_process[key]
                     else:
                         judges[stage] = None
