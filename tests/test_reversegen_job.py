@@ -1,11 +1,13 @@
 """ReverseGen end to end on the small testbed world: through `ray job submit` to a local head, and a run
-killed during iteration 2 that resumes to the same rows as an uninterrupted run."""
+resumed after iteration 1's DPO step, killed during iteration 2 and resumed again, that ends with the same
+rows as the uninterrupted run."""
 
 from __future__ import annotations
 
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -127,8 +129,24 @@ def test_submitted_job_succeeds_and_reports(submitted_run: Path) -> None:
     assert [h.step for h in history] == [0, 1, 2]
 
 
+def state_after_iteration_1(src: Path, dst: Path) -> None:
+    """``src`` as it stood when iteration 1's DPO step had finished: what a run killed right then leaves
+    (iteration 2's tables, its stage marks and table-write log lines, and the summary are left out)."""
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("iter2", "summary.json", ".mlflow_uri"))
+    stages = json.loads((dst / "stages.json").read_text())
+    (dst / "stages.json").write_text(
+        json.dumps({k: v for k, v in stages.items() if not k.startswith("iter2/")})
+    )
+    log = (dst / "table_writes.jsonl").read_text().splitlines()
+    (dst / "table_writes.jsonl").write_text("".join(f"{x}\n" for x in log if '"iter2/' not in x))
+
+
 def test_killed_run_resumes_to_the_same_rows(submitted_run: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
+    # Start where a run stopped right after a DPO step (iterations 0-1 are the reference run's; redoing them
+    # here cost a minute): the resume must load the proposer DPO wrote, then the run is killed again
+    # during iteration 2 and resumed to the end
+    state_after_iteration_1(submitted_run, out)
     cmd = [
         sys.executable,
         "jobs/reversegen.py",
@@ -137,8 +155,9 @@ def test_killed_run_resumes_to_the_same_rows(submitted_run: Path, tmp_path: Path
         *_sets(["tracking.enabled=false", "ray.num_cpus=2"]),
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    log = open(tmp_path / "killed.log", "w")  # noqa: SIM115 -- closed once the process is gone
     proc = subprocess.Popen(
-        cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+        cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
     )
     stages = out / "stages.json"
     deadline = time.time() + 1200
@@ -146,9 +165,13 @@ def test_killed_run_resumes_to_the_same_rows(submitted_run: Path, tmp_path: Path
         if stages.is_file() and "iter2/proposals" in json.loads(stages.read_text() or "{}"):
             break
         time.sleep(0.5)
-    assert proc.poll() is None, "the run ended before iteration 2 could be interrupted"
+    assert proc.poll() is None, (
+        "the run ended before iteration 2 could be interrupted:\n"
+        + (tmp_path / "killed.log").read_text()[-3000:]
+    )
     os.killpg(proc.pid, signal.SIGKILL)  # the driver and its local Ray, mid iteration 2
     proc.wait(timeout=60)
+    log.close()
     done = json.loads(stages.read_text())
     assert "iter2/judged" not in done and "iter1/dpo" in done
     # the rerun also enhances the target (not part of the run key: it changes no loop row)

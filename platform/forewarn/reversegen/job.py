@@ -73,7 +73,7 @@ def warmup(cfg: ReverseGenConfig, rundir: RunDir, seeds: list[dict], tracker: An
 
     out = rundir.path("checkpoints", "proposer_warmup")
     if rundir.is_done("warmup"):
-        return str(out)
+        return str(out / "model")  # what training returned: its HF folder (OUTPUT_DIR/model)
     rng = random.Random(f"warmup-{cfg.seed}")
     rows = []
     for _ in range(cfg.warmup.examples):
@@ -98,7 +98,7 @@ def dpo_round(cfg: ReverseGenConfig, rundir: RunDir, k: int, policy: str, pairs:
     key = f"iter{k}/dpo"
     out = rundir.path("checkpoints", f"proposer_{k + 1}")
     if rundir.is_done(key):
-        return str(out)
+        return str(out / "model")  # what train_dpo returned: its HF folder (OUTPUT_DIR/model)
     rows = [
         {
             "prompt": r.prompt,
