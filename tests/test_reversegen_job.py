@@ -156,7 +156,7 @@ def test_killed_run_resumes_to_the_same_rows(submitted_run: Path, tmp_path: Path
         *_sets(["tracking.enabled=false", "ray.num_cpus=2"]),
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    log = open(tmp_path / "killed.log", "w")  # noqa: SIM115 -- closed once the process is gone
+    log = open(tmp_path / "killed.log", "w")  # closed once the process is gone
     proc = subprocess.Popen(
         cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
     )

@@ -34,10 +34,6 @@ Item = tuple[Prompt, GenerationParams, threading.Event]  # a request in a batch,
 BROKEN_AFTER = 8  # consecutive failed requests (no success in between) that mark a replica unhealthy
 
 
-def set_threads(num_cpus: float) -> None:
-    set_torch_threads(num_cpus)
-
-
 def build_engine(cfg: GeneratorSection) -> Engine:
     """The generation engine of a generator section: ``hf`` with logits processors, or ``vllm``."""
     if cfg.model.backend == "vllm":
@@ -56,7 +52,7 @@ class GeneratorDeployment:
 
     def __init__(self, section: dict[str, Any]):
         cfg = GeneratorSection.model_validate(section)
-        set_threads(cfg.resources.num_cpus)
+        set_torch_threads(cfg.resources.num_cpus)
         self.engine = build_engine(cfg)
         self._batched.set_max_batch_size(cfg.batching.max_batch_size)
         self._batched.set_batch_wait_timeout_s(cfg.batching.batch_wait_timeout_s)
@@ -150,7 +146,7 @@ class JudgeDeployment:
 
     def __init__(self, spec: dict[str, Any], max_batch_size: int, batch_wait_timeout_s: float):
         parsed = parse_judge_spec(spec)
-        set_threads(parsed.resources.num_cpus)
+        set_torch_threads(parsed.resources.num_cpus)
         self.judge_impl = build_judge(parsed)
         self.judge.set_max_batch_size(max_batch_size)
         self.judge.set_batch_wait_timeout_s(batch_wait_timeout_s)
