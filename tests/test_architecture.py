@@ -133,3 +133,24 @@ def test_plugin_kinds_match_their_config_unions() -> None:
     assert kinds(JudgeSpec) == set(JUDGES)
     assert kinds(DecodingSpec) == set(DECODING_BUILDERS)
     assert kinds(StopSpec) == set(STOP_BUILDERS)
+
+
+def test_every_actor_pool_comes_from_pools() -> None:
+    """Issue 18: one module turns roles into actors. Outside ``forewarn/pools.py`` no code builds Ray actors
+    (``ray.remote``) or a Ray Data actor stage (``map_batches`` over a class); they call ``RolePool`` or
+    ``data_stage``, which honour placement groups. Ray's own LLM processor (``ray.data.llm``) is exempt."""
+    bad = []
+    for path in PKG.rglob("*.py"):
+        if path.name == "pools.py" and path.parent == PKG:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if not isinstance(node, ast.Call) or not isinstance(node.func, ast.Attribute):
+                continue
+            func = node.func
+            if func.attr == "remote" and isinstance(func.value, ast.Name) and func.value.id == "ray":
+                bad.append(f"{module_name(path)}:{node.lineno}: ray.remote")
+            if func.attr == "map_batches" and node.args:
+                udf = node.args[0]
+                if isinstance(udf, ast.Name) and udf.id[:1].isupper():  # a class: an actor stage
+                    bad.append(f"{module_name(path)}:{node.lineno}: map_batches({udf.id})")
+    assert not bad, "actor pools built outside forewarn.pools:\n" + "\n".join(bad)

@@ -15,7 +15,7 @@ import pandas as pd
 from forewarn.config import ModelSpec, Resources
 from forewarn.contrastive.config import DecoderConfig
 from forewarn.contrastive.decoder import ContrastiveDecoder, DecodedSample
-from forewarn.pipeline.stages import set_torch_threads
+from forewarn.pools import data_stage, set_torch_threads
 
 SAMPLE_FIELDS = [f.name for f in dataclasses.fields(DecodedSample) if f.name != "extra"]
 
@@ -55,14 +55,11 @@ def decode_stage(
     ds: Any, start: ModelSpec, comparison: ModelSpec, cfg: DecoderConfig, resources: Resources
 ) -> Any:
     """Map a dataset with ``prompt_index`` and ``prompt`` columns to decoded-sample rows on an actor pool."""
-    return ds.map_batches(
+    return data_stage(
+        ds,
         DecoderUDF,
-        fn_constructor_kwargs=dict(start=start, comparison=comparison, cfg=cfg, num_cpus=resources.num_cpus),
-        concurrency=resources.replicas,
-        num_cpus=resources.num_cpus,
-        num_gpus=resources.num_gpus,
-        batch_size=resources.batch_size,
-        batch_format="pandas",
+        dict(start=start, comparison=comparison, cfg=cfg, num_cpus=resources.num_cpus),
+        resources,
     )
 
 

@@ -17,8 +17,9 @@ import pandas as pd
 import pyarrow as pa
 import torch
 
+from forewarn.config import Resources
 from forewarn.pipeline.rundir import RunDir
-from forewarn.pipeline.stages import set_torch_threads
+from forewarn.pools import data_stage, set_torch_threads
 from forewarn.training.config import DPOConfig, TrainConfig
 from forewarn.training.data import TableLike, load_table, require_columns
 from forewarn.training.tasks import (
@@ -66,16 +67,15 @@ def compute_reference_logps(pairs: pa.Table, reference_model_path: str | Path, c
 
     require_columns(pairs, ("prompt", "chosen", "rejected"), "DPO pairs")
     indexed = pairs.append_column("__row", pa.array(range(pairs.num_rows), pa.int64()))
-    ds = ray.data.from_arrow(indexed).map_batches(
+    # one replica: the frozen reference, loaded once, asking what a training worker asks
+    one = Resources(
+        num_cpus=cfg.cpus_per_worker, num_gpus=1 if cfg.use_gpu else 0, batch_size=cfg.ref_batch_size
+    )
+    ds = data_stage(
+        ray.data.from_arrow(indexed),
         ReferenceLogpsUDF,
-        fn_constructor_kwargs=dict(
-            model_path=str(reference_model_path), cfg=cfg, num_cpus=cfg.cpus_per_worker
-        ),
-        concurrency=1,
-        num_cpus=cfg.cpus_per_worker,
-        num_gpus=1 if cfg.use_gpu else 0,
-        batch_size=cfg.ref_batch_size,
-        batch_format="pandas",
+        dict(model_path=str(reference_model_path), cfg=cfg, num_cpus=cfg.cpus_per_worker),
+        one,
     )
     table = load_table(ds).sort_by("__row")
     return table.drop_columns(["__row"])
