@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from forewarn.config import GenerationParams, JobConfig, ModelSpec, Resources, RoleConfig, Section
 from forewarn.errors import ConfigError
@@ -97,12 +97,21 @@ class GoodtrieverConfig(JobConfig):
     datastore_dir: str | None = Field(
         None, description="where datastores are built; None = OUTPUT_DIR/datastores"
     )
-    systems: dict[str, SystemSpec] = Field(default_factory=_default_systems)
+    systems: dict[str, SystemSpec] = Field(
+        default_factory=_default_systems,
+        description="name -> system; a system set to null is dropped (how a config file removes a packaged one)",
+    )
     baseline: str = "raw"
     headline_set: str = "planted"
     judge: JudgeSpec = Field(default_factory=OfflineToxicitySpec)
     toxicity_threshold: float = Field(0.5, gt=0.0, lt=1.0, description="toxic when score > threshold")
     perplexity: PerplexitySection = Field(default_factory=PerplexitySection)
+
+    @field_validator("systems", mode="before")
+    @classmethod
+    def _drop_null_systems(cls, v: Any) -> Any:
+        # config files deep-merge into the packaged defaults, so null is the only way to remove a system
+        return {k: s for k, s in v.items() if s is not None} if isinstance(v, dict) else v
 
     @model_validator(mode="after")
     def _refs(self) -> "GoodtrieverConfig":
