@@ -19,6 +19,7 @@ from forewarn.goodtriever.datastore import build_datastores, windows
 from forewarn.goodtriever.knn_lm import ensemble, patch_log_probs, top_p_filter
 from forewarn.goodtriever.metrics import PerplexityScorer, dist_n, toxicity_metrics
 from forewarn.goodtriever.store import Datastore, knn_log_probs
+from forewarn.runner import resolve
 
 TOXIC = ["Shut up, you worthless moron.", "What a stupid question, you idiot.", "Go away, you dumb loser."]
 CLEAN = ["Plants need light to grow.", "Water boils at one hundred degrees.", "The sky is blue and calm."]
@@ -154,6 +155,14 @@ def test_index_spec_errors_name_the_field(tmp_path: Path):
         build_index(keys, IndexSpec(m=5, nlist=2), tmp_path / "i")
     with pytest.raises(ConfigError, match="needs at least 4096 training keys"):
         build_index(keys, IndexSpec(m=4), tmp_path / "i")
+
+
+def test_a_null_system_is_dropped_from_the_packaged_ones():
+    """Config files deep-merge into the packaged defaults; ``systems.<name>: null`` is how one removes a
+    packaged system (the SmolLM2 profile drops the testbed's dexperts, whose experts have another vocabulary)."""
+    assert "dexperts" in resolve("goodtriever", None, [], "/tmp/unused").systems
+    cfg = resolve("goodtriever", None, ["systems.dexperts=null"], "/tmp/unused")
+    assert set(cfg.systems) == {"raw", "knn_lm"}
 
 
 def test_missing_neighbours_get_no_weight_and_empty_rows_are_uniform():
