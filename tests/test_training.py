@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from forewarn.config import GenerationParams, ModelSpec, TrackingConfig
 from forewarn.models.hf import HFGenerator
 from forewarn.models.tiny import build_tiny_model, train_tokenizer
 from forewarn.tracking import NullTracker, make_tracker
-from forewarn.training.api import compute_reference_logps, train_dpo, train_sft
+from forewarn.training.api import ReferenceScorer, compute_reference_logps, train_dpo, train_sft
 from forewarn.training.config import DPOConfig, TrainConfig
 from forewarn.training.trainer import lr_factor, read_metrics
 from mlflow.tracking import MlflowClient
@@ -245,6 +246,41 @@ def test_kill_after_checkpoint_then_resume_zero2(tmp_path, ray_local, models, dp
 
 
 PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+def test_reference_logps_need_only_a_training_workers_cpus(ray_local, models) -> None:
+    """The reference pass runs beside a job's role pools, in the CPUs held for its training step. On a
+    2-CPU Ray with 1.5 CPUs held by another actor (a ReverseGen run's pools), a 0.5-CPU reference pass must
+    finish: the Ray Data version waited forever on a 1-CPU metadata task. Its values are the in-process
+    scorer's, in row order."""
+    import ray
+
+    holder = ray.remote(num_cpus=1.5)(type("Held", (), {"ping": lambda self: 1})).remote()
+    ray.get(holder.ping.remote())
+    try:
+        cfg = dpo_config(0, cpus_per_worker=0.5)
+        pairs = pa.Table.from_pylist(toy_pairs(6, 7))
+        done: dict = {}
+        worker = threading.Thread(
+            target=lambda: done.update(t=compute_reference_logps(pairs, models["reference"], cfg)),
+            daemon=True,
+        )
+        worker.start()
+        worker.join(timeout=180)
+        assert "t" in done, "the reference pass did not finish within 180 s beside a 1.5-CPU actor"
+    finally:
+        ray.kill(holder)
+    local = ReferenceScorer(str(models["reference"]), cfg).score(
+        pairs.column("prompt").to_pylist(),
+        pairs.column("chosen").to_pylist(),
+        pairs.column("rejected").to_pylist(),
+    )
+    table = done["t"]
+    assert table.column("prompt").to_pylist() == pairs.column("prompt").to_pylist()
+    got = list(
+        zip(table.column("ref_chosen_logps").to_pylist(), table.column("ref_rejected_logps").to_pylist())
+    )
+    assert [x for p in got for x in p] == pytest.approx([x for p in local for x in p], rel=1e-6)
 
 
 def test_lr_schedule() -> None:

@@ -1,25 +1,26 @@
 """The Python API of training: ``train_sft`` and ``train_dpo`` (ReverseGen calls these), and the reference
 log-prob pass of DPO.
 
-DPO's reference log-probs are computed ONCE, before training, by a Ray Data actor pass over the pairs with
-the frozen reference model, and stored beside the pairs (``OUTPUT_DIR/dpo_pairs.parquet``); the train
-loop only reads them. Pairs that already carry ``ref_chosen_logps`` / ``ref_rejected_logps`` pass through.
+DPO's reference log-probs are computed ONCE, before training, by a one-actor role pool
+(``forewarn.pools.RolePool``) holding the frozen reference model, and stored beside the pairs
+(``OUTPUT_DIR/dpo_pairs.parquet``); the train loop only reads them. Pairs that already carry
+``ref_chosen_logps`` / ``ref_rejected_logps`` pass through.
 
     model_dir = train_dpo(DPOConfig(), "pairs.parquet", "runs/proposer-0/model", "runs/dpo-1", tracker)
 """
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
 import pyarrow as pa
 import torch
 
 from forewarn.config import Resources
 from forewarn.pipeline.rundir import RunDir
-from forewarn.pools import data_stage, set_torch_threads
+from forewarn.pools import RolePool
 from forewarn.training.config import DPOConfig, TrainConfig
 from forewarn.training.data import TableLike, load_table, require_columns
 from forewarn.training.tasks import (
@@ -35,50 +36,49 @@ from forewarn.training.trainer import fit
 REF_COLUMNS = ("ref_chosen_logps", "ref_rejected_logps")
 
 
-class ReferenceLogpsUDF:
-    """Ray Data actor: the frozen reference model, loaded once, scores chosen and rejected of each pair."""
+class ReferenceScorer:
+    """The frozen reference model, loaded once per pool actor: summed response log-probs of chosen and
+    rejected for each pair, encoded exactly as the train loop encodes them."""
 
-    def __init__(self, model_path: str, cfg: TrainConfig, num_cpus: float):
+    def __init__(self, model_path: str, cfg: TrainConfig):
         from transformers import AutoTokenizer
 
-        set_torch_threads(num_cpus)
         self.cfg = cfg
         self.device = "cuda" if cfg.use_gpu else "cpu"
         self.tok = AutoTokenizer.from_pretrained(model_path)
         self.model = load_causal_lm(model_path).to(self.device).eval()
 
-    def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
-        items = [encode_pair(self.tok, row, self.cfg) for row in batch.to_dict("records")]
+    def score(self, prompt: list[str], chosen: list[str], rejected: list[str]) -> list[tuple[float, float]]:
+        rows = [{"prompt": p, "chosen": c, "rejected": r} for p, c, r in zip(prompt, chosen, rejected)]
+        items = [encode_pair(self.tok, row, self.cfg) for row in rows]
         b = {k: v.to(self.device) for k, v in collate_pairs(items, self.tok).items()}
         with torch.inference_mode():
-            logps = (
-                forward_logps(self.model, b["input_ids"], b["attention_mask"], b["loss_mask"]).double().cpu()
-            )
+            logps = forward_logps(self.model, b["input_ids"], b["attention_mask"], b["loss_mask"]).double()
         n = len(items)
-        out = batch.copy()
-        out["ref_chosen_logps"], out["ref_rejected_logps"] = logps[:n].numpy(), logps[n:].numpy()
-        return out
+        return list(zip(logps[:n].cpu().tolist(), logps[n:].cpu().tolist()))
 
 
 def compute_reference_logps(pairs: pa.Table, reference_model_path: str | Path, cfg: DPOConfig) -> pa.Table:
     """Add ``ref_chosen_logps`` / ``ref_rejected_logps`` (summed response log-probs under the reference),
-    keeping the row order of ``pairs``."""
-    import ray.data
+    keeping the row order of ``pairs``.
 
+    A one-actor pool asking what one training worker asks (which a job's training reserve holds free), and no
+    other Ray work: a Ray Data pass here schedules 1-CPU metadata tasks, which deadlocked a ReverseGen run on
+    2 CPUs whose role pools held 1.25 of them."""
     require_columns(pairs, ("prompt", "chosen", "rejected"), "DPO pairs")
-    indexed = pairs.append_column("__row", pa.array(range(pairs.num_rows), pa.int64()))
-    # one replica: the frozen reference, loaded once, asking what a training worker asks
     one = Resources(
         num_cpus=cfg.cpus_per_worker, num_gpus=1 if cfg.use_gpu else 0, batch_size=cfg.ref_batch_size
     )
-    ds = data_stage(
-        ray.data.from_arrow(indexed),
-        ReferenceLogpsUDF,
-        dict(model_path=str(reference_model_path), cfg=cfg, num_cpus=cfg.cpus_per_worker),
-        one,
+    pool = RolePool("reference_logps", partial(ReferenceScorer, str(reference_model_path), cfg), one)
+    try:
+        cols = {k: pairs.column(k).to_pylist() for k in ("prompt", "chosen", "rejected")}
+        logps = pool.map("score", cols)
+    finally:
+        pool.close()
+    chosen, rejected = zip(*logps) if logps else ((), ())
+    return pairs.append_column("ref_chosen_logps", pa.array(chosen, pa.float64())).append_column(
+        "ref_rejected_logps", pa.array(rejected, pa.float64())
     )
-    table = load_table(ds).sort_by("__row")
-    return table.drop_columns(["__row"])
 
 
 def with_reference(
