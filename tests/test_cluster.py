@@ -141,7 +141,9 @@ def test_plan_against_the_live_head(head) -> None:
     assert roles["target"]["per_replica"] == {"CPU": 1.0, "GPU": 0.75}
     assert roles["proposer"]["group"] == roles["target"]["group"] == "proposer"
     assert roles["judge"]["group"] is None and roles["judge"]["per_replica"]["GPU"] == 1.0
-    assert roles["target"]["step"] == roles["judge"]["step"] != roles["proposer"]["step"]
+    # whole-run pools (step 0) and colocation groups hold their resources while the DPO step (1) trains
+    assert roles["target"]["step"] == roles["judge"]["step"] == roles["proposer"]["step"] == 0
+    assert roles["dpo"]["step"] == 1
     assert plan["groups"] == [
         {
             "name": "proposer",
@@ -166,8 +168,9 @@ def test_plan_against_the_live_head(head) -> None:
         ],
     )
     assert too_big.exit_code == 2
-    assert "cannot fit the roles that run together (target, judge)" in too_big.output
-    assert "They need GPU 5, CPU 5 at once; the cluster has GPU 4, CPU 4" in too_big.output
+    assert "cannot fit the roles held for the whole run (proposer, target, judge, embedder)" in too_big.output
+    # CPU asks scaled to leave the DPO worker its CPU (as the run's pools do), GPUs never
+    assert "They need GPU 5, CPU 3 at once; the cluster has GPU 4, CPU 4" in too_big.output
     assert "target.resources.replicas" in too_big.output and "judge.resources.replicas" in too_big.output
 
 

@@ -160,12 +160,8 @@ def test_bad_colocations_say_what_to_change() -> None:
 
 def test_steps_follow_how_the_job_runs() -> None:
     d = role_demands(rg())[0]
-    assert steps(d, job_module("reversegen").PLACEMENT) == [
-        ["proposer"],
-        ["embedder"],
-        ["target", "judge"],
-        ["dpo"],
-    ]
+    # ReverseGen holds every inference role as a whole-run pool: only its training sections are steps
+    assert steps(d, job_module("reversegen").PLACEMENT) == [["dpo"]]
     assert steps(d, None) == [["proposer", "target", "judge", "embedder"], ["dpo"]]  # no layout: all at once
     assert steps(d, JobLayout(steps=(("proposer",), ("target", "judge")))) == [
         ["proposer"],
@@ -190,9 +186,28 @@ def test_plan_fails_with_the_roles_the_numbers_and_the_fix() -> None:
     with pytest.raises(PlacementError) as e:
         plan(cfg, parse_nodes(["CPU=16,GPU=3"]), "reversegen")
     msg = str(e.value)
-    assert "cannot fit the roles that run together (target, judge)" in msg
-    assert "They need GPU 4, CPU 4 at once; the cluster has GPU 3, CPU 16" in msg
-    assert "target.resources.replicas" in msg and "judge.resources.replicas" in msg
+    assert "cannot fit the roles held for the whole run (proposer, target, judge, embedder)" in msg
+    assert "They need GPU 4, CPU 6 at once; the cluster has GPU 3, CPU 16" in msg
+    assert "judge.resources.replicas" in msg
+    # a job without whole-run pools places its steps one after another (Goodtriever: stores, then generation)
+    gt = resolve("goodtriever", None, ["target.resources.num_gpus=1", "judge.resources.num_gpus=1"])
+    with pytest.raises(PlacementError, match=r"cannot fit the roles that run together \(target, judge"):
+        plan(gt, parse_nodes(["CPU=16,GPU=1"]), "goodtriever")
+
+
+def test_dpo_trains_beside_the_whole_run_pools() -> None:
+    """Issue 18: ReverseGen's pools stay up during its DPO steps, so the plan reserves their GPUs while
+    training (it used to count each role alone in its step, and a cluster one GPU short passed)."""
+    gpu = ("proposer.resources.num_gpus=1", "target.resources.num_gpus=1", "judge.resources.num_gpus=1")
+    cfg = rg(*gpu, "dpo.use_gpu=true")
+    with pytest.raises(PlacementError, match=r"training section 'dpo'.*free when it failed: node0: GPU 0"):
+        plan(cfg, parse_nodes(["CPU=16,GPU=3"]), "reversegen")
+    ok = plan(cfg, parse_nodes(["CPU=16,GPU=4"]), "reversegen")
+    assert ok.step_of["proposer"] == ok.step_of["target"] == 0 and ok.step_of["dpo"] == 1
+    assert ok.free["node0"]["GPU"] == 0.0 and "run" in ok.render()
+    # on a 2-CPU laptop the pools' CPU asks shrink to leave the DPO worker its CPU, as RolePools does
+    small = plan(rg("dpo.cpus_per_worker=0.5"), parse_nodes(["CPU=2"]), "reversegen")
+    assert any("ask Ray for 0.38 of their num_cpus" in w for w in small.warnings), small.warnings
 
 
 def test_colocation_groups_stay_reserved_while_training() -> None:

@@ -37,15 +37,23 @@ class JobLayout:
     order the job runs them; roles no step names run alone, after them. Without a layout every inference
     role counts at once (an upper bound). Training sections always run alone, between inference steps.
     ``unplaced``: roles whose ``resources`` the job never asks Ray for, with the reason the plan prints.
+    ``resident``: roles held for the whole run (long-lived role pools, ``forewarn.pools.RolePools``): placed
+    once, like a colocation group, and reserved through every step and training section. Their CPU asks are
+    scaled as ``RolePools`` scales them (to leave the largest training section its CPUs); GPUs never are.
     """
 
     steps: tuple[tuple[str, ...], ...] = ()
     unplaced: dict[str, str] = field(default_factory=dict)
+    resident: tuple[str, ...] = ()
+
+    def holds(self, role: str) -> bool:
+        """Whether ``role`` is held for the whole run."""
+        return any(fnmatch.fnmatchcase(role, p) for p in self.resident)
 
 
 def steps(demands: Sequence[RoleDemand], layout: JobLayout | None) -> list[list[str]]:
     """The roles that hold resources at the same time, step by step (see :class:`JobLayout`)."""
-    inference = [d.name for d in demands if d.kind != "train"]
+    inference = [d.name for d in demands if d.kind != "train" and not (layout and layout.holds(d.name))]
     training = [d.name for d in demands if d.kind == "train"]
     if layout is not None and layout.steps:
         out = [
@@ -118,7 +126,7 @@ class Plan:
         )
         for col in ("step", "role", "kind", "model", "replicas", "per replica", "placement", "nodes"):
             roles.add_column(col, overflow="fold")
-        for d in sorted(self.demands, key=lambda d: self.step_of.get(d.name, 0)):
+        for d in sorted(self.demands, key=lambda d: self.step_of.get(d.name, 0)):  # whole-run pools first
             g = self.group_of(d.name)
             where = (
                 f"group {g.name!r}: {len(g.bundles)} x {{{fmt(g.bundles[0])}}}, whole run"
@@ -131,8 +139,9 @@ class Plan:
             )
             nodes = self.placements.get(f"group:{g.name}" if g else d.name, [])
             kind = d.kind if d.kind == "train" else f"{d.kind}/{d.backend or '-'}"
+            step = self.step_of.get(d.name, "-")
             roles.add_row(
-                str(self.step_of.get(d.name, "-")),
+                "run" if step == 0 else str(step),
                 d.name,
                 kind,
                 d.model or "-",
@@ -259,6 +268,27 @@ def plan(
             for i, b in enumerate(g.bundles)
         ]
     placements = _pack(items, nodes, free, "colocation groups")
+    resident = [d for d in demands if layout is not None and layout.holds(d.name) and d.name not in grouped]
+    if resident:
+        scale = _resident_cpu_scale(resident, demands, free)
+        if scale < 1.0:
+            warnings.append(
+                f"the whole-run pools ({', '.join(d.name for d in resident)}) ask Ray for {scale:.2f} of their "
+                "num_cpus, so that the largest training section fits beside them (torch threads stay as set)"
+            )
+        fix = "lower " + "; ".join(f"{d.field}.replicas or num_gpus" for d in resident)
+        items = [
+            (
+                d.name,
+                f"{d.name} replica {r + 1}/{d.replicas}",
+                {**d.per_replica, "CPU": d.per_replica.get("CPU", 0.0) * scale},
+                fix,
+            )
+            for d in resident
+            for r in range(d.replicas)
+        ]
+        what = f"roles held for the whole run ({', '.join(d.name for d in resident)})"
+        placements.update(_pack(items, nodes, free, what))
     tightest = {n: dict(f) for n, f in free.items()}
     step_of: dict[str, int] = {}
     for i, step in enumerate(steps(demands, layout)):
@@ -293,4 +323,21 @@ def plan(
             tightest[n] = {k: min(tightest[n][k], f[k]) for k in KEYS}
     for m, g in grouped.items():
         placements[m] = placements[f"group:{g.name}"]
+    step_of.update({d.name: 0 for d in resident})  # 0: the whole run (colocation groups too)
+    step_of.update({m: 0 for m in grouped})
     return Plan(job, nodes, demands, groups, placements, tightest, step_of, warnings)
+
+
+def _resident_cpu_scale(
+    resident: list[RoleDemand], demands: list[RoleDemand], free: dict[str, dict[str, float]]
+) -> float:
+    """The fraction of their CPUs the whole-run pools ask for (``forewarn.pools.cpu_scale``'s rule): what the
+    colocation groups leave free, less the largest training section, over what the pools want."""
+    want = sum(d.per_replica.get("CPU", 0.0) * d.replicas for d in resident)
+    reserve = max(
+        (d.per_replica.get("CPU", 0.0) * d.replicas for d in demands if d.kind == "train"), default=0.0
+    )
+    room = sum(f.get("CPU", 0.0) for f in free.values()) - reserve
+    if want <= room or want == 0 or room <= 0:
+        return 1.0  # fits, or cannot fit at any scale (packing then says what to change)
+    return room / want

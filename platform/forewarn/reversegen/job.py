@@ -35,7 +35,9 @@ from forewarn.reversegen.proposer import build_prompt, completion_text, read_see
 CONFIG = ReverseGenConfig
 # The plan's steps: the roles whose pools do the work together. The pools stay up during DPO but scale their
 # CPU asks to leave the training workers room (forewarn.pools.cpu_scale), so training is planned on its own.
-PLACEMENT = JobLayout(steps=(("proposer",), ("embedder",), ("target", "judge", "reference")))
+# Every inference role is a long-lived pool (forewarn.pools.RolePools), up for the whole run: the DPO steps,
+# the warm-up and target enhancement train beside them.
+PLACEMENT = JobLayout(resident=("proposer", "embedder", "target", "judge", "reference"))
 
 
 def resolve_names(cfg: ReverseGenConfig) -> tuple[ReverseGenConfig, Any]:
