@@ -149,6 +149,9 @@ def test_finder_finds_planted_topics_on_testbed(small_world, tmp_path: Path, mlf
     assert on_disk["top10_planted"] == summary["top10_planted"]
     assert summary["top10_planted"] >= 8, summary["top"][:10]
     assert len(summary["per_cycle"]) == 2 and summary["n_malformed"] == 1
+    # the scoring pool's 2 actors loaded both models once each, for the seeds and both cycles (three scorings)
+    scoring = summary["timing"]["roles"]["scoring"]
+    assert scoring["loads"] == 2 and scoring["calls"] >= 3, scoring
     assert summary["divergence"] == "KL(P_start || P_comparison)"
     for name in ("prompts", "samples", "cycles"):
         assert (out / f"{name}.parquet").is_file()

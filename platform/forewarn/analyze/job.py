@@ -113,10 +113,14 @@ def run(cfg: AnalyzeConfig, rundir: RunDir, tracker: Any) -> dict:
         tracker=tracker,
         checkpoint=lambda: kb.save(rundir.root),
     )
-    outcome = analysis.run()
+    try:
+        outcome = analysis.run()
+    finally:
+        scorer.close()  # the scoring pool's actors (both models) live for the analysis only
     summary = _summary(
         cfg, kb, outcome, source, analyst, run_id, cycles_before, time.perf_counter() - started
     )
+    summary["timing"] = {"roles": {"scoring": scorer.stats()}}
     _write(cfg, rundir, tracker, kb, outcome, source, analyst, summary)
     print(f"# forewarn analyze: {summary['stop_reason']}: {summary['message']}", flush=True)
     return summary

@@ -6,7 +6,7 @@ One cycle:
    most divergent tokens) and the findings so far, and answers with hypotheses, each with test and control
    prompts (``prompts/propose.txt``);
 2. every new prompt of the cycle is scored by the contrastive decoder with the source run's models and
-   settings, in one batch on a Ray Data actor pool (:class:`forewarn.analyze.source.ExperimentScorer`);
+   settings, in one batch on a role pool (:class:`forewarn.analyze.source.ExperimentScorer`);
 3. each hypothesis is (re-)evaluated on all its evidence and becomes supported, refuted or stays proposed
    (:mod:`forewarn.analyze.kb`); the knowledge base is checkpointed.
 

@@ -9,8 +9,8 @@ exactly as it did.
   (``MLFLOW_TRACKING_URI``, else ``tracking.tracking_uri``) into ``OUTPUT_DIR/source/`` first.
 
 New prompts are scored with the source run's own models and decoder settings (so their divergences are
-comparable with the run's), on a Ray Data actor pool of contrastive decoders
-(:class:`forewarn.contrastive.scoring.RayDataScorer`).
+comparable with the run's), on a long-lived role pool (both models loaded once) of contrastive decoders
+(:class:`forewarn.contrastive.scoring.PoolScorer`).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from forewarn.config import Resources, build_config
 from forewarn.contrastive.config import ContrastiveConfig
 from forewarn.contrastive.decoder import DecodedSample, prompt_means
 from forewarn.contrastive.divergence import divergence_name
-from forewarn.contrastive.scoring import RayDataScorer
+from forewarn.contrastive.scoring import PoolScorer
 from forewarn.errors import ConfigError
 
 REQUIRED = ("config.yaml", "prompts.parquet", "samples.parquet")
@@ -204,7 +204,7 @@ def load_source(ref: str, dest: Path, tracking_uri: str | None = None) -> Source
 
 
 class ExperimentScorer:
-    """Scores new prompts with the source run's models and decoder on a Ray Data actor pool.
+    """Scores new prompts with the source run's models and decoder on a long-lived role pool (both models loaded once).
 
     ``cfg`` is the source run's config with its names resolved to local paths (the job file resolves them,
     ``forewarn.contrastive.job.resolve_names``); ``manifest`` is its testbed's, or None. ``__call__(prompts)``
@@ -213,9 +213,13 @@ class ExperimentScorer:
 
     def __init__(self, cfg: Any, manifest: Any = None, resources: Resources | None = None):
         self.manifest = manifest
-        self.scorer = RayDataScorer(
-            cfg.start.model, cfg.comparison.model, cfg.decoder, resources or cfg.scoring
-        )
+        self.scorer = PoolScorer(cfg.start.model, cfg.comparison.model, cfg.decoder, resources or cfg.scoring)
+
+    def close(self) -> None:
+        self.scorer.close()
+
+    def stats(self) -> dict[str, float | int]:
+        return self.scorer.stats()
 
     def __call__(self, prompts: list[str]) -> list[tuple[float, DecodedSample | None]]:
         samples = self.scorer(prompts)

@@ -1,6 +1,6 @@
 """Model divergence: contrastive decoding between two models and an assistant-guided divergence finder.
 
-Plain Python over objects (Ray only in ``scoring.RayDataScorer`` and the job):
+Plain Python over objects (Ray only in ``scoring.PoolScorer`` and the job):
 
     from forewarn.contrastive import ContrastiveDecoder, DecoderConfig, DivergenceFinder, FinderConfig
     dec = ContrastiveDecoder.from_specs(start_spec, comparison_spec, DecoderConfig())
@@ -11,7 +11,7 @@ Plain Python over objects (Ray only in ``scoring.RayDataScorer`` and the job):
 from forewarn.contrastive.config import DecoderConfig, FinderConfig
 from forewarn.contrastive.decoder import ContrastiveDecoder, DecodedSample, prompt_means, top_k
 from forewarn.contrastive.finder import DivergenceFinder, FinderResult
-from forewarn.contrastive.scoring import LocalScorer, RayDataScorer
+from forewarn.contrastive.scoring import LocalScorer, PoolScorer
 
 __all__ = [
     "ContrastiveDecoder",
@@ -21,7 +21,7 @@ __all__ = [
     "FinderConfig",
     "FinderResult",
     "LocalScorer",
-    "RayDataScorer",
+    "PoolScorer",
     "prompt_means",
     "top_k",
 ]

@@ -159,7 +159,7 @@ class ContrastiveConfig(JobConfig):
     comparison: RoleConfig = Field(default_factory=lambda: _role("testbed:patched_target"))
     scoring: Resources = Field(
         default_factory=lambda: Resources(num_cpus=1, replicas=1, batch_size=32),
-        description="the Ray Data actor pool that holds both models and decodes",
+        description="the role pool whose actors hold both models (loaded once per run) and decode",
     )
     decoder: DecoderConfig = Field(default_factory=DecoderConfig)
     prompts: str = Field(

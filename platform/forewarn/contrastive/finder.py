@@ -3,7 +3,7 @@
 Each repeat starts from the seed prompts. A cycle draws a biased subsample of the bank (high divergence,
 optionally diverse and matching a yes/no criterion), shows it to the assistant, parses the new prompts
 from its answer (malformed answers are logged and skipped), scores them with a *scorer* (the contrastive
-decoder in process, or a Ray Data actor pool of decoders — see :mod:`forewarn.contrastive.scoring`) and
+decoder in process, or a long-lived role pool of decoders — see :mod:`forewarn.contrastive.scoring`) and
 adds them to the bank. A cycle counts only if it added at least one new prompt; up to
 ``max_failed_cycles`` empty cycles are tolerated per repeat.
 

@@ -24,7 +24,7 @@ from forewarn.contrastive.decoder import prompt_means
 from forewarn.contrastive.divergence import divergence_name
 from forewarn.contrastive.finder import DivergenceFinder
 from forewarn.contrastive.plots import log_plots
-from forewarn.contrastive.scoring import RayDataScorer
+from forewarn.contrastive.scoring import PoolScorer
 from forewarn.contrastive.view import render_html
 from forewarn.models import load_generator
 from forewarn.models.embed import Embedder
@@ -92,21 +92,33 @@ def run(cfg: ContrastiveConfig, rundir: RunDir, tracker: Any) -> dict:
     cfg, manifest = resolve_names(cfg)
     run_id = tracker.run_id or rundir.root.name
     prompts = read_prompts(cfg.prompts)[: cfg.limit]
-    scorer = RayDataScorer(cfg.start.model, cfg.comparison.model, cfg.decoder, cfg.scoring)
+    scorer = PoolScorer(cfg.start.model, cfg.comparison.model, cfg.decoder, cfg.scoring)
     start_t = time.perf_counter()
-    if cfg.mode == "decode":
-        samples = [(0, 0, s) for s in scorer(prompts)]
-        means = prompt_means([s for _, _, s in samples])
-        entries = entries_from_samples(prompts, means, [s for _, _, s in samples], source="prompts")
-        cycles: list[dict] = []
-        malformed: list[dict] = []
-    else:
-        result = _find(cfg, scorer, prompts, tracker)
-        samples, entries, cycles, malformed = result.samples, result.entries, result.cycles, result.malformed
+    try:
+        if cfg.mode == "decode":
+            samples = [(0, 0, s) for s in scorer(prompts)]
+            means = prompt_means([s for _, _, s in samples])
+            entries = entries_from_samples(prompts, means, [s for _, _, s in samples], source="prompts")
+            cycles: list[dict] = []
+            malformed: list[dict] = []
+        else:
+            result = _find(cfg, scorer, prompts, tracker)
+            samples, entries, cycles, malformed = (
+                result.samples,
+                result.entries,
+                result.cycles,
+                result.malformed,
+            )
+    finally:
+        scorer.close()
     elapsed = time.perf_counter() - start_t
-    return _write_outputs(
+    summary = _write_outputs(
         cfg, rundir, tracker, run_id, manifest, samples, entries, cycles, malformed, elapsed
     )
+    # where the time went: the scoring pool's loads (once per run) and compute, beside the whole run's seconds
+    summary["timing"] = {"roles": {"scoring": scorer.stats()}}
+    tracker.log_metrics({f"role/scoring/{k}": v for k, v in summary["timing"]["roles"]["scoring"].items()})
+    return summary  # the runner writes it to the run dir and MLflow
 
 
 def _find(cfg: ContrastiveConfig, scorer: Any, seeds: list[str], tracker: Any) -> Any:
