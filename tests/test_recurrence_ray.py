@@ -86,6 +86,10 @@ def test_search_job_writes_tables_csvs_and_summary(ray2, tiny_llama_dir, tmp_pat
     assert set(summary["methods"]) == {"ga", "random"} and summary["budget_evaluations"] == 12
     for m in summary["methods"].values():
         assert len(m["evaluations_to_first_hit"]) == 2
+    # one target pool for all four searches: its actors loaded the model once each; every search timed
+    timing = summary["timing"]
+    assert timing["roles"]["target"]["loads"] == cfg.target.resources.replicas, timing
+    assert set(timing["searches_s"]) == {f"{m}.seed{s}" for m in ("ga", "random") for s in (0, 1)}
     json.dumps(summary)  # summary.json must serialise
 
 

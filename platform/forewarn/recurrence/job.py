@@ -9,6 +9,8 @@ first hit per method and the random/GA ratio. Per-iteration metrics and a fitnes
 
 from __future__ import annotations
 
+import time
+
 from typing import Any
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -39,9 +41,15 @@ def load_tokenizer(cfg: Any) -> Any:
 
 
 def run_searches(
-    cfg: RecurrenceSearchConfig, generate: Any, tokenizer: Any, tracker: Any, show_progress: bool = True
+    cfg: RecurrenceSearchConfig,
+    generate: Any,
+    tokenizer: Any,
+    tracker: Any,
+    show_progress: bool = True,
+    seconds: dict[str, float] | None = None,
 ) -> list[SearchResult]:
-    """Every (seed, method) search against one ``generate`` callable, with a progress bar per search."""
+    """Every (seed, method) search against one ``generate`` callable, with a progress bar per search;
+    ``seconds`` (if given) gets each search's wall time under ``"<method>.seed<seed>"``."""
     evaluate = make_evaluator(generate, tokenizer, cfg.params, cfg.detect, cfg.search.contexts)
     vocab = search_vocab(tokenizer, cfg.search.exclude_special_tokens)
     results = []
@@ -69,9 +77,12 @@ def run_searches(
                         step=log.evaluations,
                     )
 
+                start = time.perf_counter()
                 res = Search(
                     cfg.search, vocab, evaluate, method=method, seed=seed, on_iteration=on_iteration
                 ).run()
+                if seconds is not None:
+                    seconds[f"{method}.seed{seed}"] = round(time.perf_counter() - start, 3)
                 bar.update(task, completed=total)
                 results.append(res)
     return results
@@ -81,17 +92,24 @@ def run(cfg: RecurrenceSearchConfig, rundir: RunDir, tracker: Any) -> dict:
     cfg = resolve_names(cfg)
     tokenizer = load_tokenizer(cfg)
     pool = TargetPool(cfg.target, cfg.params)
+    searches: dict[str, float] = {}
     try:
-        results = run_searches(cfg, pool.generate, tokenizer, tracker)
+        results = run_searches(cfg, pool.generate, tokenizer, tracker, seconds=searches)
     finally:
         pool.close()
+    # where the time went: the target pool (loaded once for every search) and each search's wall time
+    timing = {"roles": {"target": pool.pool.stats.as_dict()}, "searches_s": searches}
     run_id = tracker.run_id or rundir.root.name
     rows: dict[str, list] = {"experiences": [], "best_records": [], "alg_log": []}
     for res in results:
         for name, part in result_rows(res, run_id).items():
             rows[name].extend(part)
     write_tables(rundir, rows)
-    summary = summarize(results, cfg.search.max_evaluations)
+    summary = summarize(results, cfg.search.max_evaluations) | {"timing": timing}
+    tracker.log_metrics(
+        {f"role/target/{k}": v for k, v in timing["roles"]["target"].items()}
+        | {f"time/search/{k}": v for k, v in searches.items()}
+    )
     for method, m in summary["methods"].items():
         if m["median_evaluations_to_first_hit"] is not None:
             tracker.log_metrics(
