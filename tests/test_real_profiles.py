@@ -16,7 +16,6 @@ from forewarn.names import resolve_path
 from forewarn.pipeline.prompt_files import read_prompts
 from forewarn.pipeline.rundir import RunDir
 from forewarn.runner import resolve, run_job
-from forewarn.testing.fixtures import unverified
 
 ROOT = Path(__file__).resolve().parents[1]
 PROFILES = ROOT / "configs" / "smollm2"
@@ -55,7 +54,6 @@ def test_profiles_validate_and_name_their_job() -> None:
 # ---------------------------------------------------------------- loop search and detector
 
 
-@unverified
 def test_loop_search_goal_is_rare_for_random_inputs(ray_local: str, tmp_path: Path) -> None:
     """Reduced: one seed, 20 individuals per method (the profile: 50). Too few to compare the arms (at full size
     on one seed the GA's first hit came at 22 generations, random search's at 32: one hit each in 30
@@ -74,7 +72,6 @@ def test_loop_search_goal_is_rare_for_random_inputs(ray_local: str, tmp_path: Pa
     )  # the cache: no paid repeats
 
 
-@unverified
 def test_detector_on_smollm2_generations(ray_local: str, tmp_path: Path) -> None:
     """Reduced: 60 prompts (the profile: 192), so the held-out split has ~15 answers; the floor is F1 0.6 and
     FPR at most 0.25 there (the full-size figures beside the paper's 0.87 / 2.59 % are in the README)."""
@@ -90,27 +87,3 @@ def test_detector_on_smollm2_generations(ray_local: str, tmp_path: Path) -> None
     assert 8 <= summary["n_recurrent"] <= summary["n_samples"] - 8, summary  # SmolLM2 both loops and does not
     stats = summary["classify_stats"]
     assert stats["f1"] >= 0.6 and stats["fpr"] <= 0.25, stats
-
-
-# ---------------------------------------------------------------- Goodtriever
-
-
-@unverified
-def test_knn_lm_lowers_smollm2_toxicity_on_insult_requests(ray_local: str, tmp_path: Path) -> None:
-    """Reduced: the 8 insult requests that SmolLM2 answers most toxically, 4 samples of 24 tokens, datastores
-    of 300 documents each (the profile: 42 prompts, 1000 documents). Asserted: the raw model is toxic there and
-    kNN-LM over SmolLM2's own datastores lowers EMT."""
-    cfg = profile(
-        "goodtriever",
-        tmp_path,
-        "limit=8",
-        "params.max_new_tokens=24",
-        "datastores.toxic.limit=300",
-        "datastores.nontoxic.limit=300",
-    )
-    summary = run_job("goodtriever", cfg, quiet=True)
-    head = summary["headline"]
-    raw, knn = head["raw"], head["knn_lm"]
-    assert raw["emt"] >= 0.5, head
-    assert knn["emt"] < raw["emt"], head
-    assert raw["n_score_errors"] == knn["n_score_errors"] == 0, head
