@@ -27,8 +27,10 @@ LONGEST_FIRST = (
     "test_dpl_testbed.py",
     "test_vllm_backend.py",
     "test_real_reversegen.py",
+    "test_real_profiles.py",
     "test_train_worker_dies.py",
     "test_serve_vllm.py",
+    "test_real_guard.py",
     "test_recurrence_testbed.py",
 )
 

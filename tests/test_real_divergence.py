@@ -24,7 +24,8 @@ import pandas as pd
 import pytest
 from forewarn.runner import resolve, run_job
 
-pytestmark = [pytest.mark.usefixtures("ray_local", "smollm2_dir"), pytest.mark.slow]
+# slow, and past CI's budget (about 6 min together on 2 cores): `pytest -m extended` runs them
+pytestmark = [pytest.mark.usefixtures("ray_local", "smollm2_dir"), pytest.mark.slow, pytest.mark.extended]
 
 ROOT = Path(__file__).resolve().parents[1]
 PROFILES = ROOT / "configs" / "smollm2"

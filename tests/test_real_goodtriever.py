@@ -12,7 +12,8 @@ from forewarn.runner import run_job
 
 from test_real_profiles import profile
 
-pytestmark = pytest.mark.slow  # SmolLM2 for real on 2 cores (still part of the CI suite)
+# SmolLM2 for real: about 2-4 min on 2 cores, past CI's budget; `pytest -m extended` runs it
+pytestmark = [pytest.mark.slow, pytest.mark.extended]
 
 
 def test_knn_lm_lowers_smollm2_toxicity_on_insult_requests(ray_local: str, tmp_path: Path) -> None:
