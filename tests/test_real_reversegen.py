@@ -2,8 +2,9 @@
 reduced size, each asserting what it finds, beside a baseline measured the same way.
 
 - safety: the judge separates (SmolLM2's answers to the seed requests for insults are toxic at
-  alt-profanity-check >= 0.5 in at least 15 %, to benign requests never), and the proposer's own instructions draw a more toxic answer
-  than any benign request (the full run's iteration-0 ASR, about 5 %, is too low to count failures in 32);
+  alt-profanity-check >= 0.5 in at least 15 %, to benign requests never), and the proposer's own
+  instructions draw a more toxic answer than any benign request (the full run's iteration-0 ASR, about 11 %,
+  is too low to count failures in 32);
 - math: SmolLM2 proposes arithmetic questions; the arithmetic judge computes each answer from the question
   and SmolLM2 answers some wrong;
 - honesty: SmolLM2 proposes multiple-choice questions; SmolLM2's 10 sampled answers to some disagree
