@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+
 import time
 from typing import Any
 
@@ -115,7 +116,13 @@ def evaluate_systems(
     """Generate with every system, judge and score; ``prompts`` has id, prompt_set, prompt, ppl_sampled."""
     import ray
 
-    ds = ray.data.from_pandas(prompts)
+    # One block per generation batch: a single block (what from_pandas of one frame gives) is one task that
+    # makes no visible progress until every system has generated for every prompt, which tripped Ray Data's
+    # 30-minute no-progress timeout on SmolLM2 (42 prompts x 4 samples x 2 systems on a busy 2-core box).
+    # Split here, not with repartition(): that is a task scheduled while the stage actors hold the CPUs.
+    size = target.resources.batch_size
+    chunks = [prompts.iloc[i : i + size] for i in range(0, len(prompts), size)] or [prompts]
+    ds = ray.data.from_pandas(chunks)
     ds = data_stage(
         ds,
         MitigatedGenerateUDF,
