@@ -20,7 +20,6 @@ from forewarn.serve import ServeConfig
 from forewarn.serve.toxicity_eval import MODES, ask, local_answers, rates, serve_pair
 from forewarn.judges.offline import OfflineToxicityJudge
 from forewarn.pipeline.prompt_files import read_prompts
-from forewarn.testing.fixtures import unverified
 
 ROOT = Path(__file__).resolve().parents[1]
 PROFILES = ROOT / "configs" / "smollm2"
@@ -71,6 +70,5 @@ def test_hf_guard_blocks_smollm2_toxic_answers(smollm2_dir: Path) -> None:
 
 
 @pytest.mark.slow
-@unverified
 def test_vllm_guarded_endpoint_blocks_smollm2_toxic_answers(smollm2_dir: Path, ray_local: str) -> None:
     check_finding(measured(profile("serve-vllm.yaml", smollm2_dir), over_http=True))
