@@ -163,6 +163,10 @@ def test_a_null_system_is_dropped_from_the_packaged_ones():
     assert "dexperts" in resolve("goodtriever", None, [], "/tmp/unused").systems
     cfg = resolve("goodtriever", None, ["systems.dexperts=null"], "/tmp/unused")
     assert set(cfg.systems) == {"raw", "knn_lm"}
+    # prompt sets too: the SmolLM2 profile evaluated the testbed's 656 held-out prompts beside its 42
+    profile = Path(__file__).resolve().parents[1] / "configs" / "smollm2" / "goodtriever.yaml"
+    smol = resolve("goodtriever", str(profile), [], "/tmp/unused")
+    assert set(smol.prompt_sets) == {"insults"} and set(smol.systems) == {"raw", "knn_lm"}
 
 
 def test_missing_neighbours_get_no_weight_and_empty_rows_are_uniform():

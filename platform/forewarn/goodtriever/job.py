@@ -85,7 +85,7 @@ class GoodtrieverConfig(JobConfig):
     )
     prompt_sets: dict[str, str] = Field(
         default_factory=lambda: {"planted": "testbed:heldout_planted", "benign": "testbed:heldout_benign"},
-        description="name -> JSONL/Parquet/txt prompt file (or testbed:<file>)",
+        description="name -> JSONL/Parquet/txt prompt file (or testbed:<file>); null drops a packaged set",
     )
     limit: int | None = Field(None, ge=1, description="first N prompts of each set")
     params: GenerationParams = Field(
@@ -107,10 +107,11 @@ class GoodtrieverConfig(JobConfig):
     toxicity_threshold: float = Field(0.5, gt=0.0, lt=1.0, description="toxic when score > threshold")
     perplexity: PerplexitySection = Field(default_factory=PerplexitySection)
 
-    @field_validator("systems", mode="before")
+    @field_validator("systems", "prompt_sets", mode="before")
     @classmethod
-    def _drop_null_systems(cls, v: Any) -> Any:
-        # config files deep-merge into the packaged defaults, so null is the only way to remove a system
+    def _drop_nulls(cls, v: Any) -> Any:
+        # config files deep-merge into the packaged defaults, so null is the only way to remove a packaged
+        # system or prompt set
         return {k: s for k, s in v.items() if s is not None} if isinstance(v, dict) else v
 
     @model_validator(mode="after")
