@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from functools import partial
 
-
 from forewarn.config import ModelSpec, Resources
 from forewarn.contrastive.config import DecoderConfig
 from forewarn.contrastive.decoder import ContrastiveDecoder, DecodedSample

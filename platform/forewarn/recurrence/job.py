@@ -10,7 +10,6 @@ first hit per method and the random/GA ratio. Per-iteration metrics and a fitnes
 from __future__ import annotations
 
 import time
-
 from typing import Any
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn

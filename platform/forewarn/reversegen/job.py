@@ -33,10 +33,9 @@ from forewarn.reversegen.loop import IterationContext, Roles, run_iteration
 from forewarn.reversegen.proposer import build_prompt, completion_text, read_seeds
 
 CONFIG = ReverseGenConfig
-# The plan's steps: the roles whose pools do the work together. The pools stay up during DPO but scale their
-# CPU asks to leave the training workers room (forewarn.pools.cpu_scale), so training is planned on its own.
 # Every inference role is a long-lived pool (forewarn.pools.RolePools), up for the whole run: the DPO steps,
-# the warm-up and target enhancement train beside them.
+# the warm-up and target enhancement train beside them, in the CPUs the pools' scaled asks leave
+# (forewarn.pools.cpu_scale) and the GPUs they leave.
 PLACEMENT = JobLayout(resident=("proposer", "embedder", "target", "judge", "reference"))
 
 
