@@ -58,7 +58,8 @@ class GeneratorDeployment:
         self._batched.set_batch_wait_timeout_s(cfg.batching.batch_wait_timeout_s)
         self.failures_in_a_row = 0
         self.streams = {"active": 0, "completed": 0, "cancelled": 0, "last_cancelled_tokens": -1}
-        self.batches = {"cancelled": 0, "last_cancelled_tokens": -1}  # work stopped: nobody waits for it
+        # active: requests now inside a batch's generation; cancelled: work stopped because nobody waits for it
+        self.batches = {"active": 0, "cancelled": 0, "last_cancelled_tokens": -1}
         # vLLM without stop detectors answers in one engine call, which cannot stop mid-way; a token tap would
         # force its chunked path (slower), so there a hung-up request's batch runs to its end
         self.tap_batches = not (isinstance(self.engine, VLLMEngine) and not cfg.stop_detectors)
@@ -108,7 +109,11 @@ class GeneratorDeployment:
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
     async def _batched(self, items: list[Item]) -> list[GenerationResult]:
-        return await asyncio.to_thread(self._run_groups, items)
+        self.batches["active"] += len(items)
+        try:
+            return await asyncio.to_thread(self._run_groups, items)
+        finally:
+            self.batches["active"] -= len(items)
 
     async def stream(
         self, prompt: Prompt, params: GenerationParams, chunk_tokens: int
@@ -131,7 +136,8 @@ class GeneratorDeployment:
 
     def stats(self) -> dict[str, int]:
         """Stream counters (how many were cancelled, and how far the last one got) and the same for batches
-        of plain requests (``batch_cancelled``, ``batch_last_cancelled_tokens``): operators and tests."""
+        of plain requests (``batch_active``, ``batch_cancelled``, ``batch_last_cancelled_tokens``): operators
+        and tests."""
         return {**self.streams, **{f"batch_{k}": v for k, v in self.batches.items()}}
 
     def check_health(self) -> None:
