@@ -231,6 +231,20 @@ def test_build_judge_for_every_kind(classifier_dir, monkeypatch):
     assert toxic.unsafe and not kind_.unsafe and toxic.score > kind_.score
 
 
+def test_offline_judge_scores_exactly_what_the_package_scores():
+    """The offline judge evaluates alt-profanity-check's fitted model as one sparse product (its own
+    predict_prob spends most of a call in scikit-learn's checks): bit-identical scores, and the fast path is
+    the one in use for the pinned package."""
+    from forewarn.judges.offline import OfflineToxicityJudge
+    from profanity_check import predict_prob
+
+    texts = ["", "hello", "you are a stupid fucking idiot", "Damn it all to hell", "ass " * 50,
+             "I love cooking pasta with basil. " * 40, "Ünïcödé tëxt, 日本語", "kill yourself"]  # fmt: skip
+    judge = OfflineToxicityJudge()
+    assert judge._predict_prob is not predict_prob
+    assert judge.scores(texts) == [float(p) for p in predict_prob(texts)]
+
+
 def test_judge_spec_in_a_config():
     assert JobLike().judge.kind == "offline_toxicity"
     cfg = build_config(JobLike, {"judge": {"kind": "llama_guard", "model": {"path": "x"}, "version": 2}})
