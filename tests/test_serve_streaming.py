@@ -371,7 +371,8 @@ def test_plain_request_disconnect_stops_its_batch(server: Server) -> None:
     s = socket.create_connection(("127.0.0.1", int(server.url.rsplit(":", 1)[1])))
     s.sendall(
         f"POST /p/v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-        f"Authorization: Bearer {KEY}\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body
+        f"Authorization: Bearer {KEY}\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+        + body
     )
     try:
         deadline = time.monotonic() + 60

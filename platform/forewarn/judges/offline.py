@@ -36,7 +36,8 @@ def _fast_predict_prob() -> Callable[[Sequence[str]], np.ndarray] | None:
     b = np.array([f.calibrators[0].b_ for f in folds])
 
     def predict_prob(texts: Sequence[str]) -> np.ndarray:
-        p = expit(-(a * (pc.vectorizer.transform(texts) @ coef + intercept) + b))  # sklearn's sigmoid calibration
+        # sklearn's sigmoid calibration of each fold's decision function
+        p = expit(-(a * (pc.vectorizer.transform(texts) @ coef + intercept) + b))
         total = np.zeros(p.shape[0])
         for k in range(p.shape[1]):  # summed fold by fold, as CalibratedClassifierCV does
             total += p[:, k]
