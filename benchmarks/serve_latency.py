@@ -7,9 +7,11 @@ Two Serve applications run side by side on one local Ray: ``/guarded`` (input + 
 judges, cycle stop detector) and ``/plain`` (``guard_enabled: false``, same generator settings, same
 model). Each is measured alone, over HTTP with the ``openai`` client, first one request at a time
 (latency) and then with ``--concurrency`` clients (throughput, batching), each both as plain requests
-(p50 / p95 of the whole answer) and streamed (time to the first content chunk, TTFT). The two modes are
-interleaved request by request, so load from elsewhere on the machine hits both alike. The prompt set mixes the
-testbed's held-out benign and planted-topic prompts, so the guard both passes and blocks.
+(p50 / p95 of the whole answer) and streamed (time to the first content chunk, TTFT). One at a time, the two
+modes are interleaved request by request; with several clients they take turns, each alone for an eighth of
+the prompts, eight turns each (see :func:`measure`), so load from elsewhere on the machine hits both alike.
+The prompt set mixes the testbed's held-out benign and planted-topic prompts, so the guard both passes and
+blocks.
 Prints a table with the guarded / plain ratio and writes benchmarks/results/serve_latency.json.
 Without --model the small testbed's target is used (built once, cached).
 """
@@ -84,36 +86,51 @@ def _one(client: openai.OpenAI, prompt: str, max_tokens: int, stream: bool) -> t
 
 
 def measure(urls: dict[str, str], prompts: list[str], concurrency: int, max_tokens: int, stream: bool,
-            progress: Progress) -> dict[str, dict]:  # fmt: skip
-    """Both modes over the same prompts, interleaved: request i goes to guarded and plain back to back."""
+            progress: Progress, rounds: int = 8) -> dict[str, dict]:  # fmt: skip
+    """Both modes over the same prompts. One at a time, request i goes to guarded and plain back to back.
+    With several clients, each mode runs alone in turn, ``rounds`` times over a share of the prompts: with
+    both served at once, clients pile up on whichever is momentarily slower (a closed loop shares its
+    clients between the two), which turned small cost differences into 1-3x latency swings run to run."""
     clients = {m: openai.OpenAI(base_url=u, api_key="x", max_retries=0, timeout=300) for m, u in urls.items()}
     label = f"{'stream' if stream else 'plain'} x{concurrency}"
     task = progress.add_task(label, total=len(prompts) * len(urls))
     for m in urls:
         _one(clients[m], prompts[0], max_tokens, stream)  # warm-up: handles, lazy state
 
-    def job(item: tuple[str, str]) -> tuple[str, tuple[float, float, str]]:
+    def job(item: tuple[str, str]) -> tuple[str, str, tuple[float, float, str]]:
         mode, prompt = item
         out = _one(clients[mode], prompt, max_tokens, stream)
         progress.advance(task)
-        return mode, out
+        return mode, prompt, out
 
-    work = [(m, p) for p in prompts for m in urls]
-    t0 = time.perf_counter()
-    with ThreadPoolExecutor(concurrency) as pool:
-        done = list(pool.map(job, work))
-    wall = time.perf_counter() - t0
+    if concurrency == 1:
+        batches = [[(m, p) for p in prompts for m in urls]]
+    else:
+        share = -(-len(prompts) // rounds)
+        parts = [prompts[k : k + share] for k in range(0, len(prompts), share)]
+        batches = [[(m, p) for p in part] for part in parts for m in urls]
+    done, wall = [], 0.0
+    for work in batches:
+        t0 = time.perf_counter()
+        with ThreadPoolExecutor(concurrency) as pool:
+            done += list(pool.map(job, work))
+        wall += time.perf_counter() - t0
+    # the prompts every mode answered (not refused by a guard): a refusal is fast, so the p50 of all requests
+    # flatters the guarded endpoint; the "passed" figures compare the same answered prompts
+    refused = {p for _, p, r in done if r[2] == "content_filter"}
     result = {}
     for m in urls:
-        rows = [r for mode, r in done if mode == m]
+        rows = [r for mode, _, r in done if mode == m]
+        passed = [r[0] for mode, p, r in done if mode == m and p not in refused]
         lat, ttft = [r[0] for r in rows], [r[1] for r in rows]
         reasons: dict[str, int] = {}
         for r in rows:
             reasons[r[2]] = reasons.get(r[2], 0) + 1
         result[m] = {
             "requests": len(rows), "concurrency": concurrency, "stream": stream,
-            "pair_req_per_s": len(done) / wall,  # both modes together: they were interleaved
+            "req_per_s_both": len(done) / wall,  # both modes' requests over both modes' time
             "p50_s": statistics.median(lat), "p95_s": percentile(lat, 0.95),
+            "passed_p50_s": statistics.median(passed), "passed_p95_s": percentile(passed, 0.95),
             "ttft_p50_s": statistics.median(ttft), "ttft_p95_s": percentile(ttft, 0.95),
             "finish_reasons": reasons,
         }  # fmt: skip
@@ -162,7 +179,7 @@ def main() -> None:
     ratios = {}
     for run, modes in result["runs"].items():
         keys = (("ttft_p50_s", "s"), ("ttft_p95_s", "s")) if run.endswith("stream") else (
-            ("p50_s", "s"), ("p95_s", "s"))  # fmt: skip
+            ("p50_s", "s"), ("p95_s", "s"), ("passed_p50_s", "s"))  # fmt: skip
         for key, unit in keys:
             a, b = modes["guarded"][key], modes["plain"][key]
             ratios[f"{run}.{key}"] = a / b
