@@ -25,9 +25,25 @@ from forewarn.reversegen.loop import IterationContext, Roles, run_iteration
 STAGES = ["proposals", "instructions", "judged", "pairs"]
 
 
-def test_loop_and_enhancement_import_no_ray() -> None:
+def test_capability_code_imports_no_ray() -> None:
+    """Ray at the edges: the ReverseGen loop, target enhancement and Goodtriever's evaluation and datastore
+    building call role pools through plain functions (``forewarn.pools``) and import no Ray, not even
+    inside a function."""
+    import ast
+
+    import forewarn.goodtriever.datastore as datastore
+    import forewarn.goodtriever.evaluate as evaluate
+    import forewarn.reversegen.enhance as enhance
+    import forewarn.reversegen.loop as loop
+
+    for mod in (loop, enhance, evaluate, datastore):
+        tree = ast.parse(open(mod.__file__).read())
+        names = [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
+        names += [n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
+        assert not [m for m in names if m == "ray" or m.startswith("ray.")], mod.__name__
     code = (
-        "import sys, forewarn.reversegen.loop, forewarn.reversegen.enhance; "
+        "import sys, forewarn.reversegen.loop, forewarn.reversegen.enhance, forewarn.goodtriever.evaluate, "
+        "forewarn.goodtriever.datastore; "
         "sys.exit(any(m == 'ray' or m.startswith('ray.') for m in sys.modules))"
     )
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0

@@ -64,3 +64,33 @@ def test_seeded_stage_rows_do_not_depend_on_batching(tiny_llama_dir: Path) -> No
     )
     expected = {(r["id"], k): c.text for r, comps in zip(rows, direct) for k, c in enumerate(comps)}
     assert dict(zip(zip(out["id"], out["sample"]), out["text"])) == expected
+
+
+def _tag(b, tag: str):  # a transform: pandas in, pandas out
+    return b.assign(tag=tag)
+
+
+def test_stream_stages_from_blocks_and_files_keeps_order(tmp_path: Path) -> None:
+    """``forewarn.pools.stream_stages``: capability code hands it pandas blocks and a file, not datasets; the
+    rows of every input come back once each, transformed, through two actor stages, in input order."""
+    from functools import partial
+
+    import pandas as pd
+    from forewarn.pools import Rows, run_stages, stream_stages
+
+    file_rows = pd.DataFrame({"text": [f"f{i}" for i in range(30)]})
+    file_rows.to_json(tmp_path / "c.jsonl", orient="records", lines=True)
+    blocks = [pd.DataFrame({"text": [f"b{i}" for i in range(k, k + 7)]}) for k in range(0, 21, 7)]
+    stages = [partial(embed_stage, resources=Resources(num_cpus=0.5, batch_size=8), column=c) for c in "ab"]
+    inputs = [
+        Rows(blocks=blocks, transform=partial(_tag, tag="block")),
+        Rows(path=str(tmp_path / "c.jsonl"), limit=25, transform=partial(_tag, tag="file")),
+    ]
+    out = run_stages(inputs, stages, progress=False)
+    assert list(out["text"]) == [f"b{i}" for i in range(21)] + [f"f{i}" for i in range(25)]
+    assert list(out["tag"]) == ["block"] * 21 + ["file"] * 25
+    assert all(len(v) == 384 for v in out["a"]) and all(len(v) == 384 for v in out["b"])
+    numpy_batches = list(stream_stages(inputs[:1], [], batch_format="numpy", progress=False))
+    assert sum(len(b["text"]) for b in numpy_batches) == 21
+    with pytest.raises(ValueError, match="jsonl, .json or .parquet"):
+        Rows(path=str(tmp_path / "c.csv")).dataset()

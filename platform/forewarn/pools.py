@@ -9,7 +9,9 @@ into Ray actors. Every actor pool in forewarn comes from here, in one of two sha
   released by name when the run no longer needs them and all closed at the end.
 - :func:`data_stage`: a Ray Data ``map_batches`` over an actor pool, for streaming over data that does not
   fit one call (datastore building, the Goodtriever evaluation, the generate job). Its actors live as long
-  as the dataset's execution.
+  as the dataset's execution. Capability code does not build datasets itself: it describes its input
+  (:class:`Rows`: pandas blocks, or a file the cluster reads) and its stages, and :func:`stream_stages` /
+  :func:`run_stages` give back batches or one DataFrame.
 
 Why long-lived actors (``ray.util``-style dispatch over named handles) for iterative jobs: on this 2-core
 machine a Ray Data actor stage pays actor start-up and a model load on every execution (0.38x a direct loop
@@ -32,7 +34,7 @@ import gc
 import os
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -363,6 +365,74 @@ def data_stage(
         batch_format=batch_format,
         **remote_args(resources),
     )
+
+
+Stage = Callable[[Any], Any]
+"""A streamed stage: a Ray Data Dataset in, a Dataset out; a :func:`data_stage` over a UDF class (bind its
+arguments with ``functools.partial``) or ``forewarn.pipeline.stages``' generate / judge / embed stages."""
+
+
+@dataclass(frozen=True)
+class Rows:
+    """Input rows of :func:`stream_stages`: pandas ``blocks`` the driver holds (one Ray Data block each, so
+    a stage makes progress block by block), or a JSONL / JSON / Parquet file at ``path`` that the cluster
+    reads; the first ``limit`` rows, each batch passed through ``transform`` (a cheap pandas -> pandas
+    function run as a task, no model) before the stages."""
+
+    blocks: Sequence[Any] = ()
+    path: str | None = None
+    limit: int | None = None
+    transform: Callable[[Any], Any] | None = None
+
+    def dataset(self) -> Any:
+        import ray
+
+        if self.path is None:
+            ds = ray.data.from_pandas(list(self.blocks))
+        elif self.path.endswith(".parquet"):
+            ds = ray.data.read_parquet(self.path)
+        elif self.path.endswith((".jsonl", ".json")):
+            ds = ray.data.read_json(self.path, lines=self.path.endswith(".jsonl"))
+        else:
+            raise ValueError(f"{self.path}: rows are read from .jsonl, .json or .parquet files")
+        if self.limit:
+            ds = ds.limit(self.limit)
+        if self.transform is not None:
+            ds = ds.map_batches(self.transform, batch_format="pandas", num_cpus=0.25)
+        return ds
+
+
+def stream_stages(
+    inputs: Sequence[Rows],
+    stages: Sequence[Stage],
+    batch_format: str = "pandas",
+    ordered: bool = True,
+    progress: bool = True,
+) -> Iterator[Any]:
+    """The rows of every input, one after another, through ``stages`` in turn: the last stage's batches as
+    they come (pandas DataFrames or dicts of numpy arrays). ``ordered`` keeps the input's row order, so
+    ids built from it are reproducible; ``progress`` shows Ray Data's bars."""
+    from ray.data import DataContext
+
+    parts = [r.dataset() for r in inputs]
+    ds = parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
+    for stage in stages:
+        ds = stage(ds)
+    ctx = DataContext.get_current()
+    saved = ctx.execution_options.preserve_order, ctx.enable_progress_bars
+    ctx.execution_options.preserve_order, ctx.enable_progress_bars = ordered, progress
+    try:
+        yield from ds.iter_batches(batch_format=batch_format, batch_size=None)
+    finally:
+        ctx.execution_options.preserve_order, ctx.enable_progress_bars = saved
+
+
+def run_stages(inputs: Sequence[Rows], stages: Sequence[Stage], progress: bool = True) -> Any:
+    """:func:`stream_stages` collected into one pandas DataFrame (rows in input order)."""
+    import pandas as pd
+
+    batches = [b for b in stream_stages(inputs, stages, progress=progress) if len(b)]
+    return pd.concat(batches, ignore_index=True) if batches else pd.DataFrame()
 
 
 # ---------------------------------------------------------------- roles as plain callables

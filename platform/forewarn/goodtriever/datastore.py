@@ -1,4 +1,5 @@
-"""Goodtriever datastores: (key, value) pairs of a model over a corpus, built with Ray Data, searched with faiss.
+"""Goodtriever datastores: (key, value) pairs of a model over a corpus, built by a role pool streaming over
+the corpus (:func:`forewarn.pools.stream_stages`), searched with faiss.
 
 Key = the model's hidden state at the input of the last block's MLP (see :mod:`.hooks`), value = the next
 token id. A datastore directory holds::
@@ -18,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +30,7 @@ from forewarn.config import config_hash
 from forewarn.errors import ConfigError
 from forewarn.goodtriever.config import DatastoreSpec
 from forewarn.pipeline.stages import set_torch_threads
-from forewarn.pools import data_stage
+from forewarn.pools import Rows, data_stage, stream_stages
 
 KEYS, VALS, INDEX, META, KEYS_DONE = "keys.f16", "vals.i32", "index.faiss", "meta.json", "keys.json"
 
@@ -168,26 +170,19 @@ def corpus_columns(path: Path) -> set[str]:
     return set()
 
 
-def read_corpus(spec: DatastoreSpec) -> Any:
-    """The corpus as a Ray Dataset (JSONL or Parquet), checked for the configured columns."""
-    import ray
-
+def corpus_rows(spec: DatastoreSpec, code: int = 0) -> Rows:
+    """The corpus (JSONL or Parquet), checked for the configured columns, as the rows the key actors read:
+    ``_store`` (``code``), ``_text``, ``_prompt``."""
     path = Path(spec.corpus)
     if not path.exists():
         raise ConfigError(f"corpus = {spec.corpus!r}: file does not exist")
-    if path.suffix == ".parquet":
-        ds = ray.data.read_parquet(str(path))
-    elif path.suffix in (".jsonl", ".json"):
-        ds = ray.data.read_json(str(path), lines=path.suffix == ".jsonl")
-    else:
+    if path.suffix not in (".parquet", ".jsonl", ".json"):
         raise ConfigError(f"corpus = {spec.corpus!r}: must be .jsonl, .json or .parquet")
     cols = corpus_columns(path)
     for field, name in (("text_field", spec.text_field), ("prompt_field", spec.prompt_field)):
         if name is not None and name not in cols:
             raise ConfigError(f"{field} = {name!r}: the corpus has no such column (columns: {sorted(cols)})")
-    if spec.limit:
-        ds = ds.limit(spec.limit)
-    return ds
+    return Rows(path=str(path), limit=spec.limit or None, transform=partial(_normalise, code=code, spec=spec))
 
 
 def build_datastore(spec: DatastoreSpec, out_dir: str | Path, show_progress: bool = True) -> dict[str, Any]:
@@ -198,14 +193,12 @@ def build_datastore(spec: DatastoreSpec, out_dir: str | Path, show_progress: boo
 def build_datastores(
     specs: dict[str, DatastoreSpec], dirs: dict[str, Path], show_progress: bool = True
 ) -> dict[str, dict[str, Any]]:
-    """Build keys/values with Ray Data actor pools, then each faiss index; returns metadata per store.
+    """Build keys/values with one role pool per model, then each faiss index; returns metadata per store.
 
     Stores that share a model and batching are extracted in one pipeline (one actor pool, the model loaded
     once). A directory already holding a datastore of the same spec is reused; keys already extracted are
     kept when only the index is missing (a rerun resumes).
     """
-    import ray
-
     metas: dict[str, dict[str, Any]] = {}
     todo: dict[str, DatastoreSpec] = {}
     for name, spec in specs.items():
@@ -230,9 +223,7 @@ def build_datastores(
         groups.setdefault(key, []).append(name)
     for names in groups.values():
         t0 = time.perf_counter()
-        counts = _extract_keys(
-            {n: todo[n] for n in names}, {n: Path(dirs[n]) for n in names}, show_progress, ray
-        )
+        counts = _extract_keys({n: todo[n] for n in names}, {n: Path(dirs[n]) for n in names}, show_progress)
         for n, (n_keys, n_docs, dim) in counts.items():
             _write_json(
                 Path(dirs[n]) / KEYS_DONE,
@@ -327,43 +318,36 @@ def _write_json(path: Path, obj: dict) -> None:
     tmp.replace(path)
 
 
-def _normalise(ds: Any, code: int, spec: DatastoreSpec) -> Any:
-    """Project a corpus onto the columns the key actor reads: _store, _text, _prompt."""
-
-    def fn(b: pd.DataFrame) -> pd.DataFrame:
-        return pd.DataFrame(
-            {
-                "_store": np.full(len(b), code, np.int32),
-                "_text": b[spec.text_field].astype(str),
-                "_prompt": b[spec.prompt_field].astype(str) if spec.prompt_field else "",
-            }
-        )
-
-    return ds.map_batches(fn, batch_format="pandas", num_cpus=0.25)
+def _normalise(b: pd.DataFrame, code: int, spec: DatastoreSpec) -> pd.DataFrame:
+    """Project a batch of the corpus onto the columns the key actor reads: _store, _text, _prompt."""
+    return pd.DataFrame(
+        {
+            "_store": np.full(len(b), code, np.int32),
+            "_text": b[spec.text_field].astype(str),
+            "_prompt": b[spec.prompt_field].astype(str) if spec.prompt_field else "",
+        }
+    )
 
 
 def _extract_keys(
-    specs: dict[str, DatastoreSpec], dirs: dict[str, Path], show_progress: bool, ray: Any
+    specs: dict[str, DatastoreSpec], dirs: dict[str, Path], show_progress: bool
 ) -> dict[str, tuple[int, int, int]]:
     """Stream (key, value) batches from one actor pool into each store's fp16 / int32 files."""
 
     names = list(specs)
     ordered = [specs[n] for n in names]
-    parts = [_normalise(read_corpus(s), i, s) for i, s in enumerate(ordered)]
-    ds = parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
-    ctx = ray.data.DataContext.get_current()
-    ctx.execution_options.preserve_order = True  # deterministic row order, so ids are reproducible
-    ctx.enable_progress_bars = show_progress
     res, first = ordered[0].resources, ordered[0]
-    keyed = data_stage(
-        ds, KeyUDF, dict(specs=ordered, num_cpus=res.num_cpus), res, batch_size=first.batch_docs
-    )
+    key_stage = partial(data_stage, udf=KeyUDF, ctor_kwargs=dict(specs=ordered, num_cpus=res.num_cpus),
+                        resources=res, batch_size=first.batch_docs)  # fmt: skip
+    inputs = [corpus_rows(s, i) for i, s in enumerate(ordered)]
+    # stream_stages keeps the corpus order: a deterministic row order, so ids are reproducible
+    keyed = stream_stages(inputs, [key_stage], batch_format="numpy", progress=show_progress)
     counts = {n: [0, 0, 0] for n in names}
     files = {}
     try:
         for n in names:
             files[n] = (open(dirs[n] / f".{KEYS}.tmp", "wb"), open(dirs[n] / f".{VALS}.tmp", "wb"))
-        for batch in keyed.iter_batches(batch_format="numpy", batch_size=None):
+        for batch in keyed:
             keys = np.asarray(batch["key"])
             if keys.ndim != 2 or keys.shape[0] == 0:
                 continue

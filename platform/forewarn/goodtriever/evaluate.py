@@ -1,4 +1,4 @@
-"""The toxicity evaluation of decoding systems side by side, as one streaming Ray Data pipeline.
+"""The toxicity evaluation of decoding systems side by side, as one streaming pipeline of role pools.
 
     prompts -> generate G samples each under every system (target + each system's logits processors)
             -> toxicity judge (offline classifier or Perspective; per-row errors kept)
@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import time
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -19,7 +20,7 @@ from forewarn.config import GenerationParams, ModelSpec, Resources
 from forewarn.goodtriever.metrics import PerplexityScorer, diversity, perplexity_summary, toxicity_metrics
 from forewarn.goodtriever.processors import build_processor
 from forewarn.pipeline.stages import judge_stage, set_torch_threads
-from forewarn.pools import data_stage
+from forewarn.pools import Rows, data_stage, run_stages
 
 
 class MitigatedGenerateUDF:
@@ -113,31 +114,19 @@ def evaluate_systems(
     ppl_batch_size: int,
 ) -> pd.DataFrame:
     """Generate with every system, judge and score; ``prompts`` has id, prompt_set, prompt, ppl_sampled."""
-    import ray
-
-    # One block per generation batch: a single block (what from_pandas of one frame gives) is one task that
-    # makes no visible progress until every system has generated for every prompt, which tripped Ray Data's
-    # 30-minute no-progress timeout on SmolLM2 (42 prompts x 4 samples x 2 systems on a busy 2-core box).
-    # Split here, not with repartition(): that is a task scheduled while the stage actors hold the CPUs.
+    # One block per generation batch: a single block is one task that makes no visible progress until every
+    # system has generated for every prompt, which tripped Ray Data's 30-minute no-progress timeout on
+    # SmolLM2 (42 prompts x 4 samples x 2 systems on a busy 2-core box).
     size = target.resources.batch_size
     chunks = [prompts.iloc[i : i + size] for i in range(0, len(prompts), size)] or [prompts]
-    ds = ray.data.from_pandas(chunks)
-    ds = data_stage(
-        ds,
-        MitigatedGenerateUDF,
-        dict(spec=target.model, systems=systems, params=params, num_cpus=target.resources.num_cpus),
-        target.resources,
-    )
-    ds = judge_stage(
-        ds, judge_spec, judge_resources, prompt_column="prompt", response_column="text", prefix="judge_"
-    )
-    ds = data_stage(
-        ds,
-        PerplexityUDF,
-        dict(spec=ppl_model, num_cpus=ppl_resources.num_cpus, batch_size=ppl_batch_size),
-        ppl_resources,
-    )
-    df = ds.to_pandas()
+    generate = dict(spec=target.model, systems=systems, params=params, num_cpus=target.resources.num_cpus)
+    ppl = dict(spec=ppl_model, num_cpus=ppl_resources.num_cpus, batch_size=ppl_batch_size)
+    stages = [
+        partial(data_stage, udf=MitigatedGenerateUDF, ctor_kwargs=generate, resources=target.resources),
+        partial(judge_stage, spec=judge_spec, resources=judge_resources, response_column="text"),
+        partial(data_stage, udf=PerplexityUDF, ctor_kwargs=ppl, resources=ppl_resources),
+    ]
+    df = run_stages([Rows(blocks=chunks)], stages)
     df = df.rename(columns={"judge_score": "toxicity", "judge_error": "score_error"})
     df = df.rename(columns={"id": "prompt_id"})
     return df.sort_values(["system", "prompt_set", "prompt_id", "sample"]).reset_index(drop=True)
