@@ -66,13 +66,10 @@ def test_seeded_stage_rows_do_not_depend_on_batching(tiny_llama_dir: Path) -> No
     assert dict(zip(zip(out["id"], out["sample"]), out["text"])) == expected
 
 
-def _tag(b, tag: str):  # a transform: pandas in, pandas out
-    return b.assign(tag=tag)
-
-
 def test_stream_stages_from_blocks_and_files_keeps_order(tmp_path: Path) -> None:
     """``forewarn.pools.stream_stages``: capability code hands it pandas blocks and a file, not datasets; the
-    rows of every input come back once each, transformed, through two actor stages, in input order."""
+    rows of every input come back once each, transformed, through two actor stages, each input's rows in
+    their order (the inputs themselves may interleave)."""
     from functools import partial
 
     import pandas as pd
@@ -83,12 +80,13 @@ def test_stream_stages_from_blocks_and_files_keeps_order(tmp_path: Path) -> None
     blocks = [pd.DataFrame({"text": [f"b{i}" for i in range(k, k + 7)]}) for k in range(0, 21, 7)]
     stages = [partial(embed_stage, resources=Resources(num_cpus=0.5, batch_size=8), column=c) for c in "ab"]
     inputs = [
-        Rows(blocks=blocks, transform=partial(_tag, tag="block")),
-        Rows(path=str(tmp_path / "c.jsonl"), limit=25, transform=partial(_tag, tag="file")),
+        Rows(blocks=blocks, transform=partial(pd.DataFrame.assign, tag="block")),
+        Rows(path=str(tmp_path / "c.jsonl"), limit=25, transform=partial(pd.DataFrame.assign, tag="file")),
     ]
     out = run_stages(inputs, stages, progress=False)
-    assert list(out["text"]) == [f"b{i}" for i in range(21)] + [f"f{i}" for i in range(25)]
-    assert list(out["tag"]) == ["block"] * 21 + ["file"] * 25
+    assert list(out.loc[out["tag"] == "block", "text"]) == [f"b{i}" for i in range(21)]
+    assert list(out.loc[out["tag"] == "file", "text"]) == [f"f{i}" for i in range(25)]
+    assert len(out) == 46
     assert all(len(v) == 384 for v in out["a"]) and all(len(v) == 384 for v in out["b"])
     numpy_batches = list(stream_stages(inputs[:1], [], batch_format="numpy", progress=False))
     assert sum(len(b["text"]) for b in numpy_batches) == 21

@@ -409,26 +409,27 @@ def stream_stages(
     ordered: bool = True,
     progress: bool = True,
 ) -> Iterator[Any]:
-    """The rows of every input, one after another, through ``stages`` in turn: the last stage's batches as
-    they come (pandas DataFrames or dicts of numpy arrays). ``ordered`` keeps the input's row order, so
-    ids built from it are reproducible; ``progress`` shows Ray Data's bars."""
+    """The rows of every input through ``stages`` in turn: the last stage's batches as they come (pandas
+    DataFrames or dicts of numpy arrays). ``ordered`` keeps each input's row order (the inputs' rows may
+    interleave), so ids built from it are reproducible; ``progress`` shows Ray Data's bars."""
     from ray.data import DataContext
 
-    parts = [r.dataset() for r in inputs]
-    ds = parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
-    for stage in stages:
-        ds = stage(ds)
+    # set before the datasets exist: a dataset keeps a copy of the context it was created under
     ctx = DataContext.get_current()
     saved = ctx.execution_options.preserve_order, ctx.enable_progress_bars
     ctx.execution_options.preserve_order, ctx.enable_progress_bars = ordered, progress
     try:
+        parts = [r.dataset() for r in inputs]
+        ds = parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
+        for stage in stages:
+            ds = stage(ds)
         yield from ds.iter_batches(batch_format=batch_format, batch_size=None)
     finally:
         ctx.execution_options.preserve_order, ctx.enable_progress_bars = saved
 
 
 def run_stages(inputs: Sequence[Rows], stages: Sequence[Stage], progress: bool = True) -> Any:
-    """:func:`stream_stages` collected into one pandas DataFrame (rows in input order)."""
+    """:func:`stream_stages` collected into one pandas DataFrame (each input's rows in their order)."""
     import pandas as pd
 
     batches = [b for b in stream_stages(inputs, stages, progress=progress) if len(b)]
