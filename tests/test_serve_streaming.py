@@ -141,8 +141,10 @@ def test_tokens_stream_before_generation_ends_and_ttft_is_close_to_unguarded(ser
         f"\nTTFT median: guarded {g * 1000:.0f} ms, unguarded {p * 1000:.0f} ms, one judge call {j * 1000:.1f} ms"
     )
     # 256 tokens go out in chunks of CHUNK: content keeps arriving for a while after the first chunk, in
-    # the guarded stream as in the plain one (a buffered stream sends every chunk at once: span ~ 0)
-    assert min(spans["g"]) > 0.25 * statistics.median(spans["p"]) > 0, spans
+    # the guarded stream as in the plain one (a buffered stream sends every chunk at once: span ~ 0 in every
+    # request). Medians: the whole tiny-model stream lasts ~50 ms, so one request whose ingress was stalled
+    # by a neighbour on the loaded machine releases its queued chunks at once (a CI run saw one 9 ms span)
+    assert statistics.median(spans["g"]) > 0.25 * statistics.median(spans["p"]) > 0, spans
     # the bound on the fastest of the interleaved requests: the least disturbed by whatever else runs on the
     # machine (an xdist neighbour), which inflates the guarded path's extra hops more than the plain one's
     assert min(ttft["g"]) <= 1.3 * min(ttft["p"]) + j, (ttft, judge_s)
