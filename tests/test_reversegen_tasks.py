@@ -31,6 +31,9 @@ def _run(tmp_path: Path, extra: list[str]) -> tuple[dict, pd.DataFrame]:
     return summary, judged
 
 
+# Outside CI (`-m extended`, 2.5 min on 2 cores): the 25-minute budget had no room left, and CI still runs the
+# honesty task end to end on the real model (tests/test_real_reversegen.py::test_honesty_profile_...)
+@pytest.mark.extended
 def test_honesty_task_finds_unstable_subjects(testbed, tmp_path: Path) -> None:
     summary, judged = _run(
         tmp_path,
